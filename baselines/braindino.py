@@ -1,0 +1,445 @@
+"""BrainDINO: the reference DINOv3 ViT-B/16, frozen, as a 2d slice encoder (DESIGN.md section 3).
+
+Architecture: timm ``vit_base_patch16_dinov3`` (dim 768, depth 12, 12 heads, 4 register tokens,
+no qkv bias, layer scale, axial RoPE base 100, no absolute position embedding) built with
+LayerNorm eps 1e-6. timm's default eps (1e-5) changes the features.
+
+RoPE precision: timm computes the RoPE periods, angles and sin/cos in float32 and rotates q/k
+in float32. The BrainDINO reference (DINOv3 code) defaults to bfloat16 RoPE: periods, angles
+and sin/cos in bf16 and q/k rounded to bf16 while rotated. Final features then differ by about
+1e-4 relative (||a - b|| / ||b||; measured 1.4e-4 on the CLS token of the golden fixture). We
+keep float32 RoPE and record it in `architecture()`.
+
+Image size: the model has no absolute position embedding and builds RoPE from the patch grid
+of each input, so the same weights work at any multiple of 16 (e.g. 224, 112, 32).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from brainbench.backbone import (
+    Backbone,
+    InputContract,
+    WeightsInfo,
+    register_backbone,
+    warn_random_init_once,
+)
+from brainbench.errors import BenchError
+from brainbench.weights import (
+    LoadReport,
+    load_checkpoint,
+    load_state_strict,
+    sha256_file,
+    state_dict_sha256,
+)
+
+MODEL_NAME = "vit_base_patch16_dinov3"
+NORM_EPS = 1e-6
+ROPE_BASE = 100.0
+ROPE_DTYPE = "float32"
+PATCH_SIZE = 16
+FEATURE_DIM = 768
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_NUM_SLICES = 128
+RANDOM_SEED = 0
+WEIGHTS_ENV = "BRAINDINO_WEIGHTS"
+TOKENS = ("cls", "patch_mean")
+
+WEIGHTS_HINT = (
+    "Name the BrainDINO checkpoint file (DINOv3 teacher format, e.g. teacher_checkpoint.pth) "
+    f"with the option --weights PATH, the make variable WEIGHTS=PATH, or the environment "
+    f"variable {WEIGHTS_ENV}=PATH."
+)
+
+# Keys of a DINOv3 training checkpoint that are not part of the frozen encoder.
+HEAD_KEYS = {
+    "dino_head.*": "DINO projection head, used only in pretraining (not part of the encoder)",
+    "ibot*": "iBOT projection head, used only in pretraining (not part of the encoder)",
+}
+_BACKBONE_PREFIX = "backbone."
+_QKV_BIAS = re.compile(r"^blocks\.\d+\.attn\.qkv\.bias$")
+_QKV_BIAS_MASK = re.compile(r"^blocks\.\d+\.attn\.qkv\.bias_mask$")
+
+
+def _check_size(name: str, value: int | None, default: int, multiple: int = 1) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BenchError(f"{name} must be a positive integer, got {value!r}")
+    if value % multiple:
+        raise BenchError(
+            f"{name}={value} is not a multiple of the patch size {multiple}; use e.g. "
+            f"{max(multiple, value - value % multiple)} or {value - value % multiple + multiple}"
+        )
+    return value
+
+
+def build_dinov3_vitb16(
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    *,
+    norm_eps: float = NORM_EPS,
+    seed: int = RANDOM_SEED,
+) -> torch.nn.Module:
+    """The BrainDINO architecture with timm's initialisation made deterministic by `seed`.
+
+    The global torch RNG is left untouched (fork_rng). Returns the model in eval mode, frozen.
+    """
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(
+            MODEL_NAME,
+            pretrained=False,
+            num_classes=0,
+            img_size=image_size,
+            norm_layer=functools.partial(torch.nn.LayerNorm, eps=norm_eps),
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _file_name(model_key: str, prefix: str) -> str:
+    """The name a timm key has in a DINOv3 checkpoint (for error messages)."""
+    name = model_key.replace("reg_token", "storage_tokens")
+    name = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", name)
+    return prefix + name
+
+
+def _split_checkpoint(
+    ckpt: Mapping[str, Any], source: str
+) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """-> (backbone state without prefix, other keys, prefix used in the file, notes)."""
+    notes: list[str] = []
+    if "teacher" in ckpt:
+        state = ckpt["teacher"]
+        if not isinstance(state, Mapping):
+            raise BenchError(
+                f"weights {source}: ckpt['teacher'] is a {type(state).__name__}, expected a "
+                "state dict (key -> tensor)"
+            )
+        ignored = sorted(k for k in ckpt if k != "teacher")
+        notes.append(
+            "used ckpt['teacher']"
+            + (f"; ignored top-level entries: {', '.join(map(str, ignored))}" if ignored else "")
+        )
+    else:
+        state = ckpt
+        if not any(isinstance(v, torch.Tensor) for v in state.values()):
+            raise BenchError(
+                f"weights {source}: expected a DINOv3 checkpoint {{'teacher': {{'backbone.*': "
+                f"tensor, ...}}}} or a plain backbone state dict; found top-level keys "
+                f"{sorted(map(str, state))[:10]} and no tensors"
+            )
+    if any(str(k).startswith(_BACKBONE_PREFIX) for k in state):
+        prefix = _BACKBONE_PREFIX
+        backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        other = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        clash = sorted(set(backbone) & set(other))
+        if clash:
+            raise BenchError(
+                f"weights {source}: ambiguous keys present both with and without the "
+                f"'backbone.' prefix: {clash[:10]}"
+            )
+    else:
+        prefix = ""
+        backbone = dict(state)
+        other = {}
+    not_tensors = sorted(k for k, v in backbone.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise BenchError(
+            f"weights {source}: {len(not_tensors)} backbone entries are not tensors: "
+            f"{', '.join(prefix + str(k) for k in not_tensors[:10])}"
+        )
+    return backbone, other, prefix, notes
+
+
+def _dinov3_extras(
+    backbone: dict[str, Any], model: torch.nn.Module, prefix: str, source: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Pop the DINOv3 keys the timm encoder does not load: ({file key: value}, {key: reason}).
+
+    Each is checked first, so dropping it cannot change the features.
+    """
+    reasons: dict[str, str] = {}
+    extras: dict[str, Any] = {}
+
+    periods = backbone.pop("rope_embed.periods", None)
+    if periods is not None:
+        ours = model.rope.periods.detach().float()
+        if not isinstance(periods, torch.Tensor) or tuple(periods.shape) != tuple(ours.shape):
+            raise BenchError(
+                f"weights {source}: {prefix}rope_embed.periods has shape "
+                f"{tuple(getattr(periods, 'shape', ()))}, expected {tuple(ours.shape)}"
+            )
+        rel = float(((periods.float() - ours).abs() / ours).max())
+        if rel > 1e-2:
+            raise BenchError(
+                f"weights {source}: {prefix}rope_embed.periods differ from RoPE base "
+                f"{ROPE_BASE:g} (max relative difference {rel:.3g}); this checkpoint was trained "
+                "with another RoPE configuration"
+            )
+        reasons[prefix + "rope_embed.periods"] = (
+            f"RoPE periods buffer: timm recomputes it in float32 from base {ROPE_BASE:g}; the "
+            f"file's {str(periods.dtype).replace('torch.', '')} copy matches "
+            f"(max relative difference {rel:.2g})"
+        )
+        extras[prefix + "rope_embed.periods"] = periods
+
+    mask_token = backbone.pop("mask_token", None)
+    if mask_token is not None:
+        reasons[prefix + "mask_token"] = (
+            "iBOT mask token, used only to mask patches in pretraining (never at inference)"
+        )
+        extras[prefix + "mask_token"] = mask_token
+
+    for key in sorted(backbone):
+        value = backbone[key]
+        if _QKV_BIAS.match(key):
+            if isinstance(value, torch.Tensor) and not bool((value != 0).any()):
+                reasons[prefix + key] = "all-zero qkv bias; this architecture has no qkv bias"
+                extras[prefix + key] = backbone.pop(key)
+            else:
+                raise BenchError(
+                    f"weights {source}: {prefix}{key} is a non-zero qkv bias, but BrainDINO's "
+                    f"architecture ({MODEL_NAME}) has no qkv bias; these weights would be "
+                    "silently lost. The checkpoint is not a BrainDINO ViT-B/16."
+                )
+        elif _QKV_BIAS_MASK.match(key):
+            reasons[prefix + key] = "mask buffer of a qkv bias (this architecture has none)"
+            extras[prefix + key] = backbone.pop(key)
+
+    return extras, reasons
+
+
+def load_braindino_weights(
+    model: torch.nn.Module, ckpt: Mapping[str, Any], *, source: str
+) -> LoadReport:
+    """Strictly load a DINOv3/BrainDINO checkpoint dict into `model` (from build_dinov3_vitb16).
+
+    Accepts ``{"teacher": {"backbone.<key>": tensor, "dino_head.*": ..., "ibot*": ...}}``, a
+    plain backbone state dict in DINOv3 naming (with or without ``backbone.``), or one already
+    in timm naming. Every key the encoder does not load is listed in the report with a reason;
+    anything else that does not fit raises BenchError.
+    """
+    from timm.models.eva import checkpoint_filter_fn
+
+    backbone, other, prefix, notes = _split_checkpoint(ckpt, source)
+    extras, extra_reasons = _dinov3_extras(backbone, model, prefix, source)
+    reasons = {**HEAD_KEYS, **extra_reasons}
+
+    if "storage_tokens" in backbone:
+        mapped = checkpoint_filter_fn(dict(backbone), model)
+        notes.append("DINOv3 key names mapped with timm.models.eva.checkpoint_filter_fn")
+    elif "reg_token" in backbone:
+        mapped = dict(backbone)
+        notes.append("checkpoint already in timm naming (reg_token, gamma_1, ...)")
+    else:
+        raise BenchError(
+            f"weights {source}: missing key {prefix}storage_tokens (the 4 DINOv3 register "
+            "tokens); this does not look like a DINOv3 ViT checkpoint"
+        )
+
+    # checkpoint_filter_fn renames tensors; it may also drop keys (any key containing 'rope',
+    # '.periods', 'mask_token', qkv biases the model lacks, projectors.*, local_cls_norm*) or
+    # resample patch_embed to another patch size. Audit by tensor identity: every input tensor
+    # must come out unchanged under exactly one name.
+    by_id = {id(v): k for k, v in backbone.items()}
+    names: dict[str, str] = {}
+    transformed = []
+    for key, value in mapped.items():
+        src = by_id.get(id(value))
+        if src is None:
+            transformed.append(key)
+        else:
+            names[key] = prefix + src
+    dropped = sorted(set(backbone) - {n[len(prefix):] for n in names.values()})
+    if transformed or dropped:
+        parts = []
+        if dropped:
+            more = f" ... and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+            shown = ", ".join(prefix + k for k in dropped[:10])
+            parts.append(f"keys it would silently drop: {shown}{more}")
+        if transformed:
+            shown = ", ".join(transformed[:10])
+            parts.append(f"tensors it would change (e.g. resampled patch embedding): {shown}")
+        raise BenchError(
+            f"weights {source} do not fit {MODEL_NAME}: timm's checkpoint_filter_fn reports "
+            + "; ".join(parts)
+        )
+
+    key_names = {k: _file_name(k, prefix) for k in model.state_dict()}
+    key_names.update(names)
+    state = {**mapped, **extras, **other}
+    report = load_state_strict(
+        model,
+        state,
+        allowed_unexpected=reasons,
+        source=source,
+        key_names=key_names,
+        model_name=MODEL_NAME,
+    )
+    return LoadReport(
+        source=report.source,
+        loaded=report.loaded,
+        skipped_missing=report.skipped_missing,
+        skipped_unexpected=report.skipped_unexpected,
+        file_dtypes=report.file_dtypes,
+        notes=tuple(notes) + report.notes,
+    )
+
+
+class DinoV3Backbone(Backbone):
+    """A frozen DINOv3 ViT-B/16 encoding 2d slices into final-norm CLS and patch-mean tokens."""
+
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        weights: WeightsInfo,
+        *,
+        image_size: int,
+        num_slices: int,
+        norm_eps: float = NORM_EPS,
+        load_report: LoadReport | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self.weights = weights
+        self.load_report = load_report
+        self.norm_eps = norm_eps
+        self.contract = InputContract(
+            dims="2d",
+            in_channels=3,
+            image_size=(image_size, image_size),
+            num_slices=num_slices,
+            intensity="robust_zscore",
+            tokens=TOKENS,
+            feature_dim=FEATURE_DIM,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "DinoV3Backbone":
+        """Move the encoder (e.g. to a GPU); parameters stay frozen and float32."""
+        self.model.to(device)
+        return self
+
+    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        expected = (self.contract.in_channels, *self.contract.image_size)
+        if not isinstance(batch, torch.Tensor):
+            raise BenchError(
+                f"{self.name}.embed expects a torch.Tensor, got {type(batch).__name__}"
+            )
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise BenchError(
+                f"{self.name}.embed expects a batch shaped (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(batch.shape)}"
+            )
+        if not batch.is_floating_point():
+            raise BenchError(f"{self.name}.embed expects floating-point input, got {batch.dtype}")
+        model = self.model
+        model.eval()
+        device = self.device
+        x = batch.to(device=device, dtype=torch.float32)
+        num_prefix = model.num_prefix_tokens
+        # autocast off: bf16 on CPU is ~6x slower here, and the features must not depend on it
+        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
+            tokens = model.forward_features(x)  # (B, prefix + patches, 768), after final norm
+            cls = tokens[:, 0]
+            patch_mean = tokens[:, num_prefix:].mean(dim=1)
+        # clone outside inference mode: callers may train heads on these tensors
+        return {
+            "cls": cls.float().clone(),
+            "patch_mean": patch_mean.float().clone(),
+        }
+
+    def architecture(self) -> dict[str, Any]:
+        import timm
+
+        model = self.model
+        return {
+            "model": MODEL_NAME,
+            "implementation": f"timm {timm.__version__}",
+            "embed_dim": FEATURE_DIM,
+            "depth": len(model.blocks),
+            "num_heads": model.blocks[0].attn.num_heads,
+            "patch_size": PATCH_SIZE,
+            "qkv_bias": False,
+            "norm_eps": self.norm_eps,
+            "rope_base": ROPE_BASE,
+            "rope_dtype": ROPE_DTYPE,
+            "img_size": self.contract.image_size[0],
+            "num_prefix_tokens": model.num_prefix_tokens,
+            "num_register_tokens": model.num_prefix_tokens - 1,
+            "features": "final-norm CLS token; mean of final-norm patch tokens",
+        }
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _resolve_weights_path(weights: Path | None) -> tuple[Path | None, str]:
+    if weights is not None:
+        return Path(weights), "--weights"
+    env = os.environ.get(WEIGHTS_ENV, "").strip()
+    if env:
+        return Path(env).expanduser(), f"environment variable {WEIGHTS_ENV}"
+    return None, ""
+
+
+def make_braindino(
+    *,
+    weights: Path | None = None,
+    require_weights: bool = False,
+    image_size: int | None = None,
+    num_slices: int | None = None,
+) -> DinoV3Backbone:
+    """Factory of the ``braindino`` backbone (see module docstring and `create_backbone`)."""
+    size = _check_size("image_size", image_size, DEFAULT_IMAGE_SIZE, PATCH_SIZE)
+    slices = _check_size("num_slices", num_slices, DEFAULT_NUM_SLICES)
+    path, origin = _resolve_weights_path(weights)
+
+    if path is None:
+        if require_weights:
+            raise BenchError(
+                "backbone 'braindino' needs its trained weights and none are configured "
+                f"(BrainDINO weights are not public yet). {WEIGHTS_HINT}"
+            )
+        model = build_dinov3_vitb16(size, seed=RANDOM_SEED)
+        warn_random_init_once("braindino", WEIGHTS_HINT)
+        info = WeightsInfo(
+            status="random-init",
+            source=f"timm init (seed {RANDOM_SEED}), no BrainDINO weights configured",
+            sha256=state_dict_sha256(model),
+        )
+        return DinoV3Backbone("braindino", model, info, image_size=size, num_slices=slices)
+
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise BenchError(
+            f"BrainDINO weights file {path} (from {origin}) {what}; expected a DINOv3 teacher "
+            f"checkpoint file. {WEIGHTS_HINT}"
+        )
+    source = str(path)
+    ckpt = load_checkpoint(path)
+    model = build_dinov3_vitb16(size, seed=RANDOM_SEED)
+    report = load_braindino_weights(model, ckpt, source=source)
+    del ckpt
+    info = WeightsInfo(status="pretrained", source=source, sha256=sha256_file(path))
+    return DinoV3Backbone(
+        "braindino", model, info, image_size=size, num_slices=slices, load_report=report
+    )
+
+
+register_backbone("braindino")(make_braindino)

@@ -1,0 +1,139 @@
+"""The backbone interface: an input contract, honest weight provenance, and `embed` on a batch.
+
+A backbone never reads files. The runner turns volumes into what `contract` asks for and
+calls `embed`; everything that changes the features goes into `cache_identity()`.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from brainbench.registry import Registry
+
+Dims = Literal["2d", "3d"]
+Intensity = Literal["robust_zscore", "zscore", "imagenet"]
+WeightStatus = Literal["pretrained", "random-init"]
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a backbone expects; the runner adapts each volume to it.
+
+    dims:         "2d" = axial slices from the NIfTI's last axis, one forward pass per slice;
+                  "3d" = the whole volume resampled to ``image_size``.
+    in_channels:  grey input is repeated to this many channels.
+    image_size:   (H, W) for 2d, (D, H, W) for 3d.
+    num_slices:   2d only: the volume's depth is resized to this many slices, all of them encoded.
+    intensity:    per-volume normalisation applied before resizing.
+    tokens:       names of the vectors `embed` returns per image, e.g. ("cls", "patch_mean").
+    feature_dim:  length of each returned vector.
+    """
+
+    dims: Dims
+    in_channels: int
+    image_size: tuple[int, ...]
+    num_slices: int | None
+    intensity: Intensity
+    tokens: tuple[str, ...]
+    feature_dim: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from. Random-init results must say so wherever they are shown."""
+
+    status: WeightStatus
+    source: str  # file path, or how the random init was made
+    sha256: str  # of the weights file; for random init, of the initialised state dict
+
+    @property
+    def id(self) -> str:
+        return f"{self.status}:{self.sha256[:16]}"
+
+    @property
+    def is_random(self) -> bool:
+        return self.status == "random-init"
+
+
+class Backbone(abc.ABC):
+    """A frozen encoder. Subclasses set `name`, `contract`, `weights` and implement `embed`."""
+
+    name: str
+    contract: InputContract
+    weights: WeightsInfo
+
+    @abc.abstractmethod
+    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode a batch shaped (B, C, *image_size); return {token name: (B, feature_dim)}."""
+
+    @abc.abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """Architecture settings that change features (model name, eps, rope precision, ...)."""
+
+    @abc.abstractmethod
+    def parameter_count(self) -> int:
+        """Number of encoder parameters (all frozen)."""
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything about the backbone that the feature cache key must cover."""
+        return {
+            "backbone": self.name,
+            "architecture": self.architecture(),
+            "weights_sha256": self.weights.sha256,
+            "contract": self.contract.as_dict(),
+        }
+
+
+BackboneFactory = Callable[..., Backbone]
+"""Called as factory(weights=Path | None, require_weights=bool, image_size=int | None,
+num_slices=int | None); the last two are profile overrides for 2d backbones."""
+
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    return BACKBONES.decorator(name)
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    require_weights: bool = False,
+    image_size: int | None = None,
+    num_slices: int | None = None,
+) -> Backbone:
+    """Build a registered backbone (like timm.create_model). Unknown names list the valid ones."""
+    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+
+    factory = BACKBONES.get(name)
+    return factory(
+        weights=Path(weights) if weights is not None else None,
+        require_weights=require_weights,
+        image_size=image_size,
+        num_slices=num_slices,
+    )
+
+
+_warned: set[str] = set()
+
+
+def warn_random_init_once(name: str, hint: str) -> None:
+    """One warning per backbone per process when it runs without trained weights."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    warnings.warn(
+        f"backbone {name!r}: no weights configured, using RANDOM INITIALISATION; every result "
+        f"will be marked random-init. {hint}",
+        stacklevel=3,
+    )

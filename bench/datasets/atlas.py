@@ -1,0 +1,135 @@
+"""ATLAS R2.0: BIDS T1w images in MNI space with a manual lesion mask, plus the metadata CSV.
+
+The target is days post stroke; the lesion mask is kept in ``targets["lesion"]`` (None if the
+mask file is absent). The site is the ``R###`` folder the subject sits in.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from brainbench.subjects import Cohort, Subject
+
+from ._common import DatasetAdapter, find_image, finish, locate, require_dir
+from ._tables import is_missing, parse_float, preview, read_table
+
+NAME = "atlas2"
+TITLE = "ATLAS R2.0"
+FOLDER = "ATLAS_2"
+LABEL_FILE = "ATLAS_2.0_MetaData.csv"
+SPACE = "space-MNI152NLin2009aSym"
+EXPECTED_TREE = f"""\
+ATLAS_2/
+  {LABEL_FILE}   (Subject ID, Site, Session, Days Post Stroke, Lesion Hemisphere, Age, Sex)
+  Training/
+    R001/
+      sub-r001s001/ses-1/anat/
+        sub-r001s001_ses-1_{SPACE}_T1w.nii.gz
+        sub-r001s001_ses-1_{SPACE}_label-L_desc-T1lesion_mask.nii.gz
+    ..."""
+
+REQUIRED = ("Subject ID", "Session", "Days Post Stroke", "Lesion Hemisphere")
+SUBJECT = re.compile(r"^(?:sub-)?(r\d+s\d+)$", re.IGNORECASE)
+
+
+def _label_file(folder: Path) -> Path:
+    exact = folder / LABEL_FILE
+    if exact.is_file():
+        return exact
+    # releases prefix the file with a date (e.g. 20220425_ATLAS_2.0_MetaData.csv)
+    dated = sorted(folder.glob("*ATLAS_2.0_MetaData*.csv"))
+    return dated[0] if dated else exact
+
+
+def _subject_id(raw: str) -> str:
+    m = SUBJECT.match(raw.strip())
+    return f"sub-{m.group(1).lower()}" if m else raw.strip()
+
+
+def _session(raw: str) -> str:
+    raw = raw.strip()
+    if is_missing(raw):
+        return "ses-1"
+    return raw if raw.startswith("ses-") else f"ses-{raw.removesuffix('.0')}"
+
+
+def read(root: Path) -> Cohort:
+    folder = locate(
+        root,
+        folder=FOLDER,
+        title=TITLE,
+        expected_tree=EXPECTED_TREE,
+        alt_folders=("ATLAS_R2.0", "ATLAS_2.0"),
+        looks_like=lambda p: any(p.glob("*ATLAS_2.0_MetaData*.csv")),
+    )
+    label = _label_file(folder)
+    table = read_table(label, REQUIRED, expected_tree=EXPECTED_TREE)
+    training = require_dir(folder / "Training", TITLE, EXPECTED_TREE, what="image folder")
+    subject_dirs = {p.name: p for p in sorted(training.glob("*/sub-*")) if p.is_dir()}
+
+    rows = {}
+    dup_kept, dup_dropped = [], []
+    for row in table:
+        sid = _subject_id(row["Subject ID"])
+        if not sid:
+            continue
+        if sid in rows:
+            if rows[sid] is not None and dict(rows[sid].values) == dict(row.values):
+                dup_kept.append(sid)
+            else:
+                dup_dropped.append(sid)
+                rows[sid] = None
+            continue
+        rows[sid] = row
+
+    subjects: list[Subject] = []
+    no_image, no_days, no_mask = [], [], []
+    for sid, row in rows.items():
+        if row is None:
+            continue
+        days = parse_float(table, row, "Days Post Stroke", what="days post stroke")
+        ses = _session(row["Session"])
+        sub_dir = subject_dirs.get(sid)
+        anat = sub_dir / ses / "anat" if sub_dir is not None else None
+        t1 = find_image(anat, f"{sid}_{ses}_{SPACE}_T1w") if anat is not None else None
+        if t1 is None:
+            no_image.append(sid)
+            continue
+        if days is None:
+            no_days.append(sid)
+            continue
+        mask = find_image(anat, f"{sid}_{ses}_{SPACE}_label-L_desc-T1lesion_mask")
+        if mask is None:
+            no_mask.append(sid)
+        hemi = row["Lesion Hemisphere"]
+        subjects.append(
+            Subject(
+                id=sid,
+                group=sid,
+                images={"t1": t1},
+                targets={"days": days, "lesion": mask},
+                meta={"site": sub_dir.parent.name, "hemisphere": None if is_missing(hemi) else hemi},
+            )
+        )
+
+    unlisted = sorted(s for s in subject_dirs if s not in rows)
+    notes = []
+    if label.name != LABEL_FILE:
+        notes.append(f"metadata read from {label.name}")
+    if dup_kept:
+        notes.append(f"Subject ID repeated with identical rows, one kept: {preview(dup_kept)}")
+    if dup_dropped:
+        notes.append(f"Subject ID repeated with different rows, dropped: {preview(dup_dropped)}")
+    if no_image:
+        notes.append(f"{len(no_image)} row(s) without a T1w image skipped: {preview(no_image)}")
+    if no_days:
+        notes.append(f"{len(no_days)} subject(s) without Days Post Stroke skipped: {preview(no_days)}")
+    if no_mask:
+        notes.append(f"{len(no_mask)} subject(s) without a lesion mask (targets['lesion'] is None): {preview(no_mask)}")
+    if unlisted:
+        notes.append(f"{len(unlisted)} subject folder(s) without a row in {label.name} ignored: {preview(unlisted)}")
+    return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
+
+
+ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)

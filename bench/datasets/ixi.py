@@ -1,0 +1,140 @@
+"""IXI: the IXI.xls demographics sheet plus T1 images named IXI<id>-<site>-<nnnn>-T1.nii.gz.
+
+Known quirks of the real sheet, resolved here and reported in ``Cohort.notes``:
+duplicate IXI_IDs (identical AGE: one row kept; different AGE: the id is dropped), empty AGE
+(derived from STUDY_DATE - DOB when both are present, else the row is dropped), and rows or
+images without a counterpart. The acquisition site (Guys, HH, IOP) comes from the file name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from brainbench.subjects import Cohort, Subject
+
+from ._common import DatasetAdapter, finish, layout_error, locate
+from ._tables import Row, Table, parse_code, parse_date, parse_float, parse_int, preview, read_table
+
+NAME = "ixi"
+TITLE = "IXI"
+FOLDER = "IXI"
+LABEL_FILES = ("IXI.xls", "IXI.csv")
+SHEET = "Table"
+EXPECTED_TREE = """\
+IXI/
+  IXI.xls                (sheet 'Table': IXI_ID, SEX_ID 1=M 2=F, ..., DOB, STUDY_DATE, AGE; or IXI.csv)
+  IXI-T1/
+    IXI002-Guys-0828-T1.nii.gz
+    IXI012-HH-1211-T1.nii.gz
+    IXI035-IOP-0873-T1.nii.gz
+    ..."""
+
+REQUIRED = ("IXI_ID", "SEX_ID", "DOB", "STUDY_DATE", "AGE")
+SEX = {"1": "M", "2": "F"}
+IMAGE = re.compile(r"^IXI(\d+)-(Guys|HH|IOP)-(\d+)-T1\.nii(\.gz)?$", re.IGNORECASE)
+DAYS_PER_YEAR = 365.25
+AGE_TOLERANCE = 1e-6
+
+
+def _images(folder: Path) -> tuple[dict[int, tuple[Path, str]], list[str]]:
+    t1_dir = folder / "IXI-T1"
+    if not t1_dir.is_dir():
+        # the T1 tarball unpacks flat: accept the images directly in the dataset folder
+        if any(IMAGE.match(p.name) for p in folder.iterdir()):
+            t1_dir = folder
+        else:
+            raise layout_error(TITLE, f"missing image folder {t1_dir}", EXPECTED_TREE)
+    found: dict[int, tuple[Path, str]] = {}
+    extra: list[str] = []
+    for p in sorted(t1_dir.iterdir()):
+        m = IMAGE.match(p.name)
+        if not m or not p.is_file():
+            continue
+        num = int(m.group(1))
+        if num in found:
+            extra.append(p.name)
+            continue
+        site = {"guys": "Guys", "hh": "HH", "iop": "IOP"}[m.group(2).lower()]
+        found[num] = (p, site)
+    return found, extra
+
+
+def _age(table: Table, row: Row) -> tuple[float | None, bool]:
+    """(age, derived?) for one row."""
+    age = parse_float(table, row, "AGE", what="age")
+    if age is not None:
+        return age, False
+    dob = parse_date(table, row, "DOB")
+    study = parse_date(table, row, "STUDY_DATE")
+    if dob is None or study is None:
+        return None, False
+    return (study - dob).days / DAYS_PER_YEAR, True
+
+
+def read(root: Path) -> Cohort:
+    folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE, markers=LABEL_FILES)
+    label = next((folder / n for n in LABEL_FILES if (folder / n).is_file()), folder / LABEL_FILES[0])
+    table = read_table(label, REQUIRED, sheet=SHEET, expected_tree=EXPECTED_TREE)
+    images, extra_images = _images(folder)
+
+    by_id: dict[int, list[tuple[Row, float | None, bool]]] = {}
+    no_id = 0
+    for row in table:
+        num = parse_int(table, row, "IXI_ID", what="IXI_ID")
+        if num is None:
+            no_id += 1
+            continue
+        age, derived = _age(table, row)
+        by_id.setdefault(num, []).append((row, age, derived))
+
+    notes = []
+    subjects: list[Subject] = []
+    no_image, no_age, derived_ids = [], [], []
+    for num in sorted(by_id):
+        entries = by_id[num]
+        sid = f"IXI{num:03d}"
+        with_age = [e for e in entries if e[1] is not None]
+        if not with_age:
+            no_age.append(sid)
+            continue
+        if len(entries) > 1:
+            ages = sorted({round(e[1], 6) for e in with_age})
+            if len(ages) > 1:
+                notes.append(
+                    f"IXI_ID {num} appears {len(entries)} times with different AGE "
+                    f"({', '.join(f'{a:g}' for a in ages)}): dropped"
+                )
+                continue
+            notes.append(f"IXI_ID {num} appears {len(entries)} times with the same AGE: one row kept")
+        row, age, derived = with_age[0]
+        if num not in images:
+            no_image.append(sid)
+            continue
+        if derived:
+            derived_ids.append(sid)
+        path, site = images[num]
+        sex = parse_code(table, row, "SEX_ID", SEX, valid_text="1 (male), 2 (female)")
+        subjects.append(
+            Subject(id=sid, group=sid, images={"t1": path}, targets={"age": age}, meta={"site": site, "sex": sex})
+        )
+
+    unlisted = [f"IXI{n:03d}" for n in sorted(images) if n not in by_id]
+    if no_id:
+        notes.append(f"{no_id} row(s) without IXI_ID skipped")
+    if derived_ids:
+        notes.append(f"{len(derived_ids)} empty AGE(s) derived from STUDY_DATE - DOB: {preview(derived_ids)}")
+    if no_age:
+        notes.append(
+            f"{len(no_age)} id(s) with empty AGE and no STUDY_DATE/DOB to derive it dropped: {preview(no_age)}"
+        )
+    if no_image:
+        notes.append(f"{len(no_image)} row(s) without a T1 image skipped: {preview(no_image)}")
+    if unlisted:
+        notes.append(f"{len(unlisted)} T1 image(s) without a row in {label.name} ignored: {preview(unlisted)}")
+    if extra_images:
+        notes.append(f"{len(extra_images)} extra T1 image(s) for an id already seen ignored: {preview(extra_images)}")
+    return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
+
+
+ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)

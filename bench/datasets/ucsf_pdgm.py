@@ -1,0 +1,158 @@
+"""UCSF-PDGM v5: the metadata CSV plus a NIfTI folder per exam (T1, T1c, T2, FLAIR, tumour labels).
+
+IDs are three digits in the CSV (``UCSF-PDGM-004``) and four in the folders (``UCSF-PDGM-0004``):
+both are parsed to their integer, and subject ids use the four-digit form.
+
+Grouping: the real release has 501 exams of 495 patients (a few patients were scanned twice
+under different IDs), and the release does not say which exams share a patient. Each exam is its
+own group here (``group == id``); a patient map can be supplied later to merge the groups.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from brainbench.errors import BenchError
+from brainbench.subjects import Cohort, Subject
+
+from ._common import DatasetAdapter, find_image, finish, locate, require_dir
+from ._tables import Row, Table, is_missing, parse_code, parse_float, parse_int, preview, read_table
+
+NAME = "ucsf_pdgm"
+TITLE = "UCSF-PDGM"
+FOLDER = "UCSF-PDGM"
+LABEL_FILE = "UCSF-PDGM-metadata_v5.csv"
+IMAGE_DIR = "UCSF-PDGM-v5"
+EXPECTED_TREE = f"""\
+UCSF-PDGM/
+  {LABEL_FILE}   (ID like UCSF-PDGM-004, Sex, Age at MRI, WHO CNS Grade, IDH, 1-dead 0-alive, OS, ...)
+  {IMAGE_DIR}/
+    UCSF-PDGM-0004_nifti/
+      UCSF-PDGM-0004_T1.nii.gz
+      UCSF-PDGM-0004_T1c.nii.gz
+      UCSF-PDGM-0004_T2.nii.gz
+      UCSF-PDGM-0004_FLAIR.nii.gz
+      UCSF-PDGM-0004_tumor_segmentation.nii.gz
+    ..."""
+
+REQUIRED = ("ID", "Sex", "Age at MRI", "WHO CNS Grade", "IDH", "1-dead 0-alive", "OS")
+ID = re.compile(r"^UCSF-PDGM-(\d+)$", re.IGNORECASE)
+FOLDER_ID = re.compile(r"^UCSF-PDGM-(\d+)_nifti$", re.IGNORECASE)
+MODALITIES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
+SEX = {"M": "M", "F": "F", "Male": "M", "Female": "F"}
+EVENT = {"1": True, "0": False}
+
+
+def canonical(num: int) -> str:
+    return f"UCSF-PDGM-{num:04d}"
+
+
+def _idh(table: Table, row: Row) -> str | None:
+    raw = row["IDH"]
+    if is_missing(raw):
+        return None
+    low = raw.strip().lower()
+    if low in ("wildtype", "wild type", "wild-type"):
+        return "wildtype"
+    if low.startswith("mutant"):
+        return "mutant"
+    raise BenchError(
+        f"unknown code {raw!r} in {table.where(row, 'IDH')}; valid codes: 'wildtype', or anything "
+        f"starting with 'mutant' (e.g. 'mutant (R132H)')"
+    )
+
+
+def read(root: Path) -> Cohort:
+    folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE, markers=(LABEL_FILE,))
+    table = read_table(folder / LABEL_FILE, REQUIRED, expected_tree=EXPECTED_TREE)
+    image_root = require_dir(folder / IMAGE_DIR, TITLE, EXPECTED_TREE)
+    exam_dirs: dict[int, Path] = {}
+    for p in sorted(image_root.iterdir()):
+        m = FOLDER_ID.match(p.name)
+        if m and p.is_dir():
+            exam_dirs.setdefault(int(m.group(1)), p)
+
+    rows: dict[int, Row | None] = {}
+    dup_kept, dup_dropped = [], []
+    for row in table:
+        raw = row["ID"]
+        if is_missing(raw):
+            continue
+        m = ID.match(raw.strip())
+        if not m:
+            raise BenchError(f"cannot parse exam id {raw!r} in {table.where(row, 'ID')} (expected UCSF-PDGM-004)")
+        num = int(m.group(1))
+        if num in rows:
+            prev = rows[num]
+            same = prev is not None and {k: v for k, v in prev.values.items() if k != "ID"} == {
+                k: v for k, v in row.values.items() if k != "ID"
+            }
+            (dup_kept if same else dup_dropped).append(canonical(num))
+            if not same:
+                rows[num] = None
+            continue
+        rows[num] = row
+
+    subjects: list[Subject] = []
+    no_image, incomplete, no_seg, no_idh = [], [], [], []
+    for num, row in rows.items():
+        if row is None:
+            continue
+        sid = canonical(num)
+        idh = _idh(table, row)
+        event = parse_code(table, row, "1-dead 0-alive", EVENT, valid_text="1 (dead), 0 (alive)")
+        os_days = parse_float(table, row, "OS", what="overall survival (days)")
+        age = parse_float(table, row, "Age at MRI", what="age")
+        sex = parse_code(table, row, "Sex", SEX)
+        grade = parse_int(table, row, "WHO CNS Grade", what="WHO CNS grade")
+        exam = exam_dirs.get(num)
+        if exam is None:
+            no_image.append(sid)
+            continue
+        prefix = exam.name[: -len("_nifti")]
+        images, absent = {}, []
+        for ours, suffix in MODALITIES.items():
+            p = find_image(exam, f"{prefix}_{suffix}") or find_image(exam, f"{sid}_{suffix}")
+            if p is None:
+                absent.append(suffix)
+            else:
+                images[ours] = p
+        if absent:
+            incomplete.append(f"{sid} (no {', '.join(absent)})")
+            continue
+        seg = find_image(exam, f"{prefix}_tumor_segmentation") or find_image(exam, f"{sid}_tumor_segmentation")
+        if seg is None:
+            no_seg.append(sid)
+        if idh is None:
+            no_idh.append(sid)
+        subjects.append(
+            Subject(
+                id=sid,
+                group=sid,
+                images=images,
+                targets={"idh": idh, "os_days": os_days, "event": event, "seg": seg},
+                meta={"sex": sex, "age": age, "grade": grade},
+            )
+        )
+
+    unlisted = [canonical(n) for n in sorted(exam_dirs) if n not in rows]
+    notes = []
+    if dup_kept:
+        notes.append(f"exam id repeated with identical rows, one kept: {preview(dup_kept)}")
+    if dup_dropped:
+        notes.append(f"exam id repeated with different rows, dropped: {preview(dup_dropped)}")
+    if no_image:
+        notes.append(f"{len(no_image)} row(s) without an image folder skipped: {preview(no_image)}")
+    if incomplete:
+        notes.append(f"{len(incomplete)} exam(s) without all four contrasts skipped: {preview(incomplete, 3)}")
+    if no_seg:
+        notes.append(f"{len(no_seg)} exam(s) without tumor_segmentation (targets['seg'] is None): {preview(no_seg)}")
+    if no_idh:
+        notes.append(f"{len(no_idh)} exam(s) with IDH missing (targets['idh'] is None): {preview(no_idh)}")
+    if unlisted:
+        notes.append(f"{len(unlisted)} exam folder(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
+
+
+ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)

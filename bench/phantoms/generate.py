@@ -1,0 +1,224 @@
+"""Public entry point: write phantom cohorts in the real datasets' layouts, once, atomically.
+
+Why atomic: a cohort is built in a temporary sibling folder and moved into place with
+``os.replace``, so an interrupted run never leaves a half-written dataset, and ``_phantom.json``
+(written last) says what a finished root holds so a second call returns at once.
+
+CLI: ``python -m brainbench.phantoms.generate --root DIR --n N [--seed S] [--workers W]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from brainbench.phantoms.cohorts import finalize, plan_cohort
+from brainbench.phantoms.layouts import FOLDERS, write_label_file
+from brainbench.phantoms.render import init_worker, render_scan
+from brainbench.phantoms.specs import CohortPlan
+from brainbench.phantoms.template import load_template
+
+PHANTOM_VERSION = "1.0"
+DATASETS = ("brats2021", "adni", "abide1", "ixi", "atlas2", "ucsf_pdgm", "upenn_gbm")
+MANIFEST = "_phantom.json"
+TRUTH_DIR = "_truth"
+
+
+def _resolve_sizes(n_subjects: int | dict[str, int], datasets: Sequence[str]) -> dict[str, int]:
+    """Persons per dataset. A dict also selects datasets: those requested and present in it."""
+    unknown = [d for d in datasets if d not in DATASETS]
+    if isinstance(n_subjects, dict):
+        unknown += [d for d in n_subjects if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown phantom dataset(s) {unknown}; known: {list(DATASETS)}")
+    if isinstance(n_subjects, dict):
+        sizes = {d: int(n_subjects[d]) for d in DATASETS if d in datasets and d in n_subjects}
+    else:
+        sizes = {d: int(n_subjects) for d in DATASETS if d in datasets}
+    bad = {d: n for d, n in sizes.items() if n < 1}
+    if bad:
+        raise ValueError(f"n_subjects must be >= 1 per dataset, got {bad}")
+    return sizes
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_done(root: Path, manifest: dict[str, Any], dataset: str, n: int, seed: int) -> bool:
+    if manifest.get("version") != PHANTOM_VERSION or manifest.get("seed") != seed:
+        return False
+    if manifest.get("sizes", {}).get(dataset) != n:
+        return False
+    return (root / FOLDERS[dataset]).is_dir() and (root / TRUTH_DIR / f"{dataset}.csv").is_file()
+
+
+def _truth_frame(plan: CohortPlan) -> pd.DataFrame:
+    """One row per person-visit (scan or label-file row), latent covariates and measurements."""
+    rows = []
+    for r in plan.records:
+        if r.quirk.startswith("duplicate"):
+            continue
+        row: dict[str, Any] = {"key": r.key, "has_image": r.scan is not None, "in_table": r.in_table,
+                               "quirk": r.quirk,
+                               "image": r.scan.images[0][1] if r.scan is not None else ""}
+        for k, v in r.fields.items():
+            row[k] = v.isoformat() if hasattr(v, "isoformat") else v
+        if r.scan is not None:
+            a = r.scan.anatomy
+            row.update(head_scale=a.head_scale, ageing_rate=a.ageing_rate, mtl_loss=a.mtl_loss,
+                       parietal_loss=a.parietal_loss, frontal_gm=a.frontal_gm,
+                       field_t=r.scan.protocol.field_t, snr=r.scan.protocol.snr * r.scan.snr_jitter)
+            if r.scan.tumour is not None:
+                tu = r.scan.tumour
+                row.update(tumour_x_mm=tu.centre_mm[0], tumour_y_mm=tu.centre_mm[1], tumour_z_mm=tu.centre_mm[2],
+                           tumour_radius_mm=tu.radius_mm, tumour_rim_mm=tu.rim_mm,
+                           tumour_core=tu.core if tu.rim_mm == 0 else "necrotic",
+                           enhancing_focus=tu.enhancing_focus)
+        row.update({k: v for k, v in r.stats.items() if k not in ("seconds", "cpu_seconds")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an older one without a half state."""
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 0, workers: int = 2,
+                      datasets: Sequence[str] = DATASETS, progress: bool = True) -> Path:
+    """Generate (once) phantom cohorts under ``root``; returns ``root``.
+
+    n_subjects counts persons per dataset (an int for all, or {dataset: n}, which also selects
+    the datasets); visits/sessions and quirk rows come on top. Same seed -> byte-identical files.
+    """
+    t_start = time.perf_counter()
+    root = Path(root)
+    sizes = _resolve_sizes(n_subjects, datasets)
+    manifest = _read_manifest(root)
+    todo = [d for d, n in sizes.items() if not _is_done(root, manifest, d, n, seed)]
+    if not todo:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / TRUTH_DIR).mkdir(exist_ok=True)
+
+    t0 = time.perf_counter()
+    template = load_template()
+    template_s = time.perf_counter() - t0
+    plans = {d: plan_cohort(d, sizes[d], seed, template) for d in todo}
+    tmp_dirs = {d: root / f".{FOLDERS[d]}.tmp.{os.getpid()}" for d in todo}
+    jobs = [(d, s) for d in todo for s in plans[d].scans]
+    stats: dict[tuple[str, str], dict] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="phantoms", unit="scan", file=sys.stderr)
+    try:
+        for d in todo:
+            shutil.rmtree(tmp_dirs[d], ignore_errors=True)
+            tmp_dirs[d].mkdir(parents=True)
+        if workers <= 1:
+            init_worker(template)
+            for d, s in jobs:
+                ds, key, st = render_scan(s, tmp_dirs[d])
+                stats[(ds, key)] = st
+                if bar is not None:
+                    bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=init_worker, initargs=(template,)) as ex:
+                futures = [ex.submit(render_scan, s, str(tmp_dirs[d])) for d, s in jobs]
+                for fut in as_completed(futures):
+                    ds, key, st = fut.result()
+                    stats[(ds, key)] = st
+                    if bar is not None:
+                        bar.update(1)
+        per_dataset: dict[str, dict[str, Any]] = {}
+        for d in todo:
+            plan = plans[d]
+            for r in plan.records:
+                if r.scan is not None:
+                    r.stats = stats[(d, r.scan.scan_id)]
+            finalize(plan, seed)
+            write_label_file(d, tmp_dirs[d], plan.records)
+            truth = _truth_frame(plan)
+            truth_tmp = root / TRUTH_DIR / f".{d}.csv.{os.getpid()}.tmp"
+            truth.to_csv(truth_tmp, index=False)
+            _install(tmp_dirs[d], root / FOLDERS[d])
+            os.replace(truth_tmp, root / TRUTH_DIR / f"{d}.csv")
+            secs = [stats[(d, s.scan_id)]["seconds"] for s in plan.scans]
+            cpu = [stats[(d, s.scan_id)]["cpu_seconds"] for s in plan.scans]
+            per_dataset[d] = {"n_subjects": sizes[d], "n_scans": len(secs),
+                              "seconds_per_scan": round(sum(secs) / max(len(secs), 1), 4),
+                              "cpu_seconds_per_scan": round(sum(cpu) / max(len(cpu), 1), 4)}
+    finally:
+        if bar is not None:
+            bar.close()
+        for p in tmp_dirs.values():
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+
+    keep = manifest.get("version") == PHANTOM_VERSION and manifest.get("seed") == seed
+    old_sizes = manifest.get("sizes", {}) if keep else {}
+    old_details = manifest.get("datasets", {}) if keep else {}
+    new = {
+        "version": PHANTOM_VERSION,
+        "seed": seed,
+        "sizes": {**old_sizes, **sizes},
+        "datasets": {**old_details, **per_dataset},
+        "template_seconds": round(template_s, 3),
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "workers": workers,
+    }
+    _atomic_write_text(root / MANIFEST, json.dumps(new, indent=2, sort_keys=True))
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m brainbench.phantoms.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--n", type=int, default=10, help="persons per dataset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma list")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    root = generate_phantoms(a.root, a.n, seed=a.seed, workers=a.workers,
+                             datasets=[d for d in a.datasets.split(",") if d], progress=not a.no_progress)
+    wall = time.perf_counter() - t0
+    m = _read_manifest(root)
+    print(f"phantoms v{m.get('version')} seed {m.get('seed')} in {root} ({wall:.1f} s wall, "
+          f"template {m.get('template_seconds')} s, workers {a.workers})")
+    for d, info in sorted(m.get("datasets", {}).items()):
+        print(f"  {d:<10} persons {info['n_subjects']:>4}  scans {info['n_scans']:>4}  "
+              f"{info['seconds_per_scan']:.2f} s/scan wall, {info['cpu_seconds_per_scan']:.2f} s/scan CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""Learnability check: can a simple model recover each task's label from the latent truth?
+
+Why: a phantom task must be neither trivial nor impossible. Fitting a small scikit-learn model on
+the ground-truth covariates in ``_truth/<dataset>.csv`` gives an upper-bound-ish "oracle" score;
+the same pipeline on shuffled labels must land at chance. Usage::
+
+    python -m brainbench.phantoms.oracle ROOT
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import mean_absolute_error, roc_auc_score
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclass
+class OracleRow:
+    """One task's learnability: metric on truth covariates, on shuffled labels, and at chance."""
+
+    dataset: str
+    target: str
+    metric: str
+    oracle: float
+    shuffled: float
+    chance: float
+    n: int
+
+
+@dataclass(frozen=True)
+class _Task:
+    dataset: str
+    target: str
+    kind: str  # "auc", "mae", "cindex"
+    prepare: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray, np.ndarray]]  # X, y, groups
+    model: str = "linear"  # or "forest"
+    log_target: bool = False
+
+
+def _imaged(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["has_image"].astype(bool)].reset_index(drop=True)
+
+
+def _adni(df):
+    d = _imaged(df)
+    X = np.c_[d["mtl_gm_change"], d["parietal_gm_change"], d["gm_change"], d["age"]]
+    y = d["DX"].map({"CN": 0, "MCI": 1, "Dementia": 2}).to_numpy()
+    return X, y, d["subject_id"].astype(str).to_numpy()
+
+
+def _abide(df):
+    d = _imaged(df)
+    X = np.c_[d["frontal_gm_change"], d["age"], pd.get_dummies(d["site"].astype(str)).to_numpy(float)]
+    return X, d["asd"].astype(bool).astype(int).to_numpy(), d["subject_id"].astype(str).to_numpy()
+
+
+def _ixi(df):
+    d = _imaged(df)
+    X = np.c_[d["gm_fraction"], d["ventricle_ml"], d["wmh_ml"]]
+    return X, d["age"].to_numpy(float), d["subject_id"].astype(str).to_numpy()
+
+
+def _atlas(df):
+    d = _imaged(df)
+    cols = ["stage_acute", "stage_oedema", "stage_enhance", "stage_cavity", "stage_gliosis", "stage_shrink", "lesion_ml"]
+    return d[cols].to_numpy(float), d["days"].to_numpy(float), d["subject_id"].astype(str).to_numpy()
+
+
+def _tumour_features(d: pd.DataFrame) -> np.ndarray:
+    return np.c_[np.log1p(d["vol_label1_ml"]), np.log1p(d["vol_label2_ml"]), np.log1p(d["vol_label4_ml"]),
+                 d["tumour_y_mm"], d["age"]]
+
+
+def _ucsf(df):
+    d = _imaged(df)
+    return _tumour_features(d), d["idh_mutant"].astype(bool).astype(int).to_numpy(), d["subject_id"].astype(str).to_numpy()
+
+
+def _upenn_base(df):
+    d = _imaged(df)
+    d = d[(d["session"].astype(str) == "11") & ~d["os_missing"].astype(bool)].reset_index(drop=True)
+    X = np.c_[d["age"], d["idh_mutant"].astype(float), np.log1p(d["vol_label1_ml"] + d["vol_label4_ml"])]
+    return d, X
+
+
+def _upenn_1yr(df):
+    d, X = _upenn_base(df)
+    died = d["event"].astype(bool) & (d["os_days"] <= 365)
+    alive = d["os_days"] > 365
+    keep = (died | alive).to_numpy()
+    return X[keep], died.to_numpy()[keep].astype(int), d["subject_id"].astype(str).to_numpy()[keep]
+
+
+def _upenn_cox(df):
+    d, X = _upenn_base(df)
+    y = np.c_[d["os_days"].to_numpy(float), d["event"].astype(bool).to_numpy(float)]
+    return X, y, d["subject_id"].astype(str).to_numpy()
+
+
+TASKS = (
+    _Task("adni", "dx (CN/MCI/Dementia)", "auc", _adni),
+    _Task("abide1", "asd", "auc", _abide),
+    _Task("ixi", "age", "mae", _ixi),
+    _Task("atlas2", "days post stroke", "mae", _atlas, model="forest", log_target=True),
+    _Task("ucsf_pdgm", "idh mutant", "auc", _ucsf),
+    _Task("upenn_gbm", "survival_1yr", "auc", _upenn_1yr),
+    _Task("upenn_gbm", "survival (C-index)", "cindex", _upenn_cox),
+)
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's concordance: among comparable pairs, how often higher risk dies first."""
+    conc = ties = comparable = 0.0
+    for i in np.flatnonzero(event > 0):
+        later = time > time[i]
+        comparable += later.sum()
+        conc += (risk[later] < risk[i]).sum()
+        ties += (risk[later] == risk[i]).sum()
+    return float((conc + 0.5 * ties) / comparable) if comparable else float("nan")
+
+
+def _folds(y: np.ndarray, groups: np.ndarray, kind: str, seed: int):
+    if kind == "auc":
+        counts = np.bincount(y)
+        k = int(min(5, counts[counts > 0].min()))
+        if k < 2 or (counts > 0).sum() < 2:
+            return None
+        return StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, groups)
+    k = int(min(5, len(np.unique(groups))))
+    return GroupKFold(n_splits=k).split(y, y, groups) if k >= 2 else None
+
+
+def _model(task: _Task):
+    if task.kind == "auc":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    if task.model == "forest":
+        return RandomForestRegressor(n_estimators=150, min_samples_leaf=2, random_state=0, n_jobs=1)
+    return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+
+
+def _score(task: _Task, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Cross-validated (score, chance score) for one labelling."""
+    folds = _folds(y if task.kind == "auc" else np.zeros(len(y), int), groups, task.kind, seed)
+    if folds is None:
+        return float("nan"), float("nan")
+    if task.kind == "auc":
+        k = len(np.unique(y))
+        proba = np.zeros((len(y), k))
+        for tr, te in folds:
+            m = _model(task).fit(X[tr], y[tr])
+            p = m.predict_proba(X[te])
+            proba[np.ix_(te, np.searchsorted(np.unique(y), m.classes_))] = p
+        if k == 2:
+            return float(roc_auc_score(y, proba[:, 1])), 0.5
+        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro")), 0.5
+    if task.kind == "mae":
+        pred = np.zeros(len(y))
+        base = np.zeros(len(y))
+        for tr, te in folds:
+            yt = np.log(y[tr]) if task.log_target else y[tr]
+            m = _model(task).fit(X[tr], yt)
+            p = m.predict(X[te])
+            pred[te] = np.exp(p) if task.log_target else p
+            base[te] = y[tr].mean()
+        return float(mean_absolute_error(y, pred)), float(mean_absolute_error(y, base))
+    # survival: regress log time on uncensored training rows, risk = minus predicted log time
+    time, event = y[:, 0], y[:, 1]
+    risk = np.zeros(len(y))
+    for tr, te in folds:
+        ev = tr[event[tr] > 0]
+        if len(ev) < 3:
+            return float("nan"), 0.5
+        m = _model(task).fit(X[ev], np.log(np.maximum(time[ev], 1.0)))
+        risk[te] = -m.predict(X[te])
+    return harrell_c(time, event, risk), 0.5
+
+
+def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
+    """Oracle vs shuffled-label scores for every task whose truth file exists under ``root``."""
+    root = Path(root)
+    rows = []
+    frames: dict[str, pd.DataFrame] = {}
+    for task in TASKS:
+        path = root / "_truth" / f"{task.dataset}.csv"
+        if not path.is_file():
+            continue
+        if task.dataset not in frames:
+            frames[task.dataset] = pd.read_csv(path)
+        X, y, groups = task.prepare(frames[task.dataset])
+        score, chance = _score(task, X, y, groups, seed)
+        perm = np.random.default_rng(seed).permutation(len(y))
+        shuffled, _ = _score(task, X, y[perm], groups, seed)
+        metric = {"auc": "AUC", "mae": "MAE", "cindex": "C-index"}[task.kind]
+        if task.kind == "auc" and len(np.unique(y)) > 2:
+            metric = "macro AUC"
+        rows.append(OracleRow(task.dataset, task.target, metric, round(score, 3), round(shuffled, 3),
+                              round(chance, 3), int(len(y))))
+    return rows
+
+
+def format_report(rows: list[OracleRow]) -> str:
+    head = ["dataset", "target", "metric", "oracle", "shuffled", "chance", "n"]
+    cells = [[str(getattr(r, h)) for h in head] for r in rows]
+    w = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * x for x in w)]
+    lines += ["  ".join(c[i].ljust(w[i]) for i in range(len(head))) for c in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m brainbench.phantoms.oracle ROOT", file=sys.stderr)
+        return 2
+    print(format_report(oracle_report(Path(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Fixed train/test splits and nested label-fraction subsets, as pure functions of the IDs.
+
+Split: groups (people) are stratified; within each stratum they are ordered by
+sha256(salt:group) and the first ones become test. Stratum quotas use the largest-remainder
+rule so the test set is test_fraction of the cohort overall, not per tiny stratum.
+
+Subsets: per seed, within each label stratum of the training pool, groups are ordered by
+sha256(seed:group); fraction f takes the first max(min_per_stratum, ceil(f * n)) of each
+stratum. The ordering never depends on f, so 1% is inside 5% is inside 10%.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from brainbench.errors import BenchError
+from brainbench.taskspec import Sample
+
+SPLIT_SCHEMA = 1
+
+
+def _order_key(prefix: str, group: str) -> str:
+    return hashlib.sha256(f"{prefix}:{group}".encode()).hexdigest()
+
+
+def digest(obj: object) -> str:
+    """sha256 of canonical JSON: the one way this project hashes configurations."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    task: str
+    dataset: str
+    salt: str
+    test_fraction: float
+    train_groups: tuple[str, ...]
+    test_groups: tuple[str, ...]
+
+    @property
+    def hash(self) -> str:
+        return digest({"schema": SPLIT_SCHEMA, "train": sorted(self.train_groups),
+                       "test": sorted(self.test_groups)})
+
+    def to_manifest(self) -> dict:
+        return {
+            "schema": SPLIT_SCHEMA, "task": self.task, "dataset": self.dataset, "salt": self.salt,
+            "test_fraction": self.test_fraction, "hash": self.hash,
+            "train": sorted(self.train_groups), "test": sorted(self.test_groups),
+        }
+
+
+def _group_strata(samples: Sequence[Sample], attr: str) -> dict[str, str]:
+    """One stratum per group: the stratum of its first sample (samples of a person agree)."""
+    strata: dict[str, str] = {}
+    for sample in sorted(samples, key=lambda s: s.id):
+        strata.setdefault(sample.group, getattr(sample, attr))
+    return strata
+
+
+def _apportion(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Split `total` across strata proportionally to size (largest remainder, ties by name)."""
+    n = sum(sizes.values())
+    quotas = {k: total * size / n if n else 0.0 for k, size in sizes.items()}
+    counts = {k: math.floor(q) for k, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in by_remainder[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def make_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
+               test_fraction: float) -> Split:
+    """Test quotas are set per label first (each label with 2+ people gets 1+ test and 1+
+    train person), then shared among that label's sub-strata (e.g. sites)."""
+    labels = _group_strata(samples, "fraction_stratum")
+    strata = _group_strata(samples, "split_stratum")
+    members: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for group, label in labels.items():
+        members[label][strata[group]].append(group)
+    label_sizes = {label: sum(map(len, subs.values())) for label, subs in members.items()}
+    label_counts = _apportion(label_sizes, round(test_fraction * len(labels)))
+    test: list[str] = []
+    train: list[str] = []
+    for label, subs in sorted(members.items()):
+        n = label_sizes[label]
+        count = min(max(label_counts[label], 1), n - 1) if n >= 2 else label_counts[label]
+        sub_counts = _apportion({k: len(v) for k, v in subs.items()}, count)
+        for stratum, groups in sorted(subs.items()):
+            ordered = sorted(groups, key=lambda g: _order_key(salt, g))
+            test += ordered[: sub_counts[stratum]]
+            train += ordered[sub_counts[stratum]:]
+    split = Split(task, dataset, salt, test_fraction, tuple(sorted(train)), tuple(sorted(test)))
+    _check_labels_on_both_sides(split, samples)
+    return split
+
+
+def _check_labels_on_both_sides(split: Split, samples: Sequence[Sample]) -> None:
+    test = set(split.test_groups)
+    train_labels = {s.fraction_stratum for s in samples if s.group not in test}
+    test_labels = {s.fraction_stratum for s in samples if s.group in test}
+    all_labels = train_labels | test_labels
+    if len(all_labels) > 1 and (train_labels != all_labels or test_labels != all_labels):
+        raise BenchError(
+            f"task {split.task}: cohort too small to split: label strata in train "
+            f"{sorted(train_labels)}, in test {sorted(test_labels)}; every stratum needs at least "
+            "two people"
+        )
+
+
+def fraction_subset(split: Split, samples: Sequence[Sample], fraction: float, seed: int,
+                    min_per_stratum: int = 1) -> tuple[str, ...]:
+    """Training groups for (fraction, seed); nested in fraction, reproducible from the IDs."""
+    train = set(split.train_groups)
+    strata = _group_strata([s for s in samples if s.group in train], "fraction_stratum")
+    members: dict[str, list[str]] = defaultdict(list)
+    for group, stratum in strata.items():
+        members[stratum].append(group)
+    chosen: list[str] = []
+    for stratum, groups in sorted(members.items()):
+        ordered = sorted(groups, key=lambda g: _order_key(str(seed), g))
+        k = min(len(ordered), max(min_per_stratum, math.ceil(fraction * len(ordered))))
+        chosen += ordered[:k]
+    if not chosen:
+        raise BenchError(f"task {split.task}: empty training subset at fraction {fraction}")
+    return tuple(sorted(chosen))
+
+
+def subset_hash(groups: Iterable[str]) -> str:
+    return digest(sorted(groups))
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON so that a crash never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_split(split: Split, manifest: Path) -> None:
+    """Write the manifest on first use; on later runs verify the split is unchanged."""
+    if manifest.exists():
+        try:
+            stored = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BenchError(f"split manifest {manifest} is unreadable ({exc}); delete it to "
+                             "re-create it") from None
+        if stored.get("hash") != split.hash:
+            added = sorted(set(split.train_groups + split.test_groups)
+                           - set(stored.get("train", []) + stored.get("test", [])))
+            removed = sorted(set(stored.get("train", []) + stored.get("test", []))
+                             - set(split.train_groups + split.test_groups))
+            raise BenchError(
+                f"split of task {split.task} differs from its manifest {manifest} (stored hash "
+                f"{str(stored.get('hash'))[:12]}, now {split.hash[:12]}; people added: "
+                f"{added[:5]}, removed: {removed[:5]}). The cohort changed; results would not be "
+                "comparable. Restore the data or delete the manifest to start a new split."
+            )
+        return
+    write_json_atomic(manifest, split.to_manifest())

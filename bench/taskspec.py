@@ -1,0 +1,163 @@
+"""Typed task metadata (like MTEB's TaskMetadata) and the registry the cards in tasks/ fill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from brainbench.errors import BenchError
+from brainbench.registry import Registry
+from brainbench.subjects import Cohort, Subject
+from brainbench.targets import ModalityTarget, Target
+
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+Kind = Literal["classification", "regression", "survival", "segmentation"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One endpoint: which data, which label, how it is split and scored.
+
+    stratify_meta: subject meta keys (e.g. "site") crossed with the label's stratum for the
+        fixed train/test split; label-fraction subsets stratify on the label alone so that
+        "at least one per class" stays meaningful at 1%.
+    select: meta/target values a subject must have to enter the task (e.g. baseline session).
+    status: "pending" tasks are listed everywhere with `pending_reason`, never silently skipped.
+    """
+
+    id: str
+    endpoint: str
+    kind: Kind
+    dataset: str
+    modalities: tuple[str, ...]
+    target: Target
+    target_description: str
+    primary_metric: str
+    secondary_metrics: tuple[str, ...]
+    stratify_meta: tuple[str, ...] = ()
+    select: Mapping[str, Any] = field(default_factory=dict)
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    test_fraction: float = 0.2
+    min_per_stratum: int = 1
+    status: Literal["ready", "pending"] = "ready"
+    pending_reason: str = ""
+    reference: str = ""
+
+    @property
+    def split_salt(self) -> str:
+        """Splits depend on the dataset, not the task: tasks sharing a cohort share its test set."""
+        return f"brainbench-split-v1:{self.dataset}"
+
+    def stratify_description(self) -> str:
+        parts = ["label"] + list(self.stratify_meta)
+        return " x ".join(parts)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The unit a probe sees: one person's image(s) for this task, with the label."""
+
+    id: str
+    group: str
+    images: tuple[tuple[str, Path], ...]  # (modality, path); features are averaged over them
+    target: Any
+    split_stratum: str
+    fraction_stratum: str
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    return TASKS.register(spec.id, spec)
+
+
+def get_task(name: str) -> TaskSpec:
+    import brainbench.tasks  # noqa: F401  (registers the task cards)
+
+    return TASKS.get(name)
+
+
+def all_tasks() -> list[TaskSpec]:
+    import brainbench.tasks  # noqa: F401
+
+    return [TASKS.get(name) for name in TASKS.names()]
+
+
+def _selected(task: TaskSpec, subject: Subject) -> bool:
+    for key, wanted in task.select.items():
+        have = subject.meta.get(key, subject.targets.get(key))
+        if have != wanted:
+            return False
+    return True
+
+
+def _missing_modalities(task: TaskSpec, subject: Subject) -> list[str]:
+    return [m for m in task.modalities if m not in subject.images]
+
+
+def build_samples(task: TaskSpec, cohort: Cohort) -> tuple[list[Sample], list[str]]:
+    """Turn a cohort into labelled samples; returns (samples, notes on what was excluded)."""
+    samples: list[Sample] = []
+    notes: list[str] = []
+    unlabeled: list[str] = []
+    no_images: list[str] = []
+    for subject in cohort.subjects:
+        if not _selected(task, subject):
+            continue
+        missing = _missing_modalities(task, subject)
+        if missing:
+            no_images.append(f"{subject.id} (no {', '.join(missing)})")
+            continue
+        meta_stratum = "|".join(str(subject.meta.get(k, "?")) for k in task.stratify_meta)
+        if isinstance(task.target, ModalityTarget):
+            for modality in task.modalities:
+                samples.append(
+                    Sample(
+                        id=f"{subject.id}/{modality}",
+                        group=subject.group,
+                        images=((modality, Path(subject.images[modality])),),
+                        target=modality,
+                        split_stratum=meta_stratum or "all",
+                        fraction_stratum=modality,
+                    )
+                )
+            continue
+        value = task.target.value(subject)
+        if value is None:
+            unlabeled.append(subject.id)
+            continue
+        label_stratum = task.target.stratum(value)
+        samples.append(
+            Sample(
+                id=subject.id,
+                group=subject.group,
+                images=tuple((m, Path(subject.images[m])) for m in task.modalities),
+                target=value,
+                split_stratum="|".join(filter(None, [label_stratum, meta_stratum])),
+                fraction_stratum=label_stratum,
+            )
+        )
+    if unlabeled:
+        notes.append(f"{len(unlabeled)} subject(s) without a usable {task.target_description}: "
+                     f"{', '.join(unlabeled[:5])}{' ...' if len(unlabeled) > 5 else ''}")
+    if no_images:
+        notes.append(f"{len(no_images)} subject(s) lack required modalities: "
+                     f"{', '.join(no_images[:5])}{' ...' if len(no_images) > 5 else ''}")
+    if not samples:
+        raise BenchError(
+            f"task {task.id}: no usable samples in dataset {cohort.dataset} at {cohort.root}"
+            + (f" ({'; '.join(notes)})" if notes else "")
+        )
+    return samples, notes
+
+
+def check_fraction(value: float) -> float:
+    if not (0.0 < value <= 1.0):
+        raise BenchError(f"FRACTION={value} is outside (0, 1]; use e.g. 0.01, 0.1 or 1.0")
+    return value
+

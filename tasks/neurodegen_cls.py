@@ -1,0 +1,15 @@
+from brainbench.taskspec import TaskSpec, register_task
+from brainbench.targets import ClassTarget
+
+TASK = register_task(TaskSpec(
+    id="neurodegen_cls",
+    endpoint="neurodegenerative condition (CN / MCI / AD)",
+    kind="classification",
+    dataset="adni",
+    modalities=("t1",),
+    target=ClassTarget(key="dx", classes=("CN", "MCI", "AD")),
+    target_description="diagnosis at the visit (ADNIMERGE DX; Dementia -> AD)",
+    primary_metric="auc",
+    secondary_metrics=("balanced_accuracy",),
+    reference="ADNI (alternate: OASIS-1, demented = CDR > 0); split by person, never by visit",
+))

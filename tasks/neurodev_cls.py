@@ -1,0 +1,16 @@
+from brainbench.taskspec import TaskSpec, register_task
+from brainbench.targets import ClassTarget
+
+TASK = register_task(TaskSpec(
+    id="neurodev_cls",
+    endpoint="neurodevelopmental condition (ASD vs typical control)",
+    kind="classification",
+    dataset="abide1",
+    modalities=("t1",),
+    target=ClassTarget(key="dx", classes=("TC", "ASD")),
+    target_description="ABIDE DX_GROUP (1 = ASD, 2 = control)",
+    primary_metric="auc",
+    secondary_metrics=("balanced_accuracy",),
+    stratify_meta=("site",),  # site is a confounder in ABIDE: keep it balanced across the split
+    reference="ABIDE I",
+))

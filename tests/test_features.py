@@ -1,0 +1,94 @@
+"""Feature cache: content-addressed, warm reruns do no forward pass, nothing half-written."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainbench.errors import BenchError
+from brainbench.features import FeatureCache, extract_features
+from tests.helpers import TinyBackbone, random_brain, write_nifti
+
+
+@pytest.fixture()
+def volumes(tmp_path: Path) -> list[Path]:
+    return [write_nifti(tmp_path / "img" / f"v{i}.nii.gz", random_brain(i)) for i in range(5)]
+
+
+def test_cold_then_warm_run_does_zero_forward_passes(tmp_path, volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    backbone = TinyBackbone(slices=6)
+    cold, stats = extract_features(backbone, volumes, cache, batch_size=4, progress=False)
+    assert stats.computed == 5 and stats.cached == 0
+    assert stats.items_encoded == 5 * 6
+    assert backbone.calls == stats.forward_calls == 8  # 30 slices in batches of 4: 7 full + 1
+    assert all(v["cls"].shape == (6, 8) for v in cold.values())
+
+    fresh = TinyBackbone(slices=6)
+    warm, stats = extract_features(fresh, volumes, cache, batch_size=4, progress=False)
+    assert fresh.calls == 0 and stats.cached == 5 and stats.computed == 0
+    for path in volumes:
+        np.testing.assert_array_equal(cold[path]["cls"], warm[path]["cls"])
+
+
+def test_batching_across_volumes_matches_one_volume_at_a_time(tmp_path, volumes):
+    together, _ = extract_features(TinyBackbone(slices=6), volumes, FeatureCache(tmp_path / "a"),
+                                   batch_size=4, progress=False)
+    for path in volumes:
+        alone, _ = extract_features(TinyBackbone(slices=6), [path], FeatureCache(tmp_path / "b"),
+                                    batch_size=6, progress=False)
+        np.testing.assert_allclose(together[path]["cls"], alone[path]["cls"], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_key_covers_weights_preprocessing_and_image_content(tmp_path, volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    base = TinyBackbone()
+    key = cache.key(base, "a" * 64)
+    assert key == cache.key(TinyBackbone(), "a" * 64)
+    assert key != cache.key(TinyBackbone(seed=1), "a" * 64)  # other weights
+    assert key != cache.key(TinyBackbone(slices=8), "a" * 64)  # other preprocessing
+    assert key != cache.key(base, "b" * 64)  # other image
+    extract_features(base, volumes[:1], cache, progress=False)
+    write_nifti(volumes[0], random_brain(99))  # same path, new content
+    again = TinyBackbone()
+    _, stats = extract_features(again, volumes[:1], cache, progress=False)
+    assert stats.computed == 1 and again.calls == 1
+
+
+def test_crash_leaves_only_complete_entries(tmp_path, volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_features(TinyBackbone(slices=4, fail_after=2), volumes, cache, batch_size=4,
+                         progress=False)
+    entries = list((tmp_path / "cache").rglob("*"))
+    assert not [p for p in entries if p.name.endswith(".tmp.npz")]
+    assert len([p for p in entries if p.suffix == ".npz"]) == 2  # the two finished volumes
+    resumed = TinyBackbone(slices=4)
+    _, stats = extract_features(resumed, volumes, cache, batch_size=4, progress=False)
+    assert stats.cached == 2 and stats.computed == 3
+
+
+def test_wrong_feature_shape_is_rejected_before_caching(tmp_path, volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(BenchError, match="contract declares dim 8"):
+        extract_features(TinyBackbone(bad_dim=True), volumes[:1], cache, progress=False)
+    assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_corrupt_and_nan_volumes_name_the_file(tmp_path, volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    truncated = tmp_path / "bad" / "truncated.nii.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(volumes[0].read_bytes()[:200])
+    with pytest.raises(BenchError, match="truncated.nii.gz"):
+        extract_features(TinyBackbone(), [truncated], cache, progress=False)
+    import nibabel as nib
+
+    nan_path = tmp_path / "bad" / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), str(nan_path))
+    with pytest.raises(BenchError, match="nan.nii.gz.*no finite voxels"):
+        extract_features(TinyBackbone(), [nan_path], cache, progress=False)
+    with pytest.raises(BenchError, match="not found"):
+        extract_features(TinyBackbone(), [tmp_path / "missing.nii.gz"], cache, progress=False)
+    assert not list((tmp_path / "cache").rglob("*.npz"))

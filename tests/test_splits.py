@@ -1,0 +1,112 @@
+"""Splits and label fractions: pure, grouped, stratified, nested, recorded and verified."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brainbench.errors import BenchError
+from brainbench.splits import fraction_subset, make_split, record_split
+from brainbench.taskspec import Sample
+
+
+def cohort(n_people=100, visits_every=5, classes=("A", "B", "C"), sites=("s1", "s2")):
+    samples = []
+    for i in range(n_people):
+        label = classes[i % len(classes)]
+        site = sites[(i // 3) % len(sites)]
+        n_visits = 2 if i % visits_every == 0 else 1
+        for v in range(n_visits):
+            samples.append(Sample(id=f"p{i:03d}_v{v}", group=f"p{i:03d}", images=(),
+                                  target=label, split_stratum=f"{label}|{site}",
+                                  fraction_stratum=label))
+    return samples
+
+
+def test_split_is_pure_function_of_ids_and_salt():
+    samples = cohort()
+    a = make_split("t", "d", samples, "salt", 0.2)
+    b = make_split("t", "d", list(reversed(samples)), "salt", 0.2)
+    c = make_split("t", "d", samples, "other-salt", 0.2)
+    assert a.hash == b.hash and a.test_groups == b.test_groups
+    assert a.hash != c.hash
+
+
+def test_split_groups_people_and_hits_the_test_fraction():
+    samples = cohort()
+    split = make_split("t", "d", samples, "salt", 0.2)
+    assert not set(split.train_groups) & set(split.test_groups)
+    assert len(split.test_groups) == 20  # 20% of 100 people, not of 120 scans
+    # every visit of a person lands on the same side
+    test = set(split.test_groups)
+    sides = {}
+    for s in samples:
+        sides.setdefault(s.group, set()).add(s.group in test)
+    assert all(len(v) == 1 for v in sides.values())
+
+
+def test_split_is_stratified():
+    samples = cohort()
+    split = make_split("t", "d", samples, "salt", 0.2)
+    test = set(split.test_groups)
+    by_class = {}
+    for s in samples:
+        if s.id.endswith("_v0"):
+            by_class.setdefault(s.target, []).append(s.group in test)
+    for flags in by_class.values():
+        assert abs(sum(flags) / len(flags) - 0.2) < 0.05
+
+
+def test_adding_a_person_moves_nobody_else_across_the_split():
+    samples = cohort(99)
+    grown = cohort(100)
+    a = make_split("t", "d", samples, "salt", 0.2)
+    b = make_split("t", "d", grown, "salt", 0.2)
+    moved = set(a.test_groups) ^ (set(b.test_groups) - {"p099"})
+    assert len(moved) <= 2  # only quota rounding at the margin can move someone
+
+
+def test_fractions_are_nested_stratified_and_keep_every_class():
+    samples = cohort()
+    split = make_split("t", "d", samples, "salt", 0.2)
+    fractions = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+    for seed in range(5):
+        subsets = [set(fraction_subset(split, samples, f, seed)) for f in fractions]
+        for small, big in zip(subsets, subsets[1:]):
+            assert small <= big
+        assert subsets[-1] == set(split.train_groups)
+        labels = {s.target for s in samples if s.group in subsets[0]}
+        assert labels == {"A", "B", "C"}  # at least one per class even at 1%
+        assert not subsets[-1] & set(split.test_groups)
+    a = fraction_subset(split, samples, 0.1, 0)
+    assert a == fraction_subset(split, samples, 0.1, 0)
+    assert a != fraction_subset(split, samples, 0.1, 1)
+
+
+def test_too_small_cohort_is_a_clear_error():
+    samples = cohort(4, classes=("A", "B", "C", "D"))
+    with pytest.raises(BenchError, match="too small"):
+        make_split("t", "d", samples, "salt", 0.2)
+
+
+def test_manifest_written_then_verified(tmp_path: Path):
+    samples = cohort()
+    split = make_split("t", "d", samples, "salt", 0.2)
+    manifest = tmp_path / "splits" / "t.json"
+    record_split(split, manifest)
+    stored = json.loads(manifest.read_text())
+    assert stored["hash"] == split.hash and len(stored["test"]) == 20
+    record_split(split, manifest)  # unchanged cohort: fine
+    changed = make_split("t", "d", cohort(120), "salt", 0.2)
+    with pytest.raises(BenchError, match="differs from its manifest"):
+        record_split(changed, manifest)
+    assert json.loads(manifest.read_text())["hash"] == split.hash
+
+
+def test_small_cohort_with_many_sites_still_tests_every_label():
+    samples = cohort(12, classes=("ASD", "TC"), sites=("a", "b", "c", "d"))
+    for salt in ("x", "y", "z", "w"):
+        split = make_split("t", "d", samples, salt, 0.2)
+        test = set(split.test_groups)
+        assert {s.target for s in samples if s.group in test} == {"ASD", "TC"}
+        assert {s.target for s in samples if s.group not in test} == {"ASD", "TC"}

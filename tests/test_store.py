@@ -1,0 +1,63 @@
+"""Results store: atomic cells with provenance, skip-by-identity, and honest tables."""
+
+from dataclasses import replace
+
+import pytest
+
+from brainbench.store import Cell, ResultStore
+from brainbench.taskspec import get_task
+from brainbench.leaderboard.tables import comparison_table
+
+
+def cell(**changes) -> Cell:
+    base = Cell(backbone="braindino", weights_id="random-init:abc", weights_status="random-init",
+                weights_sha256="abc", task="brain_age", dataset="ixi", data_source="phantom:x",
+                profile="cpu", head="linear", fraction=0.1, seed=0, n_train=8, n_test=16,
+                hyperparameters={"alpha": 1.0}, selection="inner LOO", code_version="0.1.0",
+                config_hash="c" * 64, split_hash="s" * 64, subset_hash="u" * 64,
+                cache_key="k" * 64)
+    return replace(base, **changes)
+
+
+def test_cell_identity_ignores_provenance_but_not_setting():
+    assert cell().cell_id == cell(code_version="0.2.0", cache_key="z" * 64).cell_id
+    assert cell().cell_id != cell(seed=1).cell_id
+    assert cell().cell_id != cell(weights_id="pretrained:def").cell_id
+    assert cell().cell_id != cell(config_hash="d" * 64).cell_id
+
+
+def test_write_is_atomic_and_replaces(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    c = cell()
+    assert not store.has_cell(c.cell_id)
+    store.write_cell(c, {"mae": 5.0, "pearson_r": 0.5}, [("s1", 30.0, 35.0), ("s2", 40.0, 38.0)])
+    assert store.has_cell(c.cell_id)
+    frame = store.frame()
+    assert sorted(frame.metric) == ["mae", "pearson_r"]
+    assert set(frame.split_hash) == {"s" * 64} and set(frame.weights_status) == {"random-init"}
+    store.write_cell(c, {"mae": 4.0, "pearson_r": 0.6}, [])
+    assert sorted(store.frame().value) == [0.6, 4.0]
+
+    class Boom(dict):
+        def items(self):
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        store.write_cell(cell(seed=3), Boom(), [])
+    assert not store.has_cell(cell(seed=3).cell_id)
+
+
+def test_table_marks_random_init_and_aggregates_over_seeds(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    for seed, mae in enumerate([4.0, 6.0]):
+        store.write_cell(cell(seed=seed), {"mae": mae, "pearson_r": 0.5}, [])
+    store.write_cell(cell(backbone="other", weights_status="pretrained",
+                          weights_id="pretrained:0123456789"), {"mae": 3.0}, [])
+    text = comparison_table(store.frame(), [get_task("brain_age")])
+    assert "braindino [RANDOM-INIT]" in text and "RANDOM-INIT = " in text
+    assert "5.000 ± 1.414 (k=2)" in text
+    assert "other (01234567)" in text and "3.000 (k=1)" in text
+    assert "8 / 16" in text
+    pending = comparison_table(store.frame(), [get_task("brain_age")],
+                               pending=[get_task("tumor_seg")])
+    assert "PENDING" in pending and "tumor_seg" in pending
