@@ -176,7 +176,7 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
                 stats.computed += 1
                 bar.update(1)
 
-    bar = tqdm(total=len(todo), desc=desc, unit="vol", disable=not progress or not todo,
+    bar = tqdm(total=len(todo), desc=desc, unit="vol", disable=None if progress and todo else True,
                leave=False)
     try:
         buffered = 0

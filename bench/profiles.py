@@ -31,6 +31,6 @@ for _profile in (
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
-            slice_size=32, num_slices=4, batch_size=16, phantom_subjects=12),
+            slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):
     PROFILES.register(_profile.name, _profile)

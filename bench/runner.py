@@ -79,8 +79,11 @@ def resolve_tasks(names: Sequence[str] | None) -> list[TaskSpec]:
     return [get_task(name) for name in names]
 
 
-def prepare_data(config: RunConfig) -> tuple[Path, str]:
-    """The dataset root and a label for where the data came from (goes into every row)."""
+def prepare_data(config: RunConfig, datasets: set[str]) -> tuple[Path, str]:
+    """The dataset root and a label for where the data came from (goes into every row).
+
+    Phantom cohorts are generated on first use, only for the datasets the tasks need.
+    """
     if config.data_dir is not None:
         root = Path(config.data_dir)
         if not root.is_dir():
@@ -91,7 +94,8 @@ def prepare_data(config: RunConfig) -> tuple[Path, str]:
     profile = config.profile
     tag = f"v{PHANTOM_VERSION}-seed{profile.phantom_seed}-n{profile.phantom_subjects}"
     root = generate_phantoms(config.cache_dir / "phantoms" / tag, profile.phantom_subjects,
-                             seed=profile.phantom_seed, progress=config.progress)
+                             seed=profile.phantom_seed, progress=config.progress,
+                             datasets=sorted(datasets))
     return root, f"phantom:{tag}"
 
 
@@ -107,7 +111,7 @@ def run(config: RunConfig) -> RunReport:
         config.model, weights=config.weights, require_weights=config.require_weights,
         image_size=config.profile.slice_size, num_slices=config.profile.num_slices)
     store = ResultStore(config.db_url or default_url(config.results_dir))
-    root, data_source = prepare_data(config)
+    root, data_source = prepare_data(config, {t.dataset for t in tasks if t.status == "ready"})
     report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
                        weights_source=backbone.weights.source, data_source=data_source,
                        store_url=store.url)
@@ -135,8 +139,11 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
              report: RunReport) -> None:
     cohort = load_cohort(task.dataset, root)
     samples, notes = build_samples(task, cohort)
-    report.notes += [f"{task.id}: {note}" for note in list(cohort.notes) + notes]
-    split = make_split(task.id, task.dataset, samples, task.split_salt, task.test_fraction)
+    for note in [f"{task.dataset}: {n}" for n in cohort.notes] + [f"{task.id}: {n}" for n in notes]:
+        if note not in report.notes:
+            report.notes.append(note)
+    split = make_split(task.id, task.dataset, samples, task.split_salt, task.test_fraction,
+                       require_all_labels=task.target.kind != "regression")
     record_split(split, config.results_dir / "splits" / _slug(data_source) / f"{task.id}.json")
     config_hash = _config_hash(task, backbone, config.profile)
     test_groups = set(split.test_groups)

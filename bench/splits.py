@@ -78,9 +78,13 @@ def _apportion(sizes: dict[str, int], total: int) -> dict[str, int]:
 
 
 def make_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
-               test_fraction: float) -> Split:
+               test_fraction: float, require_all_labels: bool = True) -> Split:
     """Test quotas are set per label first (each label with 2+ people gets 1+ test and 1+
-    train person), then shared among that label's sub-strata (e.g. sites)."""
+    train person), then shared among that label's sub-strata (e.g. sites).
+
+    require_all_labels: classes (or event status) must appear on both sides, else the metric
+    is undefined; regression bins only balance the split and need not.
+    """
     labels = _group_strata(samples, "fraction_stratum")
     strata = _group_strata(samples, "split_stratum")
     members: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -99,7 +103,8 @@ def make_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
             test += ordered[: sub_counts[stratum]]
             train += ordered[sub_counts[stratum]:]
     split = Split(task, dataset, salt, test_fraction, tuple(sorted(train)), tuple(sorted(test)))
-    _check_labels_on_both_sides(split, samples)
+    if require_all_labels:
+        _check_labels_on_both_sides(split, samples)
     return split
 
 

@@ -109,7 +109,6 @@ def _modify_tissues(t: Template, a: AnatomySpec):
     stats = {
         "gm_change": float(gm.sum() / gm0.sum()) - 1.0,
         "gm_ml": float(gm.sum()) * 8e-3,
-        "wm_ml": float(wm.sum()) * 8e-3,
         "csf_ml": float(csf.sum()) * 8e-3,
         "mtl_gm_change": rel_change(reg["mtl"]),
         "parietal_gm_change": rel_change(reg["parietal"]),
@@ -124,6 +123,7 @@ def _modify_tissues(t: Template, a: AnatomySpec):
         wmh = (wm * frac).astype(np.float32)
         wm -= wmh
     stats["wmh_ml"] = float(wmh.sum()) * 8e-3 if wmh is not None else 0.0
+    stats["wm_ml"] = float(wm.sum()) * 8e-3
     brain = float(gm.sum() + wm.sum() + csf.sum() + t.vessel.sum()) + stats["wmh_ml"] / 8e-3
     stats["gm_fraction"] = float(gm.sum()) / brain
     return gm, wm, csf, wmh, stats

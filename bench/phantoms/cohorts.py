@@ -65,33 +65,33 @@ def _scan(dataset: str, scan_id: str, images: dict[str, str], anat: AnatomySpec,
 
 def _glioma(rng: np.random.Generator, t: Template, idh_mutant: bool) -> TumourSpec:
     """IDH-mutant: more frontal, smaller, mostly non-enhancing (T2-FLAIR mismatch in about
-    60%), little oedema; about 20% enhance like grade-4 astrocytomas. Wildtype: enhancing rim
-    around necrosis with large oedema; about 8% non-enhancing. The overlap keeps IDH
+    60%), little oedema; about 30% enhance like grade-4 astrocytomas. Wildtype: enhancing rim
+    around necrosis with large oedema; about 12% non-enhancing. The overlap keeps IDH
     prediction from being trivial."""
     hemi = "L" if rng.random() < 0.5 else "R"
     if idh_mutant:
         box = FRONTAL_BOX if rng.random() < 0.65 else SUPRA_BOX
         centre = pick_centre(t, rng, box, hemi)
-        enh = rng.random() < 0.2
+        enh = rng.random() < 0.3
         return TumourSpec(
-            centre_mm=centre, radius_mm=float(rng.uniform(9.0, 17.0)),
+            centre_mm=centre, radius_mm=float(rng.uniform(9.0, 19.0)),
             rim_mm=float(rng.uniform(1.5, 3.5)) if enh else 0.0,
             core="mismatch" if rng.random() < 0.6 else "solid",
-            oedema_factor=float(rng.uniform(1.2, 1.5) if enh else rng.uniform(1.15, 1.35)),
+            oedema_factor=float(rng.uniform(1.25, 1.7) if enh else rng.uniform(1.15, 1.6)),
             enhancing_focus=bool(rng.random() < 0.15), gad_mM=float(rng.uniform(0.25, 0.6)),
             shape_seed=_seed(rng), mass_strength=float(rng.uniform(0.08, 0.22)))
     centre = pick_centre(t, rng, SUPRA_BOX, hemi)
-    enh = rng.random() >= 0.08
+    enh = rng.random() >= 0.12
     return TumourSpec(
-        centre_mm=centre, radius_mm=float(rng.uniform(11.0, 21.0)),
+        centre_mm=centre, radius_mm=float(rng.uniform(10.0, 21.0)),
         rim_mm=float(rng.uniform(2.5, 6.0)) if enh else 0.0, core="solid",
-        oedema_factor=float(rng.uniform(1.4, 2.0) if enh else rng.uniform(1.3, 1.7)),
+        oedema_factor=float(rng.uniform(1.3, 2.0) if enh else rng.uniform(1.25, 1.7)),
         enhancing_focus=bool(not enh and rng.random() < 0.3), gad_mM=float(rng.uniform(0.45, 1.0)),
         shape_seed=_seed(rng), mass_strength=float(rng.uniform(0.2, 0.4)))
 
 
 def _glioma_age(rng: np.random.Generator, idh_mutant: bool) -> float:
-    return float(np.clip(rng.normal(42.0, 13.0), 18, 80) if idh_mutant else np.clip(rng.normal(61.0, 12.0), 22, 89))
+    return float(np.clip(rng.normal(44.0, 14.0), 18, 82) if idh_mutant else np.clip(rng.normal(60.0, 13.0), 22, 89))
 
 
 def survival_draw(rng: np.random.Generator, age: float, idh_mutant: bool, vol_tc_ml: float) -> tuple[float, float]:
@@ -232,6 +232,7 @@ def plan_abide1(n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     names = list(ABIDE_SITES)
     counters = {s: ABIDE_SITES[s][0] for s in names}
+    used: set[int] = set()
     n_absent = 1 if n < 30 else 2
     fiq_missing = set(_quirk_rows(n, max(1, n // 15), start=2))
     hand_missing = set(_quirk_rows(n, max(1, n // 15), start=3))
@@ -242,7 +243,10 @@ def plan_abide1(n: int, seed: int, t: Template) -> CohortPlan:
         sname = names[site]
         first, p_asd, (lo, hi) = ABIDE_SITES[sname]
         sub_id = counters[sname]
-        counters[sname] += 1 + int(rng.random() < 0.15)
+        while sub_id in used:  # large cohorts: a site's range runs into the next site's
+            sub_id += 1
+        used.add(sub_id)
+        counters[sname] = sub_id + 1 + int(rng.random() < 0.15)
         asd = bool(rng.random() < p_asd)
         age = float(lo + (hi - lo) * rng.beta(1.6, 2.6))
         sex = "M" if rng.random() < (0.89 if asd else 0.8) else "F"
@@ -367,9 +371,12 @@ def plan_ucsf_pdgm(n: int, seed: int, t: Template) -> CohortPlan:
         sex = "M" if rng.random() < 0.58 else "F"
         site = int(rng.integers(0, 4))
         tum = _glioma(rng, t, idh)
-        if idh:
-            oligo = rng.random() < 0.4
-            grade = int(rng.choice([2, 3], p=[0.55, 0.45])) if oligo else int(rng.choice([2, 3, 4], p=[0.4, 0.35, 0.25]))
+        if idh:  # enhancing IDH-mutant tumours are grade-4 astrocytomas
+            oligo = tum.rim_mm == 0 and rng.random() < 0.45
+            if tum.rim_mm > 0:
+                grade = 4
+            else:
+                grade = int(rng.choice([2, 3], p=[0.55, 0.45]))
             diag = ("Oligodendroglioma, IDH-mutant, 1p/19q-codeleted" if oligo else "Astrocytoma, IDH-mutant")
             codel = "co-deletion" if oligo else "intact"
             idh_label = "mutant (R132H)" if rng.random() < 0.9 else "mutant (R132C)"

@@ -4,6 +4,15 @@ Why atomic: a cohort is built in a temporary sibling folder and moved into place
 ``os.replace``, so an interrupted run never leaves a half-written dataset, and ``_phantom.json``
 (written last) says what a finished root holds so a second call returns at once.
 
+Ground truth: ``root/_truth/<dataset>.csv``, one row per person-visit (every scan, plus label-file
+rows without an image), never inside a dataset folder. Columns always present: ``key`` (the
+dataset's scan/row id: ``BraTS2021_00000``, ``{PTID}_{VISCODE}``, ABIDE ``SUB_ID``, ``IXI002``,
+``sub-r001s001``, ``UCSF-PDGM-004``, ``UPENN-GBM-00001_11``), ``subject_id`` (the person),
+``has_image``, ``in_table``, ``quirk``, ``image`` (path of the first image, relative to the dataset
+folder), ``age``, ``sex``, ``site``; then latent covariates (severity, mtl_loss, frontal_gm, idh_mutant,
+true_survival_days, days, tempo, ...) and measured ones (gm_fraction, mtl_gm_change, wmh_ml,
+vol_label{1,2,4}_ml, stage_*, lesion_ml, ...).
+
 CLI: ``python -m brainbench.phantoms.generate --root DIR --n N [--seed S] [--workers W]``.
 """
 
@@ -125,6 +134,13 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
         return root
     root.mkdir(parents=True, exist_ok=True)
     (root / TRUTH_DIR).mkdir(exist_ok=True)
+    keep = manifest.get("version") == PHANTOM_VERSION and manifest.get("seed") == seed
+    old_sizes = {d: n for d, n in manifest.get("sizes", {}).items() if d not in todo} if keep else {}
+    old_details = {d: v for d, v in manifest.get("datasets", {}).items() if d not in todo} if keep else {}
+    if manifest:  # forget what is about to be replaced before touching it (crash safety)
+        _atomic_write_text(root / MANIFEST, json.dumps({**manifest, "version": PHANTOM_VERSION, "seed": seed,
+                                                        "sizes": old_sizes, "datasets": old_details},
+                                                       indent=2, sort_keys=True))
 
     t0 = time.perf_counter()
     template = load_template()
@@ -134,29 +150,40 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
     jobs = [(d, s) for d in todo for s in plans[d].scans]
     stats: dict[tuple[str, str], dict] = {}
     bar = None
-    if progress:
+
+    def _bar():
+        if not progress:
+            return None
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="phantoms", unit="scan", file=sys.stderr)
+        return tqdm(total=len(jobs), desc="phantoms", unit="scan", file=sys.stderr)
+
     try:
         for d in todo:
             shutil.rmtree(tmp_dirs[d], ignore_errors=True)
             tmp_dirs[d].mkdir(parents=True)
         if workers <= 1:
             init_worker(template)
+            bar = _bar()
             for d, s in jobs:
                 ds, key, st = render_scan(s, tmp_dirs[d])
                 stats[(ds, key)] = st
                 if bar is not None:
                     bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=init_worker, initargs=(template,)) as ex:
+            ex = ProcessPoolExecutor(max_workers=workers, initializer=init_worker, initargs=(template,))
+            try:
                 futures = [ex.submit(render_scan, s, str(tmp_dirs[d])) for d, s in jobs]
+                bar = _bar()  # after the workers exist: no tqdm monitor thread at fork time
                 for fut in as_completed(futures):
                     ds, key, st = fut.result()
                     stats[(ds, key)] = st
                     if bar is not None:
                         bar.update(1)
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)  # do not finish a doomed cohort
+                raise
+            ex.shutdown(wait=True)
         per_dataset: dict[str, dict[str, Any]] = {}
         for d in todo:
             plan = plans[d]
@@ -182,9 +209,6 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
             if p.exists():
                 shutil.rmtree(p, ignore_errors=True)
 
-    keep = manifest.get("version") == PHANTOM_VERSION and manifest.get("seed") == seed
-    old_sizes = manifest.get("sizes", {}) if keep else {}
-    old_details = manifest.get("datasets", {}) if keep else {}
     new = {
         "version": PHANTOM_VERSION,
         "seed": seed,

@@ -38,7 +38,7 @@ TISSUES: dict[str, TissueParams] = {
     "gm": TissueParams(1350, 100, 0.80, gad=0.03),
     "wm": TissueParams(850, 75, 0.69, gad=0.015),
     "wmh": TissueParams(1150, 140, 0.80, gad=0.02),
-    "vessel": TissueParams(1650, 200, 0.90, gad=2.5, flow=0.65),
+    "vessel": TissueParams(1650, 200, 0.90, gad=3.5, flow=0.7),
     "oedema": TissueParams(1550, 190, 0.90, gad=0.03),
     "necrosis": TissueParams(2600, 500, 0.95),
     "enhancing": TissueParams(1450, 130, 0.86, gad=0.6),

@@ -149,20 +149,25 @@ def _model(task: _Task):
 
 
 def _score(task: _Task, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Cross-validated (score, chance score) for one labelling."""
+    """Cross-validated (score, chance score) for one labelling. AUC and C-index are averaged
+    over folds (pooling out-of-fold scores from different models biases shuffled AUC below 0.5);
+    chance for MAE is the training median, the best constant predictor."""
     folds = _folds(y if task.kind == "auc" else np.zeros(len(y), int), groups, task.kind, seed)
     if folds is None:
         return float("nan"), float("nan")
+    scores = []
     if task.kind == "auc":
-        k = len(np.unique(y))
-        proba = np.zeros((len(y), k))
+        classes = np.unique(y)
         for tr, te in folds:
+            if len(np.unique(y[tr])) < len(classes) or len(np.unique(y[te])) < 2:
+                continue
             m = _model(task).fit(X[tr], y[tr])
             p = m.predict_proba(X[te])
-            proba[np.ix_(te, np.searchsorted(np.unique(y), m.classes_))] = p
-        if k == 2:
-            return float(roc_auc_score(y, proba[:, 1])), 0.5
-        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro")), 0.5
+            if len(classes) == 2:
+                scores.append(roc_auc_score(y[te], p[:, 1]))
+            elif len(np.unique(y[te])) == len(classes):
+                scores.append(roc_auc_score(y[te], p, multi_class="ovr", average="macro", labels=m.classes_))
+        return (float(np.mean(scores)) if scores else float("nan")), 0.5
     if task.kind == "mae":
         pred = np.zeros(len(y))
         base = np.zeros(len(y))
@@ -171,18 +176,22 @@ def _score(task: _Task, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: 
             m = _model(task).fit(X[tr], yt)
             p = m.predict(X[te])
             pred[te] = np.exp(p) if task.log_target else p
-            base[te] = y[tr].mean()
+            base[te] = np.median(y[tr])  # the best constant under MAE
         return float(mean_absolute_error(y, pred)), float(mean_absolute_error(y, base))
     # survival: regress log time on uncensored training rows, risk = minus predicted log time
     time, event = y[:, 0], y[:, 1]
-    risk = np.zeros(len(y))
     for tr, te in folds:
         ev = tr[event[tr] > 0]
         if len(ev) < 3:
-            return float("nan"), 0.5
+            continue
         m = _model(task).fit(X[ev], np.log(np.maximum(time[ev], 1.0)))
-        risk[te] = -m.predict(X[te])
-    return harrell_c(time, event, risk), 0.5
+        c = harrell_c(time[te], event[te], -m.predict(X[te]))
+        if np.isfinite(c):
+            scores.append(c)
+    return (float(np.mean(scores)) if scores else float("nan")), 0.5
+
+
+N_SHUFFLES = 5
 
 
 def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
@@ -198,8 +207,9 @@ def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
             frames[task.dataset] = pd.read_csv(path)
         X, y, groups = task.prepare(frames[task.dataset])
         score, chance = _score(task, X, y, groups, seed)
-        perm = np.random.default_rng(seed).permutation(len(y))
-        shuffled, _ = _score(task, X, y[perm], groups, seed)
+        rng = np.random.default_rng(seed)
+        shuffled = float(np.nanmean([_score(task, X, y[rng.permutation(len(y))], groups, seed)[0]
+                                     for _ in range(N_SHUFFLES)]))
         metric = {"auc": "AUC", "mae": "MAE", "cindex": "C-index"}[task.kind]
         if task.kind == "auc" and len(np.unique(y)) > 2:
             metric = "macro AUC"

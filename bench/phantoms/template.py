@@ -130,7 +130,7 @@ def _vessels(brain: np.ndarray, csf: np.ndarray, ventricles: np.ndarray, x, y, z
             seeds[xi, j, zs[-1]] = 1.0
             if ymm < -70:  # straight/confluence region is thicker
                 seeds[xi, j, max(zs[-1] - 1, 0)] = 1.0
-    sss = ndi.gaussian_filter(seeds, 0.9)
+    sss = ndi.gaussian_filter(seeds, 1.1)
     sss /= max(float(sss.max()), 1e-6)
     # transverse sinuses: posterior-inferior arcs on both sides
     trans = np.maximum(_blob(x, y, z, (-38, -78, -8), (16, 6, 3)), _blob(x, y, z, (38, -78, -8), (16, 6, 3)))
@@ -139,7 +139,7 @@ def _vessels(brain: np.ndarray, csf: np.ndarray, ventricles: np.ndarray, x, y, z
             * np.clip(csf * 2.0, 0, 1))
     # choroid plexus: glomus in the atria of the lateral ventricles
     chor = ventricles * np.maximum(_blob(x, y, z, (-27, -38, 14), (6, 8, 7)), _blob(x, y, z, (27, -38, 14), (6, 8, 7)))
-    v = np.maximum.reduce([0.9 * sss, 0.7 * trans * (brain > 0.3), 0.5 * sylv, 0.7 * chor])
+    v = np.maximum.reduce([1.0 * sss, 0.9 * trans * (brain > 0.3), 0.6 * sylv, 0.9 * chor])
     return np.clip(v, 0, 1).astype(np.float32) * brain
 
 
