@@ -20,7 +20,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -363,6 +363,38 @@ class DinoV3Backbone(Backbone):
             "cls": cls.float().clone(),
             "patch_mean": patch_mean.float().clone(),
         }
+
+    def num_patch_layers(self) -> int:
+        return len(self.model.blocks)
+
+    def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Patch grids (B, 768, H/16, W/16) of the given blocks, each through the final norm.
+
+        As the DINOv2/v3 segmentation protocols do (get_intermediate_layers(norm=True)); the
+        last block's grid equals the patch part of `forward_features`.
+        """
+        depth = len(self.model.blocks)
+        wanted = [int(i) for i in layers]
+        if not wanted or any(not 0 <= i < depth for i in wanted):
+            raise BenchError(f"{self.name}.patch_tokens: layers {list(layers)} must be block "
+                             f"indices in 0..{depth - 1}")
+        expected = (self.contract.in_channels, *self.contract.image_size)
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 \
+                or tuple(batch.shape[1:]) != expected or not batch.is_floating_point():
+            raise BenchError(f"{self.name}.patch_tokens expects a float batch shaped "
+                             f"(B, {', '.join(map(str, expected))}), got "
+                             f"{getattr(batch, 'dtype', type(batch).__name__)} "
+                             f"{tuple(getattr(batch, 'shape', ()))}")
+        model = self.model
+        model.eval()
+        device = self.device
+        x = batch.to(device=device, dtype=torch.float32)
+        unique = sorted(set(wanted))
+        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
+            grids = model.forward_intermediates(x, indices=unique, norm=True, output_fmt="NCHW",
+                                                intermediates_only=True, stop_early=True)
+        by_layer = dict(zip(unique, grids))
+        return [by_layer[i].float().clone() for i in wanted]
 
     def architecture(self) -> dict[str, Any]:
         import timm

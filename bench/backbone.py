@@ -10,7 +10,7 @@ import abc
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -82,6 +82,19 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def parameter_count(self) -> int:
         """Number of encoder parameters (all frozen)."""
+
+    def num_patch_layers(self) -> int:
+        """Optional (dense tasks): how many layers `patch_tokens` can index (e.g. 12 blocks)."""
+        raise NotImplementedError(f"backbone {self.name} does not provide patch tokens")
+
+    def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Optional (dense tasks): the patch-token grid of each layer in `layers` (0-based).
+
+        Takes the same batch as `embed`; returns one frozen (B, D, h, w) tensor per layer, in
+        the order asked. Backbones that cannot do this keep the default, and segmentation
+        says so before any compute.
+        """
+        raise NotImplementedError(f"backbone {self.name} does not provide patch tokens")
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything about the backbone that the feature cache key must cover."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,61 @@ class ModalityTarget:
         return str(value)
 
 
-Target = ClassTarget | NumericTarget | SurvivalTarget | SurvivalHorizonTarget | ModalityTarget
+# label value -> region membership per scheme (DESIGN.md section 2): WT = all tumour,
+# TC = necrotic core + enhancing, ET = enhancing. BraTS 2023 renumbered ET from 4 to 3.
+BRATS_LABEL_SCHEMES: dict[str, dict[str, tuple[int, ...]]] = {
+    "brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+    "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+}
+
+
+@dataclass(frozen=True)
+class SegLabel:
+    """A voxel label map on disk and the scheme its values follow."""
+
+    path: Path
+    scheme: str
+
+    def __str__(self) -> str:  # what the store's predictions table keeps as the target
+        return f"{self.path} ({self.scheme})"
+
+
+@dataclass(frozen=True)
+class SegmentationTarget:
+    """A label-map file in ``subject.targets[key]`` whose scheme is ``subject.meta[scheme_key]``.
+
+    Only the path is read here (splits stay cheap); the voxels are checked before any compute
+    by brainbench.segmentation. Strata are label schemes, so mixed 2021/2023 cohorts balance.
+    """
+
+    key: str = "seg"
+    scheme_key: str = "label_scheme"
+    default_scheme: str = "brats2021"
+    regions: tuple[str, ...] = ("WT", "TC", "ET")
+    kind: str = "segmentation"
+
+    def value(self, subject: Subject) -> Any | None:
+        raw = subject.targets.get(self.key)
+        if raw is None:
+            return None
+        scheme = str(subject.meta.get(self.scheme_key, self.default_scheme))
+        if scheme not in BRATS_LABEL_SCHEMES:
+            raise BenchError(
+                f"subject {subject.id}: {self.scheme_key}={scheme!r} is not one of "
+                f"{sorted(BRATS_LABEL_SCHEMES)}"
+            )
+        return SegLabel(Path(raw), scheme)
+
+    def stratum(self, value: Any) -> str:
+        return value.scheme
+
+    def region_labels(self, scheme: str) -> dict[str, tuple[int, ...]]:
+        table = BRATS_LABEL_SCHEMES[scheme]
+        return {region: table[region] for region in self.regions}
+
+
+Target = (ClassTarget | NumericTarget | SurvivalTarget | SurvivalHorizonTarget | ModalityTarget
+          | SegmentationTarget)
 
 
 def target_array(target: Target, values: list[Any]) -> np.ndarray:

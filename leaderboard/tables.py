@@ -78,3 +78,112 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
     if any("RANDOM-INIT" in c for c in columns):
         notes.append(RANDOM_NOTE)
     return table + "\n" + "\n".join(notes)
+
+
+# --------------------------------------------------------------------------- statistical tables
+# Rows backbones, columns tasks, one label fraction: mean over seeds with the subject-level
+# bootstrap interval, the best per column marked, and wins/losses against the reference
+# (paired bootstrap, Holm-adjusted across the table's tasks).
+
+MARKS = {"markdown": {"win": " ▲", "loss": " ▼", "ref": " (ref)"},
+         "latex": {"win": r"\textsuperscript{$\blacktriangle$}",
+                   "loss": r"\textsuperscript{$\blacktriangledown$}",
+                   "ref": r" (ref)"}}
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def _fmt_interval(mean: float, low: float, high: float) -> str:
+    if pd.isna(low):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def best_entries(analysis, task: str, fraction: float) -> set:
+    """Entries with the best mean on ``task`` at ``fraction`` (ties all count)."""
+    means = {e: s.mean for e in analysis.entries
+             if (s := analysis.summary(e, task, fraction)) is not None}
+    if not means:
+        return set()
+    pick = max if analysis.direction(task) == "higher" else min
+    best = pick(means.values())
+    return {e for e, m in means.items() if m == best}
+
+
+def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings) of the statistical comparison table in ``fmt``."""
+    latex = fmt == "latex"
+    esc = latex_escape if latex else (lambda s: s)
+    bold = (lambda s: rf"\textbf{{{s}}}") if latex else (lambda s: f"**{s}**")
+    tasks = [t.id for t in analysis.tasks]
+    comparisons = analysis.comparisons(fraction, tasks)
+    ranks = analysis.mean_ranks(fraction)
+    headers = ["backbone", "weights"]
+    for task in tasks:
+        arrow = "↑" if analysis.direction(task) == "higher" else "↓"
+        arrow = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}[arrow] if latex else arrow
+        headers.append(f"{esc(task)} {esc(analysis.metric(task))} {arrow}")
+    headers.append("mean rank [95% CI]")
+    rows = []
+    for entry in analysis.entries:
+        weights = "RANDOM-INIT" if entry.is_random else "pretrained"
+        row = [esc(entry.display), weights]
+        for task in tasks:
+            summary = analysis.summary(entry, task, fraction)
+            if summary is None:
+                row.append("–" if not latex else "--")
+                continue
+            text = _fmt_interval(summary.mean, summary.ci_low, summary.ci_high)
+            if entry in best_entries(analysis, task, fraction):
+                text = bold(text)
+            verdict = comparisons.get((entry, task))
+            if verdict is not None and verdict.verdict in ("win", "loss", "ref"):
+                text += MARKS["latex" if latex else "markdown"][verdict.verdict]
+            row.append(text)
+        rank = ranks.get(entry)
+        row.append(f"{rank.mean_rank:.2f} [{rank.ci[0]:.2f}, {rank.ci[1]:.2f}]" if rank else "–")
+        rows.append(row)
+    return headers, rows
+
+
+def stats_table_notes(analysis, fraction: float) -> list[str]:
+    ref = analysis.reference.display if analysis.reference else None
+    notes = [f"Label fraction {fraction:g}. Cells: mean of the primary metric over seeds "
+             f"[95% subject-level bootstrap interval, {analysis.n_boot} resamples, seed "
+             f"{analysis.seed}]; bold = best in the column."]
+    if ref:
+        notes.append(f"▲ / ▼: significantly better / worse than the reference {ref} (paired "
+                     "bootstrap of the difference on the same test subjects, Holm-adjusted "
+                     "across this table's tasks, alpha 0.05); unmarked = not significant.")
+    notes.append("Mean rank: over the tasks where every row has a result (1 = best), with its "
+                 "bootstrap interval.")
+    if any(e.is_random for e in analysis.entries):
+        notes.append(RANDOM_NOTE)
+    if any(get_kind(t) == "survival" for t in analysis.tasks):
+        notes.append("Survival intervals and tests are for Harrell's C (Uno's C and the "
+                     "log-rank test need training-set quantities the store does not keep).")
+    return notes + list(analysis.notes)
+
+
+def get_kind(task: TaskSpec) -> str:
+    return task.target.kind
+
+
+def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
+    """A Markdown (tabulate github) or LaTeX (tabulate latex_raw) statistical table."""
+    if fmt not in ("markdown", "latex"):
+        raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
+    headers, rows = stats_table_rows(analysis, fraction, fmt)
+    table = tabulate(rows, headers=headers, disable_numparse=True,
+                     tablefmt="latex_raw" if fmt == "latex" else "github")
+    notes = stats_table_notes(analysis, fraction)
+    if fmt == "latex":
+        notes = [latex_escape(n).replace("▲", r"$\blacktriangle$")
+                 .replace("▼", r"$\blacktriangledown$") for n in notes]
+        return table + "\n" + "\n".join(f"% {n}" for n in notes) + "\n"
+    return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -96,9 +96,9 @@ def _glioma_age(rng: np.random.Generator, idh_mutant: bool) -> float:
 
 def survival_draw(rng: np.random.Generator, age: float, idh_mutant: bool, vol_tc_ml: float) -> tuple[float, float]:
     """Log-normal survival in IDH, age and enhancing+necrotic volume; uniform censoring time."""
-    mu = 6.05 + 1.1 * idh_mutant - 0.03 * (age - 60.0) - 0.4 * np.log(max(vol_tc_ml, 1.0) / 20.0)
+    mu = 5.85 + 1.1 * idh_mutant - 0.03 * (age - 60.0) - 0.4 * np.log(max(vol_tc_ml, 1.0) / 10.0)
     t = float(np.exp(mu + 0.7 * rng.standard_normal()))
-    c = float(rng.uniform(100.0, 1900.0))
+    c = float(rng.uniform(100.0, 1900.0))  # about 30% censored, about 50% dead within a year
     return t, c
 
 
@@ -172,6 +172,8 @@ def plan_adni(n: int, seed: int, t: Template) -> CohortPlan:
         anat0 = _anatomy(rng, age, sex)
         date0 = dt.date(2005, 9, 1) + dt.timedelta(days=int(rng.integers(0, 3000)))
         rate = PROGRESSION[dx_bl] * float(rng.lognormal(0, 0.3))
+        if dx_bl in ("CN", "SMC") and rng.random() < 0.15:  # preclinical converters
+            rate *= 8.0
         has_m12 = bool(rng.random() < 0.2)
         follow.append(has_m12)
         visits = [("bl", 0.0, True)]

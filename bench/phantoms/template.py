@@ -199,9 +199,12 @@ def build_template() -> Template:
     tissue_core = np.flatnonzero((((gm + wm) > 0.8) & (z > -40)).ravel())
     reach = ndi.binary_dilation(brain > 0.02, iterations=6)
     active = np.flatnonzero(reach.ravel())
-    return Template(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
-                    vessel=vessel, regions={k: v.astype(np.float32) for k, v in regions.items()},
-                    wm_core=wm_core, tissue_core=tissue_core, active=active)
+    t = Template(gm=gm.astype(np.float32), wm=wm.astype(np.float32), csf=csf.astype(np.float32),
+                 vessel=vessel, regions={k: np.ascontiguousarray(v, np.float32) for k, v in regions.items()},
+                 wm_core=wm_core, tissue_core=tissue_core, active=active)
+    for a in (t.gm, t.wm, t.csf, t.vessel, t.wm_core, t.tissue_core, t.active, *t.regions.values()):
+        a.setflags(write=False)  # shared by every subject: effects must copy, never modify
+    return t
 
 
 @functools.lru_cache(maxsize=1)

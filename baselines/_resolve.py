@@ -1,0 +1,227 @@
+"""Weight resolution and the one build path every baseline shares (DESIGN.md section 3).
+
+Order, all offline: an explicit path (``--weights`` / ``WEIGHTS=``), then the backbone's
+environment variable, then local caches (Hugging Face hub cache, torch hub checkpoints folder,
+which is where timm and open_clip put downloads). Nothing is ever downloaded. When nothing is
+found the backbone is built with seeded random initialisation, warns once saying where to put
+the file, and is marked ``random-init``; ``require_weights`` turns that into an error.
+
+A file that is found is read with ``torch.load(weights_only=True)`` (`load_checkpoint`) and
+loaded strictly by the backbone's own loader; its sha256 becomes the weights id, which is part
+of the feature cache key and of every result row.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from brainbench.backbone import WeightsInfo, warn_random_init_once
+from brainbench.errors import BenchError
+from brainbench.weights import LoadReport, load_checkpoint, sha256_file, state_dict_sha256
+
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A file a library may already have downloaded: an HF hub repo file or a torch hub file."""
+
+    filename: str
+    hf_repo: str | None = None  # None: look in torch.hub's checkpoints folder
+
+    def describe(self) -> str:
+        if self.hf_repo:
+            return f"Hugging Face cache {self.hf_repo}/{self.filename}"
+        return f"torch hub cache checkpoints/{self.filename}"
+
+    def find(self, hf_cache_dir: str | Path | None = None) -> Path | None:
+        if self.hf_repo:
+            return hf_cached(self.hf_repo, self.filename, hf_cache_dir)
+        path = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+        return path if path.is_file() else None
+
+
+def hf_cached(repo: str, filename: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The path of `filename` from `repo` in the local HF cache, or None. Never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return None
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a backbone's weights may be and what to tell a user who has none."""
+
+    backbone: str
+    env_var: str
+    expected: str  # what the file is, e.g. "the DINOv2 ViT-B/14 checkpoint (dinov2_vitb14_pretrain.pth)"
+    cached: tuple[CachedFile, ...] = ()
+
+    def hint(self) -> str:
+        places = [f"--weights PATH / WEIGHTS=PATH", f"the environment variable {self.env_var}"]
+        places += [c.describe() for c in self.cached]
+        return f"Put {self.expected} in one of: " + "; ".join(places) + "."
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: Path | None
+    origin: str  # which rule found it ("" when none did)
+
+
+def resolve(spec: WeightsSpec, explicit: Path | None) -> Resolved:
+    """Explicit path, then the environment variable, then the local caches."""
+    if explicit is not None:
+        return Resolved(Path(explicit).expanduser(), "--weights")
+    env = os.environ.get(spec.env_var, "").strip()
+    if env:
+        return Resolved(Path(env).expanduser(), f"environment variable {spec.env_var}")
+    for entry in spec.cached:
+        found = entry.find()
+        if found is not None:
+            return Resolved(found, entry.describe())
+    return Resolved(None, "")
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    weights: WeightsInfo
+    report: LoadReport | None
+
+
+Loader = Callable[[torch.nn.Module, Mapping[str, Any], str], LoadReport]
+
+
+def seeded(build: Callable[[], torch.nn.Module], seed: int = RANDOM_SEED) -> torch.nn.Module:
+    """Build with a fixed seed without touching the global RNG; eval mode, frozen."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    return model.eval().requires_grad_(False)
+
+
+def build_with_weights(
+    spec: WeightsSpec,
+    *,
+    weights: Path | None,
+    require_weights: bool,
+    build: Callable[[], torch.nn.Module],
+    load: Loader,
+    init: str,
+) -> Built:
+    """Resolve, then either load strictly (pretrained) or fall back to random init.
+
+    init: how the random model is made, for the weights source (e.g. "timm init").
+    """
+    found = resolve(spec, weights)
+    if found.path is None:
+        if require_weights:
+            raise BenchError(
+                f"backbone {spec.backbone!r} needs trained weights (require-weights is set) and "
+                f"none were found. {spec.hint()}"
+            )
+        model = seeded(build)
+        warn_random_init_once(spec.backbone, spec.hint())
+        info = WeightsInfo(
+            status="random-init",
+            source=f"{init} (seed {RANDOM_SEED}); no weights found",
+            sha256=state_dict_sha256(model),
+        )
+        return Built(model, info, None)
+    path = found.path
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise BenchError(
+            f"{spec.backbone} weights file {path} (from {found.origin}) {what}; expected "
+            f"{spec.expected}. {spec.hint()}"
+        )
+    ckpt = load_checkpoint(path)
+    model = seeded(build)
+    report = load(model, ckpt, str(path))
+    model.eval().requires_grad_(False)
+    info = WeightsInfo(status="pretrained", source=str(path), sha256=sha256_file(path))
+    return Built(model, info, report)
+
+
+def random_model(name: str, weights: Path | None, build: Callable[[], torch.nn.Module],
+                 what: str) -> Built:
+    """A deliberate random-weights reference point; it takes no weights."""
+    if weights is not None:
+        raise BenchError(
+            f"backbone {name!r} is always randomly initialised and takes no weights (got "
+            f"{weights}); use the pretrained entry of the same architecture to load a file"
+        )
+    model = seeded(build)
+    info = WeightsInfo(
+        status="random-init",
+        source=f"{what} (seed {RANDOM_SEED}), deliberate random-weights reference",
+        sha256=state_dict_sha256(model),
+    )
+    return Built(model, info, None)
+
+
+def unwrap(ckpt: Mapping[str, Any], source: str, containers: tuple[str, ...]
+           ) -> tuple[dict[str, Any], list[str]]:
+    """The state dict inside a checkpoint: the first of `containers` present, else the dict.
+
+    Returns (state, notes); the notes name the container used and the top-level entries ignored.
+    """
+    for name in containers:
+        if name in ckpt:
+            state = ckpt[name]
+            if not isinstance(state, Mapping):
+                raise BenchError(
+                    f"weights {source}: ckpt[{name!r}] is a {type(state).__name__}, expected a "
+                    "state dict (key -> tensor)"
+                )
+            ignored = sorted(str(k) for k in ckpt if k != name)
+            note = f"used ckpt[{name!r}]" + (
+                f"; ignored top-level entries: {', '.join(ignored)}" if ignored else "")
+            return dict(state), [note]
+    if not any(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise BenchError(
+            f"weights {source}: no tensors at the top level and none of the containers "
+            f"{list(containers)}; found keys {sorted(map(str, ckpt))[:10]}"
+        )
+    return dict(ckpt), []
+
+
+def strip_prefix(state: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """-> (keys under `prefix` with it removed, every other key unchanged)."""
+    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    outside = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    return inside, outside
+
+
+def with_notes(report: LoadReport, notes: list[str] | tuple[str, ...]) -> LoadReport:
+    return LoadReport(
+        source=report.source,
+        loaded=report.loaded,
+        skipped_missing=report.skipped_missing,
+        skipped_unexpected=report.skipped_unexpected,
+        file_dtypes=report.file_dtypes,
+        notes=tuple(notes) + report.notes,
+    )
+
+
+def check_size(name: str, value: int | None, default: int, multiple: int = 1,
+               round_to_multiple: bool = False) -> int:
+    """A positive size; with `round_to_multiple`, the nearest multiple (at least one patch)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BenchError(f"{name} must be a positive integer, got {value!r}")
+    if value % multiple:
+        if round_to_multiple:
+            return max(multiple, int(round(value / multiple)) * multiple)
+        raise BenchError(f"{name}={value} is not a multiple of the patch size {multiple}")
+    return value

@@ -1,0 +1,378 @@
+"""From the results store to summaries: intervals, paired tests, label efficiency, ranks.
+
+`load_analysis` reads the result rows and the per-subject test predictions of the selected
+backbones and tasks; `Analysis` answers the questions the tables, curves and site ask, caching
+bootstrap replicates so each (backbone, task, fraction) is resampled once.
+
+An *entry* is one backbone with one set of weights (a random-init run and a pretrained run of
+the same architecture are two entries, and the random one is always labelled as such).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from brainbench.errors import BenchError
+from brainbench.leaderboard import stats
+from brainbench.metrics import PRIMARY_METRIC_DIRECTION
+from brainbench.store import ResultStore, predictions_table
+from brainbench.taskspec import TaskSpec, get_task
+
+LEVEL = 0.95
+ALPHA = 0.05
+RANDOM_SUFFIX = " [random-init]"
+
+
+@dataclass(frozen=True)
+class Entry:
+    backbone: str
+    weights_id: str
+    weights_status: str
+    label: str
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights_status == "random-init"
+
+    @property
+    def display(self) -> str:
+        return self.label + (RANDOM_SUFFIX if self.is_random else "")
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One stored cell: its primary metric value, provenance and test predictions."""
+
+    entry: Entry
+    task: str
+    fraction: float
+    seed: int
+    value: float
+    provenance: dict[str, Any]
+    sample_ids: tuple[str, ...]
+    scorer: stats.Scorer
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    sd: float
+    n_seeds: int
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    test: stats.PairedTest
+    p_holm: float
+    verdict: str  # "win", "loss", "ns" (not significant), "ref"
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    fractions: tuple[float, ...]
+    nauc: float
+    nauc_ci: tuple[float, float]
+    f95: float
+    f95_ci: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    mean_rank: float
+    ci: tuple[float, float]
+    n_tasks: int
+
+
+@dataclass
+class Analysis:
+    entries: list[Entry]
+    tasks: list[TaskSpec]
+    cells: dict[tuple[Entry, str, float, int], CellRecord]
+    reference: Entry | None
+    n_boot: int = 1000
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+    _reps: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ lookups
+
+    def metric(self, task: str) -> str:
+        return get_task(task).primary_metric
+
+    def direction(self, task: str) -> str:
+        return PRIMARY_METRIC_DIRECTION.get(self.metric(task), "higher")
+
+    def fractions(self, task: str | None = None, entry: Entry | None = None) -> list[float]:
+        return sorted({k[2] for k in self.cells if (task is None or k[1] == task)
+                       and (entry is None or k[0] == entry)})
+
+    def seeds(self, entry: Entry, task: str, fraction: float) -> list[int]:
+        return sorted(k[3] for k in self.cells if k[:3] == (entry, task, fraction))
+
+    def records(self, entry: Entry, task: str, fraction: float) -> list[CellRecord]:
+        return [self.cells[(entry, task, fraction, s)] for s in self.seeds(entry, task, fraction)]
+
+    def has(self, entry: Entry, task: str, fraction: float) -> bool:
+        return bool(self.seeds(entry, task, fraction))
+
+    # ------------------------------------------------------------------ bootstrap
+
+    def _indices(self, task: str, sample_ids: tuple[str, ...]) -> np.ndarray:
+        key = f"{task}|{'|'.join(sample_ids)}"
+        return _cached_indices(len(sample_ids), self.n_boot, self.seed, key)
+
+    def replicates(self, entry: Entry, task: str, fraction: float) -> np.ndarray:
+        """(n_boot,) seed-mean metric on each subject resample (computed once, then cached)."""
+        key = (entry, task, fraction)
+        if key not in self._reps:
+            self._reps[key] = self._compute_replicates(entry, task, fraction)
+        return self._reps[key]
+
+    def _compute_replicates(self, entry: Entry, task: str, fraction: float) -> np.ndarray:
+        recs = self.records(entry, task, fraction)
+        if not recs:
+            raise BenchError(f"no cells for {entry.display} on {task} at fraction {fraction:g}")
+        idx = self._indices(task, recs[0].sample_ids)
+        per_seed = np.stack([r.scorer(idx) for r in recs])
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(per_seed, axis=0) if per_seed.shape[0] > 1 else per_seed[0]
+
+    def summary(self, entry: Entry, task: str, fraction: float) -> Summary | None:
+        recs = self.records(entry, task, fraction)
+        if not recs:
+            return None
+        values = np.array([r.value for r in recs], dtype=float)
+        sd = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+        low, high = stats.percentile_interval(self.replicates(entry, task, fraction), LEVEL)
+        return Summary(float(np.mean(values)), sd, int(values.size), low, high)
+
+    # ------------------------------------------------------------------ comparisons
+
+    def comparisons(self, fraction: float, tasks: Sequence[str] | None = None
+                    ) -> dict[tuple[Entry, str], Comparison]:
+        """Each entry vs the reference per task, Holm-adjusted across the tasks of the table."""
+        if self.reference is None:
+            return {}
+        tasks = list(tasks or [t.id for t in self.tasks])
+        out: dict[tuple[Entry, str], Comparison] = {}
+        for entry in self.entries:
+            raw: dict[str, stats.PairedTest] = {}
+            for task in tasks:
+                if not (self.has(entry, task, fraction) and self.has(self.reference, task,
+                                                                      fraction)):
+                    continue
+                if entry == self.reference:
+                    continue
+                ids_a = self.records(entry, task, fraction)[0].sample_ids
+                ids_r = self.records(self.reference, task, fraction)[0].sample_ids
+                if ids_a != ids_r:
+                    note = (f"{task}: {entry.display} and {self.reference.display} were scored "
+                            "on different test subjects; no paired comparison")
+                    if note not in self.notes:
+                        self.notes.append(note)
+                    continue
+                a, r = self.summary(entry, task, fraction), self.summary(self.reference, task,
+                                                                         fraction)
+                raw[task] = stats.paired_bootstrap(a.mean, r.mean,
+                                                   self.replicates(entry, task, fraction),
+                                                   self.replicates(self.reference, task,
+                                                                   fraction), LEVEL)
+            adjusted = stats.holm([t.p_value for t in raw.values()])
+            for (task, test), p in zip(raw.items(), adjusted):
+                verdict = "ns"
+                if np.isfinite(p) and p < ALPHA and test.difference != 0:
+                    better = (test.difference > 0) == (self.direction(task) == "higher")
+                    verdict = "win" if better else "loss"
+                out[(entry, task)] = Comparison(test, float(p), verdict)
+            if entry == self.reference:
+                for task in tasks:
+                    if self.has(entry, task, fraction):
+                        out[(entry, task)] = Comparison(
+                            stats.PairedTest(0.0, 0.0, 0.0, float("nan"), 0), float("nan"), "ref")
+        return out
+
+    # ------------------------------------------------------------------ label efficiency
+
+    def efficiency(self, entry: Entry, task: str) -> Efficiency | None:
+        fractions = self.fractions(task, entry)
+        if len(fractions) < 2:
+            return None
+        point = np.array([self.summary(entry, task, f).mean for f in fractions])
+        reps = np.stack([self.replicates(entry, task, f) for f in fractions], axis=1)
+        direction = self.direction(task)
+        nauc = float(stats.normalised_log_auc(fractions, point))
+        f95 = float(stats.fraction_to_reach(fractions, point, direction)[0])
+        return Efficiency(tuple(fractions), nauc,
+                          stats.percentile_interval(stats.normalised_log_auc(fractions, reps)),
+                          f95, _discrete_interval(stats.fraction_to_reach(fractions, reps,
+                                                                          direction)))
+
+    # ------------------------------------------------------------------ overall ranking
+
+    def mean_ranks(self, fraction: float) -> dict[Entry, RankSummary]:
+        """Mean rank over the tasks where every entry has results at ``fraction``."""
+        tasks = [t.id for t in self.tasks
+                 if all(self.has(e, t.id, fraction) for e in self.entries)]
+        if not tasks or len(self.entries) < 1:
+            return {}
+        point_ranks, rep_ranks = [], []
+        for task in tasks:
+            point = np.array([self.summary(e, task, fraction).mean for e in self.entries])
+            reps = np.stack([self.replicates(e, task, fraction) for e in self.entries], axis=1)
+            reps = np.where(np.isfinite(reps), reps, point[None, :])  # undefined resample
+            point_ranks.append(stats.ranks(point, self.direction(task)))
+            rep_ranks.append(stats.ranks(reps, self.direction(task)))
+        mean_point = np.mean(point_ranks, axis=0)
+        mean_reps = np.mean(rep_ranks, axis=0)
+        return {e: RankSummary(float(mean_point[i]), stats.percentile_interval(mean_reps[:, i]),
+                               len(tasks)) for i, e in enumerate(self.entries)}
+
+    def headline_fraction(self) -> float:
+        """The largest fraction every entry has on at least one task (the table default)."""
+        common = None
+        for entry in self.entries:
+            have = set(self.fractions(entry=entry))
+            common = have if common is None else common & have
+        if not common:
+            raise BenchError("the selected backbones share no label fraction; pass --fraction")
+        return max(common)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_indices(n: int, n_boot: int, seed: int, key: str) -> np.ndarray:
+    return stats.bootstrap_indices(n, n_boot, seed, key)
+
+
+def _discrete_interval(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [2.5, 97.5], method="inverted_cdf")
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _one(frame: pd.DataFrame, column: str, option: str) -> None:
+    values = sorted(frame[column].unique())
+    if len(values) > 1:
+        raise BenchError(f"the selected results mix {len(values)} values of {column} "
+                         f"({', '.join(map(str, values))}); choose one with {option}")
+
+
+def _entries(frame: pd.DataFrame) -> dict[tuple[str, str], Entry]:
+    pairs = frame[["backbone", "weights_id", "weights_status"]].drop_duplicates()
+    per_name = pairs.groupby("backbone")["weights_id"].nunique()
+    out = {}
+    for row in pairs.itertuples(index=False):
+        label = row.backbone
+        if per_name[row.backbone] > 1:
+            label = f"{row.backbone} ({row.weights_id.split(':')[-1][:8]})"
+        out[(row.backbone, row.weights_id)] = Entry(row.backbone, row.weights_id,
+                                                    row.weights_status, label)
+    return out
+
+
+def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
+                  tasks: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
+                  profile: str | None = None, data_source: str | None = None,
+                  head: str | None = None, reference: str | None = None,
+                  n_boot: int = 1000, seed: int = 0) -> Analysis:
+    """Read the selected cells (primary metric + predictions) and set up the statistics.
+
+    reference: a backbone name (or entry label); default the first pretrained entry in the
+    order of ``models`` (else by name), else the first entry; none with a single entry.
+    """
+    task_specs = [get_task(t) for t in tasks] if tasks else None
+    frame = store.frame(backbone=list(models) if models else None,
+                        task=[t.id for t in task_specs] if task_specs else None,
+                        profile=profile, data_source=data_source, head=head)
+    if fractions:
+        frame = frame[frame["fraction"].isin(list(fractions))]
+    if frame.empty:
+        raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
+    if models:
+        missing = sorted(set(models) - set(frame["backbone"]))
+        if missing:
+            raise BenchError(f"no results for backbone(s) {missing} in {store.url}; stored: "
+                             f"{sorted(set(store.frame()['backbone']))}")
+    _one(frame, "profile", "--profile (PROFILE=)")
+    _one(frame, "data_source", "--data-source")
+    _one(frame, "head", "--head")
+    spec_of = {t: get_task(t) for t in frame["task"].unique()}
+    frame = frame[[m == spec_of[t].primary_metric for t, m in zip(frame["task"], frame["metric"])]]
+    frame = frame[frame["value"].notna()]
+    # a re-run under a new config replaces, for display, the older cell of the same setting
+    frame = (frame.sort_values("created_at")
+             .drop_duplicates(["backbone", "weights_id", "task", "fraction", "seed"], keep="last"))
+    entries = _entries(frame)
+    preds = _predictions(store, list(frame["cell_id"]))
+    cells: dict[tuple[Entry, str, float, int], CellRecord] = {}
+    for row in frame.to_dict("records"):
+        spec = spec_of[row["task"]]
+        rows = preds.get(row["cell_id"], [])
+        if not rows:
+            raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}, "
+                             f"fraction {row['fraction']:g}, seed {row['seed']}) has no stored "
+                             "test predictions; re-run it with FORCE=1")
+        rows.sort(key=lambda r: r[0])
+        scorer = stats.make_scorer(spec.target.kind, spec.primary_metric,
+                                   [r[1] for r in rows], [r[2] for r in rows],
+                                   getattr(spec.target, "classes", ()))
+        recomputed = scorer.point()
+        if not np.isclose(recomputed, row["value"], rtol=1e-6, atol=1e-9):
+            raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}): "
+                             f"stored {spec.primary_metric}={row['value']:.6g} but its stored "
+                             f"predictions give {recomputed:.6g}; the store is inconsistent")
+        entry = entries[(row["backbone"], row["weights_id"])]
+        provenance = {k: row[k] for k in ("cell_id", "code_version", "weights_sha256",
+                                          "split_hash", "subset_hash", "config_hash",
+                                          "created_at", "profile", "data_source", "head",
+                                          "n_train", "n_test", "selection", "dataset")}
+        cells[(entry, row["task"], float(row["fraction"]), int(row["seed"]))] = CellRecord(
+            entry, row["task"], float(row["fraction"]), int(row["seed"]), float(row["value"]),
+            provenance, tuple(r[0] for r in rows), scorer)
+    ordered = sorted(entries.values(), key=lambda e: (e.is_random, e.label))
+    if models:  # keep the user's order
+        rank = {m: i for i, m in enumerate(models)}
+        ordered.sort(key=lambda e: (rank.get(e.backbone, len(rank)), e.is_random, e.label))
+    task_list = task_specs or sorted(spec_of.values(), key=lambda t: t.id)
+    task_list = [t for t in task_list if t.id in set(frame["task"])]
+    return Analysis(ordered, task_list, cells, _reference(ordered, reference), n_boot, seed)
+
+
+def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
+    if wanted:
+        for entry in entries:
+            if wanted in (entry.backbone, entry.label):
+                return entry
+        raise BenchError(f"reference backbone {wanted!r} is not among the selected results "
+                         f"({', '.join(e.label for e in entries)})")
+    if len(entries) < 2:
+        return None
+    pretrained = [e for e in entries if not e.is_random]
+    return (pretrained or entries)[0]
+
+
+def _predictions(store: ResultStore, cell_ids: list[str]) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {}
+    t = predictions_table
+    with store.engine.connect() as conn:
+        for start in range(0, len(cell_ids), 500):
+            chunk = cell_ids[start:start + 500]
+            query = select(t.c.cell_id, t.c.sample_id, t.c.target, t.c.prediction).where(
+                t.c.cell_id.in_(chunk))
+            for cell_id, sample_id, target, prediction in conn.execute(query):
+                out.setdefault(cell_id, []).append(
+                    (sample_id, json.loads(target), json.loads(prediction)))
+    return out

@@ -1,0 +1,91 @@
+"""Label-scarcity curves: primary metric vs label fraction (log axis), one panel per task.
+
+One line per backbone (mean over seeds) with its 95% subject-level bootstrap band. Random-init
+entries are drawn dashed with hollow markers and labelled "[random-init]", so an untrained
+architecture can never pass for a trained encoder in a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from brainbench.errors import BenchError  # noqa: E402
+from brainbench.leaderboard.analysis import Analysis  # noqa: E402
+
+
+def draw_task(ax, analysis: Analysis, task: str) -> int:
+    """Draw one task's curves on ``ax``; returns how many lines were drawn."""
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines = 0
+    for i, entry in enumerate(analysis.entries):
+        fractions = analysis.fractions(task, entry)
+        if not fractions:
+            continue
+        summaries = [analysis.summary(entry, task, f) for f in fractions]
+        colour = colours[i % len(colours)]
+        style = dict(linestyle="--", marker="o", markerfacecolor="white") if entry.is_random \
+            else dict(linestyle="-", marker="o")
+        ax.plot(fractions, [s.mean for s in summaries], color=colour, label=entry.display,
+                **style)
+        ax.fill_between(fractions, [s.ci_low for s in summaries],
+                        [s.ci_high for s in summaries], color=colour,
+                        alpha=0.10 if entry.is_random else 0.20, linewidth=0)
+        lines += 1
+    arrow = "↑" if analysis.direction(task) == "higher" else "↓"
+    ax.set_xscale("log")
+    ax.set_xlabel("label fraction (log scale)")
+    ax.set_ylabel(f"{analysis.metric(task)} {arrow}")
+    ax.set_title(task)
+    ax.grid(True, which="both", alpha=0.3)
+    return lines
+
+
+def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Figure:
+    tasks = list(tasks or [t.id for t in analysis.tasks])
+    if not tasks:
+        raise BenchError("no task with results to draw")
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        draw_task(ax, analysis, task)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat:  # union of labels over panels
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.suptitle(f"label-scarcity curves: mean over seeds, band = 95% bootstrap interval "
+                 f"({analysis.n_boot} subject resamples)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return fig
+
+
+def write_curves(analysis: Analysis, out_dir: Path, tasks: Sequence[str] | None = None,
+                 stem: str = "label_scarcity") -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = curves_figure(analysis, tasks)
+    paths = []
+    try:
+        for ext in ("png", "svg"):
+            path = out_dir / f"{stem}.{ext}"
+            tmp = path.with_name(f".{path.name}.tmp")
+            fig.savefig(tmp, format=ext, dpi=130)
+            tmp.replace(path)
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths

@@ -1,0 +1,261 @@
+"""Statistics on stored per-subject test predictions: bootstrap scores, paired tests, Holm.
+
+Everything is computed from the predictions the runner stored, so intervals and tests can be
+redone (with more replicates, another seed, another reference) without refitting a probe.
+
+Bootstrap replicates resample TEST SUBJECTS with replacement. A task's resampling indices
+depend only on (bootstrap seed, task, test subjects), so every backbone on that task sees the
+same resamples: a difference of two backbones' replicates is a paired bootstrap, and ranks
+computed per replicate give a rank interval.
+
+The primary metrics are scored here in vectorised form (one row of indices per replicate),
+because thousands of replicates per cell make per-call library overhead dominate. They follow
+the library definitions exactly and the tests check them against scikit-learn and
+scikit-survival on the same predictions:
+- auc: binary ROC AUC (last class positive) via the Mann-Whitney statistic with mid-ranks;
+  K > 2 classes: the unweighted mean of one-vs-rest AUCs (= sklearn's ``multi_class="ovr",
+  average="macro"``).
+- mae / rmse: as sklearn.
+- c_harrell: sksurv's ``concordance_index_censored`` (pair (i, j) comparable when i had the
+  event and t_j > t_i, or t_j == t_i with j censored; risk ties within 1e-8 count one half).
+Survival note: Uno's C and the log-rank test need the training subset's survival data and risk
+scores, which the store does not keep, so survival intervals are for Harrell's C only.
+
+A resample where the metric is undefined (an AUC resample without one of the classes, a
+C-index resample without a comparable pair) yields NaN and is left out of percentiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from brainbench.errors import BenchError
+
+#: Metrics that can be recomputed from stored predictions, per probe kind.
+BOOTSTRAP_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("auc",),
+    "regression": ("mae", "rmse"),
+    "survival": ("c_harrell",),
+}
+CHUNK = 64  # replicates per vectorised block (bounds memory of the pairwise C-index)
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int, key: str) -> np.ndarray:
+    """(n_boot, n) subject indices; the same (n, n_boot, seed, key) always gives the same draw."""
+    if n < 1:
+        raise BenchError("cannot bootstrap an empty test split")
+    if n_boot < 1:
+        raise BenchError(f"the number of bootstrap replicates must be >= 1, got {n_boot}")
+    salt = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([int(seed), salt])
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite replicates (NaN, NaN when none is finite)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _binary_auc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row-wise ROC AUC of (B, n) boolean labels and scores (Mann-Whitney with mid-ranks)."""
+    ranks = rankdata(scores, axis=1, method="average")
+    n_pos = positive.sum(axis=1)
+    n_neg = positive.shape[1] - n_pos
+    rank_sum = np.where(positive, ranks, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def _auc(labels: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    y = labels[idx]
+    k = proba.shape[1]
+    if k == 2:
+        return _binary_auc(y == 1, proba[:, 1][idx])
+    per_class = [_binary_auc(y == c, proba[:, c][idx]) for c in range(k)]
+    return np.mean(per_class, axis=0)  # NaN when any class is absent from the resample
+
+
+def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray, idx: np.ndarray,
+             tied_tol: float = 1e-8) -> np.ndarray:
+    out = np.empty(idx.shape[0])
+    for start in range(0, idx.shape[0], CHUNK):
+        block = idx[start:start + CHUNK]
+        t, e, r = time[block], event[block], risk[block]
+        ti, tj = t[:, :, None], t[:, None, :]
+        comparable = e[:, :, None] & ((tj > ti) | ((tj == ti) & ~e[:, None, :]))
+        diff = r[:, None, :] - r[:, :, None]  # r_j - r_i: concordant when negative
+        credit = np.where(np.abs(diff) <= tied_tol, 0.5, (diff < 0).astype(float))
+        pairs = comparable.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + CHUNK] = np.where(
+                pairs > 0, (credit * comparable).sum(axis=(1, 2)) / pairs, np.nan)
+    return out
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One cell's test predictions, ready to be scored on any rows of resampling indices."""
+
+    kind: str
+    metric: str
+    y: Any  # class indices (classification), values (regression), (time, event) (survival)
+    prediction: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.prediction.shape[0])
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.atleast_2d(idx)
+        if self.kind == "classification":
+            return _auc(self.y, self.prediction, idx)
+        if self.kind == "regression":
+            err = self.prediction[idx] - self.y[idx]
+            if self.metric == "mae":
+                return np.abs(err).mean(axis=1)
+            return np.sqrt((err ** 2).mean(axis=1))
+        time, event = self.y
+        return _harrell(time, event, self.prediction, idx)
+
+    def point(self) -> float:
+        return float(self(np.arange(self.n))[0])
+
+
+def class_order(labels: Sequence[str], n_columns: int, declared: Sequence[str] = ()) -> list[str]:
+    """The probe's column order: sorted training classes (sklearn's ``classes_``).
+
+    The test split holds every class (the runner requires it), so the sorted test labels are
+    the columns when their count matches; otherwise the task's declared classes, sorted.
+    """
+    present = sorted(set(labels))
+    if len(present) == n_columns:
+        return present
+    if len(declared) == n_columns and set(present) <= set(declared):
+        return sorted(declared)
+    raise BenchError(f"stored predictions have {n_columns} probability columns but the test "
+                     f"labels hold classes {present} (declared {list(declared)}): cannot tell "
+                     "which column is which class")
+
+
+def make_scorer(kind: str, metric: str, targets: Sequence[Any], predictions: Sequence[Any],
+                classes: Sequence[str] = ()) -> Scorer:
+    """A Scorer from stored JSON values (see bench/runner.py for what is stored per kind)."""
+    if metric not in BOOTSTRAP_METRICS.get(kind, ()):
+        raise BenchError(f"metric {metric!r} of a {kind} task cannot be recomputed from stored "
+                         f"predictions; supported: {BOOTSTRAP_METRICS.get(kind, ())}")
+    if len(targets) != len(predictions) or not targets:
+        raise BenchError(f"{len(targets)} stored targets but {len(predictions)} predictions")
+    if kind == "classification":
+        proba = np.asarray(predictions, dtype=float)
+        if proba.ndim != 2 or proba.shape[1] < 2:
+            raise BenchError(f"classification predictions must be (n, K>=2) probabilities, got "
+                             f"shape {proba.shape}")
+        order = class_order([str(t) for t in targets], proba.shape[1], classes)
+        index = {c: i for i, c in enumerate(order)}
+        return Scorer(kind, metric, np.array([index[str(t)] for t in targets]), proba)
+    if kind == "regression":
+        return Scorer(kind, metric, np.asarray(targets, dtype=float),
+                      np.asarray(predictions, dtype=float).reshape(-1))
+    pairs = np.asarray(targets, dtype=float)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise BenchError("survival targets must be stored as [time, event] pairs")
+    return Scorer(kind, metric, (pairs[:, 0], pairs[:, 1].astype(bool)),
+                  np.asarray(predictions, dtype=float).reshape(-1))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Backbone minus reference on the same test subjects (positive = larger metric)."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_valid: int
+
+
+def paired_bootstrap(point_a: float, point_b: float, reps_a: np.ndarray,
+                     reps_b: np.ndarray, level: float = 0.95) -> PairedTest:
+    """Two-sided paired bootstrap test of a - b from replicates drawn on the same resamples.
+
+    p = min(1, 2 * min(#(d <= 0) + 1, #(d >= 0) + 1) / (B + 1)) over finite replicates d:
+    the percentile-interval inversion, with the +1 that keeps p above zero.
+    """
+    d = np.asarray(reps_a, dtype=float) - np.asarray(reps_b, dtype=float)
+    d = d[np.isfinite(d)]
+    low, high = percentile_interval(d, level)
+    if d.size == 0:
+        return PairedTest(point_a - point_b, low, high, float("nan"), 0)
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    p = min(1.0, 2 * (tail + 1) / (d.size + 1))
+    return PairedTest(point_a - point_b, low, high, float(p), int(d.size))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (NaN stays NaN and does not count as a test)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = valid.size
+    running = 0.0
+    for rank, i in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+# --------------------------------------------------------------------------- curves and ranks
+
+
+def normalised_log_auc(fractions: Sequence[float], scores: np.ndarray) -> np.ndarray:
+    """Area under score vs log10(fraction), divided by the log-fraction span.
+
+    That is the curve's average score over log-fraction, in the metric's own units (so the
+    metric's direction applies). ``scores`` is (..., n_fractions); fractions ascending.
+    """
+    x = np.log10(np.asarray(fractions, dtype=float))
+    if x.size < 2:
+        raise BenchError("label efficiency needs at least two label fractions")
+    return np.trapezoid(scores, x, axis=-1) / (x[-1] - x[0])
+
+
+def fraction_to_reach(fractions: Sequence[float], scores: np.ndarray, direction: str,
+                      share: float = 0.95) -> np.ndarray:
+    """Smallest fraction whose score reaches ``share`` of the largest fraction's score.
+
+    higher-is-better: score >= share * full; lower-is-better (errors): score <= full / share.
+    """
+    f = np.asarray(fractions, dtype=float)
+    s = np.atleast_2d(scores)
+    full = s[:, -1:]
+    ok = s >= share * full if direction == "higher" else s <= full / share
+    first = np.argmax(ok, axis=1)
+    out = np.where(ok.any(axis=1) & np.isfinite(full[:, 0]), f[first], np.nan)
+    return out if np.ndim(scores) > 1 else out[:1]
+
+
+def ranks(scores: np.ndarray, direction: str) -> np.ndarray:
+    """Ranks along the last axis, 1 = best, ties share the average rank."""
+    signed = -np.asarray(scores, dtype=float) if direction == "higher" else np.asarray(scores)
+    return rankdata(signed, axis=-1, method="average")
