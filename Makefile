@@ -14,16 +14,28 @@ SEEDS ?=
 WEIGHTS ?=
 REQUIRE_WEIGHTS ?=
 DATA ?=
+DATASET ?=
+TASK ?=
 FORCE ?=
 MODELS ?=
 FORMAT ?= simple
+PROTOCOL ?= linear
+TRIALS ?=
 
 RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(REQUIRE_WEIGHTS),--require-weights) \
-	$(if $(DATA),--data $(DATA)) $(if $(FORCE),--force)
+	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
+	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS))
 
-.PHONY: venv bench test list results phantoms benchmark clean
+.PHONY: venv bench test list results phantoms benchmark clean table curves leaderboard data-check \
+	validate submit import-bundle
+
+# statistics over stored results: FRACTION / PROFILE only when given on the command line
+STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) \
+	$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION)) \
+	$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
+	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
 venv: $(STAMP)
 
@@ -49,11 +61,44 @@ results: $(STAMP)
 		$(if $(TASKS),--tasks $(TASKS)) \
 		$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION))
 
+table: $(STAMP)
+	$(BIN)/brainbench table $(STATS_ARGS)
+
+curves: $(STAMP)
+	$(BIN)/brainbench curves $(STATS_ARGS)
+
+leaderboard: $(STAMP)
+	$(BIN)/brainbench leaderboard $(STATS_ARGS)
+
+# a backbone that is not built in (SUBMITTING.md): a card (.toml) or a Python file (.py)
+BACKBONE ?=
+BUNDLE ?=
+SUBMIT_ARGS = $(BACKBONE) --profile $(PROFILE) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	$(if $(REQUIRE_WEIGHTS),--require-weights)
+
+validate: $(STAMP)
+	@test -n "$(BACKBONE)" || { echo "usage: make validate BACKBONE=path/to/card.toml"; exit 2; }
+	$(BIN)/brainbench validate $(SUBMIT_ARGS)
+
+submit: $(STAMP)
+	@test -n "$(BACKBONE)" || { echo "usage: make submit BACKBONE=path/to/card.toml"; exit 2; }
+	$(BIN)/brainbench submit $(SUBMIT_ARGS) --fraction $(FRACTION) \
+		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+import-bundle: $(STAMP)
+	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=path/to/bundle"; exit 2; }
+	$(BIN)/brainbench import-bundle $(BUNDLE)
+
 phantoms: $(STAMP)
 	$(BIN)/brainbench phantoms --profile $(PROFILE)
+
+# validate data before any compute: make data-check TASK=brain_age DATA=/data [DATASET=bids]
+data-check: $(STAMP)
+	$(BIN)/brainbench data-check --profile $(PROFILE) $(if $(TASK)$(TASKS),--task $(or $(TASK),$(TASKS))) \
+		$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET))
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --model $(MODEL) --profile $(PROFILE)
 
 clean:
-	rm -rf results leaderboard/site .pytest_cache
+	rm -rf results leaderboard/site leaderboard/figures leaderboard/reports .pytest_cache

@@ -41,7 +41,8 @@ class FrozenBackbone(Backbone):
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         expected = (self.contract.in_channels, *self.contract.image_size)
         if not isinstance(batch, torch.Tensor):
-            raise BenchError(f"{self.name}.embed expects a torch.Tensor, got {type(batch).__name__}")
+            raise BenchError(
+                f"{self.name}.embed expects a torch.Tensor, got {type(batch).__name__}")
         if batch.ndim != 2 + len(self.contract.image_size) or tuple(batch.shape[1:]) != expected:
             raise BenchError(
                 f"{self.name}.embed expects a batch shaped (B, {', '.join(map(str, expected))}), "

@@ -62,11 +62,11 @@ class WeightsSpec:
 
     backbone: str
     env_var: str
-    expected: str  # what the file is, e.g. "the DINOv2 ViT-B/14 checkpoint (dinov2_vitb14_pretrain.pth)"
+    expected: str  # what the file is, e.g. "the DINOv2 ViT-B/14 checkpoint (...pretrain.pth)"
     cached: tuple[CachedFile, ...] = ()
 
     def hint(self) -> str:
-        places = [f"--weights PATH / WEIGHTS=PATH", f"the environment variable {self.env_var}"]
+        places = ["--weights PATH / WEIGHTS=PATH", f"the environment variable {self.env_var}"]
         places += [c.describe() for c in self.cached]
         return f"Put {self.expected} in one of: " + "; ".join(places) + "."
 
@@ -200,6 +200,17 @@ def strip_prefix(state: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any],
     inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     outside = {k: v for k, v in state.items() if not k.startswith(prefix)}
     return inside, outside
+
+
+def merged(inside: Mapping[str, Any], outside: Mapping[str, Any], prefix: str, source: str
+           ) -> dict[str, Any]:
+    """Keys from under `prefix` (stripped) together with the rest; a name in both is an error."""
+    clash = sorted(set(inside) & set(outside))
+    if clash:
+        raise BenchError(
+            f"weights {source}: keys present both with and without the {prefix!r} prefix: "
+            f"{clash[:10]}")
+    return {**inside, **outside}
 
 
 def with_notes(report: LoadReport, notes: list[str] | tuple[str, ...]) -> LoadReport:

@@ -51,6 +51,10 @@ DEFAULT_NUM_SLICES = 128
 RANDOM_SEED = 0
 WEIGHTS_ENV = "BRAINDINO_WEIGHTS"
 TOKENS = ("cls", "patch_mean")
+# Optional tokens (see DinoV3Backbone.with_tokens): the CLS of the 3 blocks before the last,
+# each through the final norm, so cls_prev3..1 + cls are the last four layers' CLS (DINOv2
+# linear evaluation). Off by default: they are only computed and cached when asked for.
+PREV_CLS_TOKENS = ("cls_prev3", "cls_prev2", "cls_prev1")
 
 WEIGHTS_HINT = (
     "Name the BrainDINO checkpoint file (DINOv3 teacher format, e.g. teacher_checkpoint.pth) "
@@ -310,7 +314,13 @@ class DinoV3Backbone(Backbone):
         num_slices: int,
         norm_eps: float = NORM_EPS,
         load_report: LoadReport | None = None,
+        extra_tokens: tuple[str, ...] = (),
     ) -> None:
+        unknown = [t for t in extra_tokens if t not in PREV_CLS_TOKENS]
+        if unknown:
+            raise BenchError(f"{name}: unknown extra token(s) {unknown}; available: "
+                             f"{list(PREV_CLS_TOKENS)}")
+        self.extra_tokens = tuple(t for t in PREV_CLS_TOKENS if t in extra_tokens)
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.weights = weights
@@ -322,9 +332,20 @@ class DinoV3Backbone(Backbone):
             image_size=(image_size, image_size),
             num_slices=num_slices,
             intensity="robust_zscore",
-            tokens=TOKENS,
+            tokens=TOKENS + self.extra_tokens,
             feature_dim=FEATURE_DIM,
         )
+
+    def with_tokens(self, extra: Sequence[str]) -> "DinoV3Backbone":
+        """The same frozen model also returning the optional tokens `extra` (PREV_CLS_TOKENS).
+
+        The contract's tokens change, so the feature cache keys them separately.
+        """
+        return DinoV3Backbone(self.name, self.model, self.weights,
+                              image_size=self.contract.image_size[0],
+                              num_slices=self.contract.num_slices, norm_eps=self.norm_eps,
+                              load_report=self.load_report,
+                              extra_tokens=tuple(self.extra_tokens) + tuple(extra))
 
     @property
     def device(self) -> torch.device:
@@ -354,14 +375,24 @@ class DinoV3Backbone(Backbone):
         x = batch.to(device=device, dtype=torch.float32)
         num_prefix = model.num_prefix_tokens
         # autocast off: bf16 on CPU is ~6x slower here, and the features must not depend on it
+        extra: dict[str, torch.Tensor] = {}
         with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
-            tokens = model.forward_features(x)  # (B, prefix + patches, 768), after final norm
+            if self.extra_tokens:  # one pass: final tokens plus the earlier blocks' CLS
+                depth = len(model.blocks)
+                tokens, inter = model.forward_intermediates(
+                    x, indices=[depth - 4, depth - 3, depth - 2], return_prefix_tokens=True,
+                    norm=True, output_fmt="NLC")
+                prev = dict(zip(PREV_CLS_TOKENS, (prefix[:, 0] for _, prefix in inter)))
+                extra = {t: prev[t].float().clone() for t in self.extra_tokens}
+            else:
+                tokens = model.forward_features(x)  # (B, prefix + patches, 768), final norm
             cls = tokens[:, 0]
             patch_mean = tokens[:, num_prefix:].mean(dim=1)
         # clone outside inference mode: callers may train heads on these tensors
         return {
             "cls": cls.float().clone(),
             "patch_mean": patch_mean.float().clone(),
+            **extra,
         }
 
     def num_patch_layers(self) -> int:

@@ -125,9 +125,18 @@ def create_backbone(
     image_size: int | None = None,
     num_slices: int | None = None,
 ) -> Backbone:
-    """Build a registered backbone (like timm.create_model). Unknown names list the valid ones."""
-    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+    """Build a registered backbone (like timm.create_model). Unknown names list the valid ones.
 
+    ``name`` may also be the path of a backbone card (.toml) or Python backbone file (.py), and
+    installed packages add names through the entry-point group ``brainbench.backbones``
+    (see brainbench.submission and SUBMITTING.md).
+    """
+    load_plugins()
+    from brainbench.submission.source import backbone_from_path, is_submission_path
+
+    if name not in BACKBONES and is_submission_path(name):
+        return backbone_from_path(name, weights=weights, require_weights=require_weights,
+                                  image_size=image_size, num_slices=num_slices)
     factory = BACKBONES.get(name)
     return factory(
         weights=Path(weights) if weights is not None else None,
@@ -135,6 +144,14 @@ def create_backbone(
         image_size=image_size,
         num_slices=num_slices,
     )
+
+
+def load_plugins() -> None:
+    """Register the built-in backbones and those of installed entry-point packages."""
+    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+    from brainbench.submission.entrypoints import register_entry_points
+
+    register_entry_points()
 
 
 _warned: set[str] = set()

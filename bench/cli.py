@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from brainbench.errors import BenchError
+from brainbench.search import DEFAULT_TRIALS
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -40,7 +42,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.what == "tasks":
         from brainbench.taskspec import all_tasks
 
-        rows = [[t.id, t.kind, t.dataset, "+".join(t.modalities), t.primary_metric,
+        rows = [[t.id, t.kind, " / ".join(t.datasets), "+".join(t.modalities), t.primary_metric,
                  t.stratify_description(), ",".join(f"{f:g}" for f in t.fractions),
                  len(t.seeds), t.status + (f": {t.pending_reason}" if t.pending_reason else "")]
                 for t in all_tasks()]
@@ -50,7 +52,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         from brainbench.backbone import BACKBONES, create_backbone
 
         import brainbench.baselines  # noqa: F401
+        from brainbench.backbone import load_plugins
 
+        load_plugins()  # entry-point backbones of installed packages
         rows = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -61,9 +65,20 @@ def cmd_list(args: argparse.Namespace) -> None:
                 rows.append([name, c.dims, "x".join(map(str, c.image_size)), c.num_slices or "-",
                              c.intensity, "+".join(c.tokens), c.feature_dim,
                              f"{backbone.parameter_count() / 1e6:.1f}M",
+                             backbone.architecture().get("input_spacing", "-"),
+                             "found" if not backbone.weights.is_random else "none (random)",
                              backbone.weights.status, backbone.weights.source])
         print(tabulate(rows, headers=["backbone", "dims", "input", "slices", "intensity",
-                                      "tokens", "dim", "params", "weights", "source"]))
+                                      "tokens", "dim", "params", "spacing", "weights file",
+                                      "status", "source"]))
+    elif args.what == "protocols":
+        from brainbench.protocols import PROTOCOLS
+
+        rows = [[p.name, p.head, p.variant, p.aggregation,
+                 ", ".join(p.search_space) if p.searched else "inner CV (no optuna)",
+                 p.description] for p in map(PROTOCOLS.get, PROTOCOLS.names())]
+        print(tabulate(rows, headers=["protocol", "head", "features", "aggregation",
+                                      "searched", "description"], maxcolwidths=[None] * 5 + [60]))
     else:
         from brainbench.profiles import PROFILES
 
@@ -105,7 +120,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         results_dir=Path(args.results or results_dir()), tasks=_names(args.tasks),
         seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
         require_weights=args.require_weights, data_dir=Path(args.data) if args.data else None,
-        db_url=args.db, force=args.force, progress=not args.no_progress)
+        datasets=_names(args.dataset),
+        db_url=args.db, force=args.force, progress=not args.no_progress,
+        protocol=args.protocol, trials=args.trials)
     started = time.perf_counter()
     report = run(config)
     elapsed = time.perf_counter() - started
@@ -120,9 +137,11 @@ def cmd_run(args: argparse.Namespace) -> None:
           f"calls; {elapsed:.1f} s")
     for note in report.notes:
         print(f"note: {note}")
+    for task in report.unavailable:
+        print(f"not run, no data: {task}")
     print()
     _print_table(SimpleNamespace(db_url=args.db, results_dir=config.results_dir,
-                                 tasks=config.tasks, models=(config.model,),
+                                 tasks=config.tasks, models=(report.backbone,),
                                  profile=config.profile, fractions=config.fractions,
                                  data_source=report.data_source, format="simple"),
                  pending=report.pending)
@@ -142,6 +161,129 @@ def cmd_results(args: argparse.Namespace) -> None:
         data_source=None, format=args.format))
 
 
+def _analysis(args: argparse.Namespace, fractions=None):
+    """The statistics of the selected stored results (see brainbench.leaderboard.analysis)."""
+    from brainbench.leaderboard.analysis import load_analysis
+    from brainbench.paths import results_dir
+    from brainbench.store import ResultStore, default_url
+
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    return load_analysis(store, models=_names(args.models), tasks=_names(args.tasks),
+                         fractions=fractions, profile=args.profile,
+                         data_source=args.data_source, reference=args.reference,
+                         n_boot=args.bootstrap, seed=args.bootstrap_seed)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from brainbench.leaderboard.tables import stats_table
+    from brainbench.leaderboard.tables import write_text_atomic
+
+    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
+    analysis = _analysis(args, [fraction] if fraction else None)
+    fraction = fraction or analysis.headline_fraction()
+    markdown = stats_table(analysis, fraction, "markdown")
+    out = Path(args.out)
+    write_text_atomic(out / f"table_f{fraction:g}.md", markdown)
+    write_text_atomic(out / f"table_f{fraction:g}.tex", stats_table(analysis, fraction, "latex"))
+    print(markdown)
+    print(f"written: {out / f'table_f{fraction:g}.md'}, {out / f'table_f{fraction:g}.tex'}")
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from brainbench.leaderboard.curves import write_curves
+
+    paths = write_curves(_analysis(args), Path(args.out))
+    print("written: " + ", ".join(map(str, paths)))
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from brainbench.leaderboard.site import build_site
+
+    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
+    from brainbench.submission.bundle import submission_flags
+
+    analysis = _analysis(args)
+    analysis.flags.update(submission_flags(Path(args.submissions) if args.submissions else None))
+    index = build_site(analysis, Path(args.out), fraction)
+    print(f"written: {index} (open it in a browser; no network needed)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from brainbench.paths import results_dir
+    from brainbench.results_io import export_results
+    from brainbench.store import ResultStore, default_url
+
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    for path in export_results(store, Path(args.out), list(_names(args.models) or []),
+                               list(_names(args.tasks) or [])):
+        print(f"written: {path}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from brainbench.paths import results_dir
+    from brainbench.results_io import import_results
+    from brainbench.store import ResultStore, default_url
+
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    for path in args.files:
+        report = import_results(store, Path(path))
+        print(f"imported {report.cells} cell(s) of {report.backbone} on {report.task} from "
+              f"{path} ({report.replaced} replaced) into {store.url}")
+
+
+def _submit_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("backbone", help="backbone card (.toml), Python backbone file (.py) or a "
+                                    "registered / entry-point name")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--weights", default=None, help="checkpoint replacing the card's weights")
+    p.add_argument("--require-weights", action="store_true")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from brainbench.profiles import PROFILES
+    from brainbench.submission.validate import validate
+
+    started = time.perf_counter()
+    report = validate(args.backbone, PROFILES.get(args.profile), args.weights,
+                      args.require_weights)
+    print(report.render())
+    print(f"validation took {time.perf_counter() - started:.1f} s")
+    if not report.ok:
+        raise BenchError(f"{args.backbone} failed {len(report.failures)} check(s): "
+                         + "; ".join(f"{c.name}: {c.detail}" for c in report.failures))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from brainbench.paths import cache_dir, results_dir
+    from brainbench.profiles import PROFILES
+    from brainbench.submission.bundle import SubmitConfig, submissions_dir, submit
+
+    result = submit(SubmitConfig(
+        backbone=Path(args.backbone), profile=PROFILES.get(args.profile),
+        fractions=_floats(args.fraction, "FRACTION"), cache_dir=Path(args.cache or cache_dir()),
+        results_dir=Path(args.results or results_dir()),
+        out_root=Path(args.out) if args.out else submissions_dir(), tasks=_names(args.tasks),
+        seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
+        require_weights=args.require_weights, db_url=args.db, progress=not args.no_progress))
+    print((result.bundle / "SUMMARY.md").read_text())
+    print(f"bundle: {result.bundle} ({result.cells} cell(s); validation "
+          f"{result.validation_seconds:.1f} s, run {result.run_seconds:.1f} s)")
+    for flag in result.flags:
+        print(f"flag: {flag}")
+
+
+def cmd_import_bundle(args: argparse.Namespace) -> None:
+    from brainbench.paths import results_dir
+    from brainbench.store import ResultStore, default_url
+    from brainbench.submission.bundle import import_bundle
+
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    for bundle in args.bundles:
+        cells, target = import_bundle(Path(bundle), store,
+                                      Path(args.out) if args.out else None)
+        print(f"imported {cells} cell(s) from {bundle} into {store.url}; bundle at {target}")
+
+
 def cmd_phantoms(args: argparse.Namespace) -> None:
     from brainbench.paths import cache_dir
     from brainbench.phantoms import PHANTOM_VERSION, generate_phantoms
@@ -154,13 +296,49 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
     print(generate_phantoms(root, n, seed=profile.phantom_seed, workers=args.workers))
 
 
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from brainbench.datacheck import check_task
+    from brainbench.leakage import HashCache
+    from brainbench.paths import cache_dir, results_dir
+    from brainbench.profiles import PROFILES
+    from brainbench.runner import RunConfig, prepare_data, resolve_tasks
+
+    tasks = resolve_tasks(_names(args.task), _names(args.dataset))
+    config = RunConfig(model="", fractions=(), profile=PROFILES.get(args.profile),
+                       cache_dir=Path(args.cache or cache_dir()),
+                       results_dir=Path(args.results or results_dir()),
+                       data_dir=Path(args.data) if args.data else None,
+                       progress=not args.no_progress)
+    roots, data_source = prepare_data(config, {t.dataset for t in tasks})
+    hashes = HashCache(config.cache_dir / "voxel_hashes.json")
+    failed, absent = [], []
+    for task in tasks:
+        if task.dataset not in roots:
+            absent.append(f"{task.id} (dataset {task.dataset} not found)")
+            continue
+        report = check_task(task, roots[task.dataset], data_source=data_source,
+                            results_dir=config.results_dir, hash_cache=hashes,
+                            headers_only=args.headers_only)
+        print(report.render() + "\n")
+        if not report.ok:
+            failed.append(task.id)
+    for line in absent:
+        print(f"not checked, no data: {line}")
+    if absent and (args.task or len(absent) == len(tasks)):
+        failed += absent
+    if failed:
+        raise BenchError(f"data check failed: {', '.join(failed)} cannot be used as is "
+                         "(see the report above)")
+
+
 def cmd_oracle(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
     from tabulate import tabulate
 
     from brainbench.phantoms.oracle import oracle_report
 
-    print(tabulate([list(r.__dict__.values()) if hasattr(r, "__dict__") else list(r)
-                    for r in oracle_report(Path(args.root))], headers="keys"))
+    print(tabulate([asdict(row) for row in oracle_report(Path(args.root))], headers="keys"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list tasks, backbones or profiles")
-    p.add_argument("what", choices=["tasks", "backbones", "profiles"])
+    p.add_argument("what", choices=["tasks", "backbones", "profiles", "protocols"])
     p.add_argument("--model", default="braindino")
     p.add_argument("--weights", default=None)
     p.set_defaults(func=cmd_list)
@@ -183,10 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-weights", action="store_true",
                    help="fail instead of falling back to random initialisation")
     p.add_argument("--data", default=None, help="folder with real datasets (default: phantoms)")
+    p.add_argument("--dataset", default=None,
+                   help="alternate dataset(s): 'oasis1' or 'neurodegen_cls=oasis1' (comma list)")
     p.add_argument("--cache", default=None)
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite in --results)")
     p.add_argument("--force", action="store_true", help="recompute cells already stored")
+    p.add_argument("--protocol", default="linear",
+                   help="probe protocol (see `brainbench list protocols`)")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help="optuna trial budget per cell for searched protocols (paper, attention)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -200,12 +384,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_results)
 
+    def stats_options(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--models", default=None, help="comma list (default: all stored)")
+        p.add_argument("--tasks", default=None, help="comma list (default: all stored)")
+        p.add_argument("--fraction", default=None,
+                       help="label fraction of the table (default: the largest shared one)")
+        p.add_argument("--profile", default=None)
+        p.add_argument("--data-source", default=None, help="e.g. phantom:v1-seed0-n80")
+        p.add_argument("--reference", default=None,
+                       help="backbone the others are tested against (default: first pretrained "
+                            "of --models)")
+        p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+        p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument("--out", default=out)
+        p.add_argument("--results", default=None)
+        p.add_argument("--db", default=None)
+
+    p = sub.add_parser("table", help="Markdown + LaTeX table with intervals and significance")
+    stats_options(p, "leaderboard/reports")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("curves", help="label-scarcity curves (PNG + SVG)")
+    stats_options(p, "leaderboard/figures")
+    p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("leaderboard", help="the static leaderboard site")
+    stats_options(p, os.environ.get("BRAINBENCH_SITE", "leaderboard/site"))
+    p.add_argument("--submissions", default=None,
+                   help="submission bundles whose flags the site shows (default "
+                        "$BRAINBENCH_SUBMISSIONS or leaderboard/submissions)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("export", help="write one versioned JSON results file per (backbone, task)")
+    p.add_argument("--models", default=None)
+    p.add_argument("--tasks", default=None)
+    p.add_argument("--out", default="results/export")
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="validate JSON results files and add them to the store")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("validate", help="check a backbone card / file before any long run")
+    _submit_common(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("submit", help="validate, run the suite, write a submission bundle")
+    _submit_common(p)
+    p.add_argument("--fraction", default="0.01", help="label fraction(s), comma list")
+    p.add_argument("--tasks", default=None, help="comma list (default: all endpoints)")
+    p.add_argument("--seeds", default=None, help="comma list (default: each task's seeds)")
+    p.add_argument("--out", default=None, help="bundle root (default $BRAINBENCH_SUBMISSIONS "
+                                               "or leaderboard/submissions)")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("import-bundle", help="add a submission bundle made elsewhere (results "
+                                             "only) to the store and the leaderboard")
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--out", default=None, help="where the bundle is copied (default "
+                                               "$BRAINBENCH_SUBMISSIONS or leaderboard/submissions)")
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None)
+    p.set_defaults(func=cmd_import_bundle)
+
     p = sub.add_parser("phantoms", help="generate the phantom cohorts (done by run when needed)")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--n", type=int, default=None, help="people per dataset")
     p.add_argument("--root", default=None)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("data-check", help="validate datasets for tasks before any compute")
+    p.add_argument("--task", default=None, help="comma list (default: every task)")
+    p.add_argument("--data", default=None, help="folder with real datasets (default: phantoms)")
+    p.add_argument("--dataset", default=None,
+                   help="alternate dataset(s): 'oasis1' or 'neurodegen_cls=oasis1' (comma list)")
+    p.add_argument("--profile", default="cpu", help="phantom cohort size when no data is given")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read headers and lengths only (no voxel hashes, no duplicate check)")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--results", default=None, help="where split manifests are compared")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("oracle", help="learnability check of a phantom cohort folder")
     p.add_argument("root")

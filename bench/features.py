@@ -140,10 +140,13 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
         keys[path] = cache.key(backbone, sha256_file(path))
     results: dict[Path, Tokens] = {}
     todo: list[tuple[Path, str]] = []
+    copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
     for path, key in keys.items():
         hit = cache.load(key)
         if hit is None:
-            todo.append((path, key))
+            if key not in copies:
+                todo.append((path, key))
+            copies.setdefault(key, []).append(path)
         else:
             results[path] = hit
     stats.volumes, stats.cached, stats.keys = len(keys), len(results), sorted(keys.values())
@@ -172,7 +175,7 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
                 tokens = {name: np.concatenate([p[name] for p in parts]) for name in outputs}
                 _check_tokens(backbone, by_key[key], tokens)
                 cache.save(key, tokens)
-                results[by_key[key]] = tokens
+                results.update({copy: tokens for copy in copies[key]})
                 stats.computed += 1
                 bar.update(1)
 

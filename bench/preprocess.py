@@ -21,6 +21,9 @@ from brainbench.errors import BenchError
 PREPROCESS_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN/STD
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CHANNEL_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
 def load_volume(path: Path) -> np.ndarray:
@@ -73,7 +76,7 @@ def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:
         return robust_zscore(volume)
     if intensity == "zscore":
         return zscore(volume)
-    if intensity == "imagenet":
+    if intensity in CHANNEL_STATS:
         # min-max of the robust range to [0, 1]; channel-wise ImageNet stats come after repeat
         mask = volume != 0
         low, high = np.percentile(volume[mask], [1.0, 99.0])
@@ -94,10 +97,11 @@ def volume_to_input(volume: np.ndarray, contract: InputContract) -> torch.Tensor
     slices = slices.float().contiguous()
     if contract.in_channels > 1:
         slices = slices.expand(-1, contract.in_channels, *slices.shape[2:]).contiguous()
-    if contract.intensity == "imagenet" and contract.in_channels == 3:
+    if contract.intensity in CHANNEL_STATS and contract.in_channels == 3:
         shape = (1, 3) + (1,) * (slices.ndim - 2)
-        mean = torch.tensor(IMAGENET_MEAN).view(shape)
-        std = torch.tensor(IMAGENET_STD).view(shape)
+        channel_mean, channel_std = CHANNEL_STATS[contract.intensity]
+        mean = torch.tensor(channel_mean).view(shape)
+        std = torch.tensor(channel_std).view(shape)
         slices = (slices - mean) / std
     return slices
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -15,6 +15,21 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 Kind = Literal["classification", "regression", "survival", "segmentation"]
+
+
+@dataclass(frozen=True)
+class DatasetVariant:
+    """The same endpoint read from an alternate dataset: what changes with the data.
+
+    e.g. neurodegen_cls on OASIS-1 is demented vs not (CDR > 0) instead of ADNI's CN/MCI/AD.
+    """
+
+    dataset: str
+    target: Target
+    target_description: str
+    stratify_meta: tuple[str, ...] = ()
+    select: Mapping[str, Any] = field(default_factory=dict)
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,31 @@ class TaskSpec:
     status: Literal["ready", "pending"] = "ready"
     pending_reason: str = ""
     reference: str = ""
+    alternates: tuple[DatasetVariant, ...] = ()  # other datasets that serve this endpoint
+    base_dataset: str = ""  # set on a spec made by on_dataset(): the card's default dataset
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return (self.dataset, *(a.dataset for a in self.alternates))
+
+    def on_dataset(self, name: str) -> "TaskSpec":
+        """This endpoint on dataset ``name`` (the default or one of the alternates)."""
+        if name == self.dataset:
+            return self
+        for alt in self.alternates:
+            if alt.dataset == name:
+                return replace(self, dataset=alt.dataset, target=alt.target,
+                               target_description=alt.target_description,
+                               stratify_meta=alt.stratify_meta, select=dict(alt.select),
+                               reference=alt.reference or self.reference, alternates=(),
+                               base_dataset=self.base_dataset or self.dataset)
+        raise BenchError(f"task {self.id} cannot run on dataset {name!r}; valid datasets: "
+                         f"{', '.join(self.datasets)}")
+
+    @property
+    def manifest_name(self) -> str:
+        """Split manifest file name; alternates get their own so they never clash."""
+        return f"{self.id}@{self.dataset}.json" if self.base_dataset else f"{self.id}.json"
 
     @property
     def split_salt(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -57,7 +58,7 @@ class CellRecord:
     value: float
     provenance: dict[str, Any]
     sample_ids: tuple[str, ...]
-    scorer: stats.Scorer
+    scorer: stats.Scorer | None  # None: the metric cannot be recomputed from predictions
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Analysis:
     n_boot: int = 1000
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    flags: dict[str, list[str]] = field(default_factory=dict)  # backbone -> submission flags
     _reps: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ lookups
@@ -141,9 +143,12 @@ class Analysis:
         recs = self.records(entry, task, fraction)
         if not recs:
             raise BenchError(f"no cells for {entry.display} on {task} at fraction {fraction:g}")
+        if any(r.scorer is None for r in recs):
+            return np.full(self.n_boot, np.nan)
         idx = self._indices(task, recs[0].sample_ids)
         per_seed = np.stack([r.scorer(idx) for r in recs])
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a resample undefined for every seed stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(per_seed, axis=0) if per_seed.shape[0] > 1 else per_seed[0]
 
     def summary(self, entry: Entry, task: str, fraction: float) -> Summary | None:
@@ -172,6 +177,8 @@ class Analysis:
                     continue
                 if entry == self.reference:
                     continue
+                if any(r.scorer is None for r in self.records(entry, task, fraction)):
+                    continue  # no predictions to resample: no test
                 ids_a = self.records(entry, task, fraction)[0].sample_ids
                 ids_r = self.records(self.reference, task, fraction)[0].sample_ids
                 if ids_a != ids_r:
@@ -299,13 +306,14 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                         profile=profile, data_source=data_source, head=head)
     if fractions:
         frame = frame[frame["fraction"].isin(list(fractions))]
-    if frame.empty:
-        raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
     if models:
         missing = sorted(set(models) - set(frame["backbone"]))
         if missing:
-            raise BenchError(f"no results for backbone(s) {missing} in {store.url}; stored: "
+            raise BenchError(f"no results for backbone(s) {missing} in {store.url} for that "
+                             f"selection; stored backbones: "
                              f"{sorted(set(store.frame()['backbone']))}")
+    if frame.empty:
+        raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
     _one(frame, "profile", "--profile (PROFILE=)")
     _one(frame, "data_source", "--data-source")
     _one(frame, "head", "--head")
@@ -318,9 +326,24 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     entries = _entries(frame)
     preds = _predictions(store, list(frame["cell_id"]))
     cells: dict[tuple[Entry, str, float, int], CellRecord] = {}
+    notes: list[str] = []
     for row in frame.to_dict("records"):
         spec = spec_of[row["task"]]
         rows = preds.get(row["cell_id"], [])
+        entry = entries[(row["backbone"], row["weights_id"])]
+        provenance = {k: row[k] for k in ("cell_id", "code_version", "weights_sha256",
+                                          "split_hash", "subset_hash", "config_hash",
+                                          "created_at", "profile", "data_source", "head",
+                                          "n_train", "n_test", "selection", "dataset")}
+        key = (entry, row["task"], float(row["fraction"]), int(row["seed"]))
+        if spec.primary_metric not in stats.BOOTSTRAP_METRICS.get(spec.target.kind, ()):
+            note = (f"{spec.id}: {spec.primary_metric} cannot be recomputed from stored "
+                    "predictions; shown as mean ± sd over seeds, without interval or test")
+            if note not in notes:
+                notes.append(note)
+            cells[key] = CellRecord(entry, row["task"], key[2], key[3], float(row["value"]),
+                                    provenance, tuple(sorted(r[0] for r in rows)), None)
+            continue
         if not rows:
             raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}, "
                              f"fraction {row['fraction']:g}, seed {row['seed']}) has no stored "
@@ -334,12 +357,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
             raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}): "
                              f"stored {spec.primary_metric}={row['value']:.6g} but its stored "
                              f"predictions give {recomputed:.6g}; the store is inconsistent")
-        entry = entries[(row["backbone"], row["weights_id"])]
-        provenance = {k: row[k] for k in ("cell_id", "code_version", "weights_sha256",
-                                          "split_hash", "subset_hash", "config_hash",
-                                          "created_at", "profile", "data_source", "head",
-                                          "n_train", "n_test", "selection", "dataset")}
-        cells[(entry, row["task"], float(row["fraction"]), int(row["seed"]))] = CellRecord(
+        cells[key] = CellRecord(
             entry, row["task"], float(row["fraction"]), int(row["seed"]), float(row["value"]),
             provenance, tuple(r[0] for r in rows), scorer)
     ordered = sorted(entries.values(), key=lambda e: (e.is_random, e.label))
@@ -348,7 +366,8 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
         ordered.sort(key=lambda e: (rank.get(e.backbone, len(rank)), e.is_random, e.label))
     task_list = task_specs or sorted(spec_of.values(), key=lambda t: t.id)
     task_list = [t for t in task_list if t.id in set(frame["task"])]
-    return Analysis(ordered, task_list, cells, _reference(ordered, reference), n_boot, seed)
+    return Analysis(ordered, task_list, cells, _reference(ordered, reference), n_boot, seed,
+                    notes)
 
 
 def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from brainbench.errors import BenchError  # noqa: E402
 from brainbench.leaderboard.analysis import Analysis  # noqa: E402
@@ -41,6 +42,11 @@ def draw_task(ax, analysis: Analysis, task: str) -> int:
         lines += 1
     arrow = "↑" if analysis.direction(task) == "higher" else "↓"
     ax.set_xscale("log")
+    shown = analysis.fractions(task)
+    if shown:
+        ax.set_xticks(shown)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("label fraction (log scale)")
     ax.set_ylabel(f"{analysis.metric(task)} {arrow}")
     ax.set_title(task)

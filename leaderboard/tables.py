@@ -33,6 +33,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
         return pd.DataFrame()
     keep["column"] = [column_label(*r) for r in
                       keep[["backbone", "weights_status", "weights_id"]].itertuples(index=False)]
+    if "head" in keep and keep["head"].nunique() > 1:  # protocols side by side
+        keep["column"] = [f"{c} {{{h}}}" for c, h in zip(keep["column"], keep["head"])]
     grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
                           n_train=("n_train", "mean"), n_test=("n_test", "max")).reset_index()
@@ -57,9 +59,9 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
         keys = summary[["task", "dataset", "metric", "fraction"]].drop_duplicates()
         keys = keys.assign(_o=[order[t] for t in keys["task"]],
                            _p=[m != primary[t] for t, m in zip(keys["task"], keys["metric"])])
-        for key in keys.sort_values(["_o", "fraction", "_p", "metric"]).itertuples(index=False):
-            part = summary[(summary.task == key.task) & (summary.metric == key.metric)
-                           & (summary.fraction == key.fraction)]
+        for key in keys.sort_values(["_o", "dataset", "fraction", "_p", "metric"]).itertuples(index=False):
+            part = summary[(summary.task == key.task) & (summary.dataset == key.dataset)
+                           & (summary.metric == key.metric) & (summary.fraction == key.fraction)]
             direction = PRIMARY_METRIC_DIRECTION.get(key.metric, "")
             arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
             metric = f"{key.metric}{arrow}" + (" *" if key.metric == primary[key.task] else "")
@@ -98,6 +100,12 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
+def markdown_escape(text: str) -> str:
+    """Names from the store are text: no raw HTML, no column breaks in a Markdown table."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") \
+        .replace("|", "\\|")
+
+
 def _fmt_interval(mean: float, low: float, high: float) -> str:
     if pd.isna(low):
         return f"{mean:.3f}"
@@ -118,7 +126,7 @@ def best_entries(analysis, task: str, fraction: float) -> set:
 def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows (strings) of the statistical comparison table in ``fmt``."""
     latex = fmt == "latex"
-    esc = latex_escape if latex else (lambda s: s)
+    esc = latex_escape if latex else markdown_escape
     bold = (lambda s: rf"\textbf{{{s}}}") if latex else (lambda s: f"**{s}**")
     tasks = [t.id for t in analysis.tasks]
     comparisons = analysis.comparisons(fraction, tasks)
@@ -128,7 +136,7 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
         arrow = "↑" if analysis.direction(task) == "higher" else "↓"
         arrow = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}[arrow] if latex else arrow
         headers.append(f"{esc(task)} {esc(analysis.metric(task))} {arrow}")
-    headers.append("mean rank [95% CI]")
+    headers.append(esc("mean rank [95% CI]"))
     rows = []
     for entry in analysis.entries:
         weights = "RANDOM-INIT" if entry.is_random else "pretrained"
@@ -146,7 +154,8 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
                 text += MARKS["latex" if latex else "markdown"][verdict.verdict]
             row.append(text)
         rank = ranks.get(entry)
-        row.append(f"{rank.mean_rank:.2f} [{rank.ci[0]:.2f}, {rank.ci[1]:.2f}]" if rank else "–")
+        row.append(f"{rank.mean_rank:.2f} [{rank.ci[0]:.2f}, {rank.ci[1]:.2f}]" if rank
+                   else "--" if latex else "–")
         rows.append(row)
     return headers, rows
 
@@ -187,3 +196,14 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
                  .replace("▼", r"$\blacktriangledown$") for n in notes]
         return table + "\n" + "\n".join(f"% {n}" for n in notes) + "\n"
     return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file through a temporary sibling, so no reader sees half a table."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

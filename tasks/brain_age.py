@@ -1,4 +1,4 @@
-from brainbench.taskspec import TaskSpec, register_task
+from brainbench.taskspec import DatasetVariant, TaskSpec, register_task
 from brainbench.targets import NumericTarget
 
 TASK = register_task(TaskSpec(
@@ -13,4 +13,12 @@ TASK = register_task(TaskSpec(
     secondary_metrics=("pearson_r", "r2"),
     stratify_meta=("site",),
     reference="IXI (alternates: Pixar ds000228, any BIDS participants.tsv)",
+    alternates=(DatasetVariant(
+        dataset="bids",
+        # bins only balance the split; these cover child (ds000228) and adult BIDS studies
+        target=NumericTarget(key="age", bins=(6.0, 9.0, 18.0, 40.0, 65.0), unit="years"),
+        target_description="age (years) from the BIDS participants.tsv age column",
+        stratify_meta=("site",),
+        reference="OpenNeuro ds000228 (Pixar) or any BIDS dataset with an age column",
+    ),),
 ))

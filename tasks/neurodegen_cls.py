@@ -1,4 +1,4 @@
-from brainbench.taskspec import TaskSpec, register_task
+from brainbench.taskspec import DatasetVariant, TaskSpec, register_task
 from brainbench.targets import ClassTarget
 
 TASK = register_task(TaskSpec(
@@ -12,4 +12,10 @@ TASK = register_task(TaskSpec(
     primary_metric="auc",
     secondary_metrics=("balanced_accuracy",),
     reference="ADNI (alternate: OASIS-1, demented = CDR > 0); split by person, never by visit",
+    alternates=(DatasetVariant(
+        dataset="oasis1",
+        target=ClassTarget(key="dementia", classes=("nondemented", "demented")),
+        target_description="demented (CDR > 0) vs nondemented (CDR = 0); unrated sessions excluded",
+        reference="OASIS-1 cross-sectional; reliability rescans grouped with their person",
+    ),),
 ))

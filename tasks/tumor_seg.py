@@ -1,5 +1,5 @@
 from brainbench.taskspec import TaskSpec, register_task
-from brainbench.targets import ClassTarget
+from brainbench.targets import SegmentationTarget
 
 TASK = register_task(TaskSpec(
     id="tumor_seg",
@@ -7,11 +7,12 @@ TASK = register_task(TaskSpec(
     kind="segmentation",
     dataset="brats2021",
     modalities=("t1", "t1c", "t2", "flair"),
-    target=ClassTarget(key="seg", classes=("WT", "TC", "ET")),
-    target_description="voxel labels 1 NCR, 2 oedema, 4 ET -> regions WT, TC, ET",
+    # the label map in targets["seg"]; meta["label_scheme"] says 2021 (ET=4) or 2023 (ET=3)
+    target=SegmentationTarget(key="seg", scheme_key="label_scheme", regions=("WT", "TC", "ET")),
+    target_description="voxel labels (2021: 1 NCR, 2 oedema, 4 ET; 2023: ET=3) -> regions "
+                       "WT, TC, ET",
     primary_metric="dice_wt",
-    secondary_metrics=("dice_tc", "dice_et", "hd95_wt"),
-    status="pending",
-    pending_reason="segmentation heads on frozen patch tokens are delivered by issue #3",
+    secondary_metrics=("dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et", "head_params",
+                       "backbone_params"),
     reference="BraTS 2021 (alternates: BraTS 2023 GLI/MEN/MET)",
 ))

@@ -48,11 +48,11 @@ def test_required_weights_missing(capsys, monkeypatch):
     assert "BRAINDINO_WEIGHTS" in capsys.readouterr().err
 
 
-def test_list_tasks_shows_all_nine_with_segmentation_pending():
+def test_list_tasks_shows_all_nine_ready():
     out = subprocess.run([sys.executable, "-m", "brainbench.cli", "list", "tasks"],
                          capture_output=True, text=True, check=True).stdout
     for task in ("tumor_seg", "neurodegen_cls", "neurodev_cls", "brain_age", "stroke_time",
                  "idh_status", "sequence_cls", "survival_1yr", "survival_cox"):
         assert task in out
-    assert "pending" in out.splitlines()[[i for i, l in enumerate(out.splitlines())
-                                          if l.startswith("tumor_seg")][0]]
+    assert "ready" in out.splitlines()[[i for i, l in enumerate(out.splitlines())
+                                        if l.startswith("tumor_seg")][0]]

@@ -14,6 +14,8 @@ import pytest
 from brainbench.datasets import ADAPTERS, DatasetAdapter, load_cohort
 from brainbench.errors import BenchError
 
+from .phantom_cohorts import phantoms  # noqa: F401  (fixture)
+
 _NII_GZ = gzip.compress(
     nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4)).to_bytes(), compresslevel=1
 )
@@ -463,12 +465,13 @@ def test_upenn_censor_disagreeing_with_status_names_row(tmp_path):
 
 
 def test_registry_lists_adapters_and_unknown_name():
-    assert ADAPTERS.names() == ["abide1", "adni", "atlas2", "brats2021", "ixi", "ucsf_pdgm", "upenn_gbm"]
+    assert ADAPTERS.names() == ["abide1", "adni", "atlas2", "bids", "brats2021", "ixi", "oasis1", "ucsf_pdgm",
+                                "upenn_gbm"]
     for name in ADAPTERS:
         adapter = ADAPTERS.get(name)
         assert isinstance(adapter, DatasetAdapter) and adapter.name == name
         assert adapter.expected_tree.startswith(adapter.folder + "/")
-    with pytest.raises(BenchError, match="unknown dataset 'oasis'.*valid names: abide1, adni, atlas2"):
+    with pytest.raises(BenchError, match="unknown dataset 'oasis'.*valid names: abide1, adni, atlas2, bids"):
         load_cohort("oasis", Path("."))
 
 
@@ -500,3 +503,178 @@ def test_zero_usable_subjects_lists_what_was_resolved(tmp_path):
     make_abide(tmp_path, [abide_row("NYU", 50952, -9999, 12.1, 1)])
     with pytest.raises(BenchError, match=r"(?s)no usable subjects.*DX_GROUP missing"):
         load_cohort("abide1", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ OASIS-1
+
+
+def oasis_row(sid, cdr, age=72, sex="F", delay="N/A"):
+    return {"ID": sid, "M/F": sex, "Hand": "R", "Age": age, "Educ": 3, "SES": 2, "MMSE": 27, "CDR": cdr,
+            "eTIV": 1500, "nWBV": 0.7, "ASF": 1.2, "Delay": delay}
+
+
+def make_oasis(root: Path, rows, sessions, suffix=".img") -> Path:
+    folder = root / "OASIS-1"
+    csv(folder / "oasis_cross-sectional.csv", rows)
+    for disc, sid in sessions:
+        stem = folder / f"disc{disc}" / sid / "PROCESSED" / "MPRAGE" / "T88_111" / \
+            f"{sid}_mpr_n4_anon_111_t88_masked_gfc"
+        if suffix == ".img":
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.AnalyzeImage(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(stem) + ".img")
+        else:
+            nii(Path(str(stem) + suffix))
+    return folder
+
+
+def test_oasis_cdr_label_rescans_grouped_and_unrated_reported(tmp_path):
+    make_oasis(tmp_path, [oasis_row("OAS1_0001_MR1", 0), oasis_row("OAS1_0002_MR1", 0.5),
+                          oasis_row("OAS1_0002_MR2", 0.5, delay=30), oasis_row("OAS1_0003_MR1", "", age=25),
+                          oasis_row("OAS1_0004_MR1", 1)],
+               [(1, "OAS1_0001_MR1"), (1, "OAS1_0002_MR1"), (1, "OAS1_0002_MR2"), (2, "OAS1_0003_MR1")])
+    cohort = load_cohort("oasis1", tmp_path)
+    subs = by_id(cohort)
+    assert set(subs) == {"OAS1_0001_MR1", "OAS1_0002_MR1", "OAS1_0002_MR2", "OAS1_0003_MR1"}
+    assert subs["OAS1_0001_MR1"].targets["dementia"] == "nondemented"
+    assert subs["OAS1_0002_MR2"].targets["dementia"] == "demented"
+    assert subs["OAS1_0002_MR2"].group == subs["OAS1_0002_MR1"].group == "OAS1_0002"
+    assert subs["OAS1_0003_MR1"].targets["dementia"] is None
+    assert subs["OAS1_0001_MR1"].images["t1"].suffix == ".img"
+    text = notes(cohort)
+    assert "OAS1_0004_MR1" in text and "CDR empty" in text and "OAS1_0002_MR2" in text
+
+
+def test_oasis_bad_cdr_and_missing_header_file(tmp_path):
+    make_oasis(tmp_path, [oasis_row("OAS1_0001_MR1", 4)], [(1, "OAS1_0001_MR1")], suffix=".nii.gz")
+    with pytest.raises(BenchError, match=r"unknown code '4' in column 'CDR' of .*oasis_cross-sectional.csv \(line 2\)"):
+        load_cohort("oasis1", tmp_path)
+    make_oasis(tmp_path / "b", [oasis_row("OAS1_0001_MR1", 0)], [(1, "OAS1_0001_MR1")])
+    next((tmp_path / "b").rglob("*.hdr")).unlink()  # an .img without its .hdr is no image
+    with pytest.raises(BenchError, match="no usable subjects"):
+        load_cohort("oasis1", tmp_path / "b")
+
+
+# ---------------------------------------------------------------------------------------------- BIDS
+
+
+def make_bids(root: Path, rows, images, name="ds000228") -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "participants.tsv", sep="\t", index=False)
+    for rel in images:
+        nii(folder / rel)
+    return folder
+
+
+def test_bids_any_study_age_column_and_sessions(tmp_path):
+    folder = make_bids(tmp_path, [{"participant_id": "sub-01", "AGE": "7.5", "site": "MIT"},
+                                  {"participant_id": "sub-02", "AGE": "n/a", "site": "MIT"},
+                                  {"participant_id": "03", "AGE": "30", "site": "BU"},
+                                  {"participant_id": "sub-04", "AGE": "40", "site": "BU"}],
+                       ["sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz",
+                        "sub-03/ses-2/anat/sub-03_ses-2_T1w.nii.gz", "sub-03/ses-1/anat/sub-03_ses-1_run-2_T1w.nii.gz",
+                        "sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz", "sub-05/anat/sub-05_T1w.nii.gz"],
+                       name="my_study")
+    cohort = load_cohort("bids", folder)  # any folder name, found by its participants.tsv
+    subs = by_id(cohort)
+    assert set(subs) == {"sub-01", "sub-02", "sub-03"}
+    assert subs["sub-01"].targets["age"] == 7.5 and subs["sub-02"].targets["age"] is None
+    assert subs["sub-03"].images["t1"].name == "sub-03_ses-1_T1w.nii.gz"
+    assert subs["sub-03"].meta["site"] == "BU"
+    text = notes(cohort)
+    assert "sub-04" in text and "sub-05" in text and "sub-03 (3)" in text
+
+
+def test_bids_without_age_column_lists_columns(tmp_path):
+    make_bids(tmp_path, [{"participant_id": "sub-01", "years": "7"}], ["sub-01/anat/sub-01_T1w.nii.gz"])
+    with pytest.raises(BenchError, match=r"participants.tsv has no age column.*'participant_id', 'years'"):
+        load_cohort("bids", tmp_path)
+
+
+# ------------------------------------------------------------------------------- dataset locations
+
+
+def test_locations_precedence_env_then_file_then_data(tmp_path):
+    from brainbench.datasets.locations import data_locations
+
+    for d in ("data", "adni_here", "ixi_env", "cli"):
+        (tmp_path / d).mkdir()
+    config = tmp_path / "brainbench.toml"
+    config.write_text('[data]\nroot = "data"\n\n[datasets]\nadni = "adni_here"\nixi = "adni_here"\n')
+    loc = data_locations(None, env={"BRAINBENCH_DATA_IXI": str(tmp_path / "ixi_env")}, config_file=config)
+    assert loc.real and loc.path_for("adni") == tmp_path / "adni_here"
+    assert loc.path_for("ixi") == tmp_path / "ixi_env"  # env beats the file
+    assert loc.path_for("abide1") == tmp_path / "data"  # [data] root
+    assert data_locations(tmp_path / "cli", env={}, config_file=config).path_for("abide1") == tmp_path / "cli"
+    assert not data_locations(None, env={}, config_file=None).real  # nothing set: phantoms
+    assert loc.source_label(["adni"]).startswith("real:adni=")
+    assert data_locations(tmp_path / "cli", env={}, config_file=None).source_label(["adni"]) == \
+        f"real:{(tmp_path / 'cli').resolve()}"
+
+
+def test_locations_errors_name_file_and_key(tmp_path):
+    from brainbench.datasets.locations import data_locations
+
+    config = tmp_path / "brainbench.toml"
+    config.write_text('[datasets]\nadnii = "x"\n')
+    with pytest.raises(BenchError, match=r"brainbench.toml: \[datasets\] 'adnii' is not a dataset; valid names: abide1"):
+        data_locations(None, env={}, config_file=config)
+    config.write_text('[datasets]\nadni = "missing"\n')
+    with pytest.raises(BenchError, match=r"\[datasets\] adni: .*missing does not exist"):
+        data_locations(None, env={}, config_file=config)
+    with pytest.raises(BenchError, match="BRAINBENCH_DATA_ADNI"):
+        data_locations(None, env={"BRAINBENCH_DATA_ADNI": str(tmp_path / "nope")}, config_file=None)
+
+
+def test_present_finds_dataset_folders_under_root(tmp_path):
+    from brainbench.datasets.locations import data_locations
+
+    (tmp_path / "ADNI").mkdir()
+    (tmp_path / "oasis-1").mkdir()
+    loc = data_locations(tmp_path, env={}, config_file=None)
+    assert loc.present("adni") and loc.present("oasis1") and not loc.present("ixi")
+
+
+# ------------------------------------------------------------------- every adapter on phantom data
+
+
+def _truth(root: Path, dataset: str) -> pd.DataFrame:
+    return pd.read_csv(root / "_truth" / f"{dataset}.csv", dtype={"key": str, "subject_id": str})
+
+
+def test_every_adapter_reads_its_phantom_cohort_with_its_quirks(phantoms):  # noqa: F811
+    """Each adapter on the generator's layout: ids, grouping and labels agree with the truth file."""
+    for name in ADAPTERS:
+        cohort = load_cohort(name, phantoms)
+        assert all(p.is_file() for s in cohort.subjects for p in s.images.values()), name
+        truth = _truth(phantoms, name)
+        imaged = truth[truth.has_image]
+        subs = by_id(cohort)
+        if name == "ucsf_pdgm":  # 3-digit ids in the CSV, 4-digit folders
+            assert all(len(k.split("-")[-1]) == 3 for k in truth.key)
+            expected = {f"UCSF-PDGM-{int(k.split('-')[-1]):04d}": bool(m) for k, m in zip(imaged.key, imaged.idh_mutant)}
+            assert {i: s.targets["idh"] == "mutant" for i, s in subs.items()} == expected
+        elif name == "ixi":  # duplicate IXI_IDs: identical kept, different AGE dropped; empty AGE dropped
+            text = notes(cohort)
+            assert "same AGE: one row kept" in text and "different AGE" in text
+            dropped = {f"IXI{int(line.split()[1]):03d}" for line in cohort.notes if "different AGE" in line}
+            no_age = set(imaged[imaged.quirk == "age_missing"].key)
+            assert set(subs) == set(imaged.key) - dropped - no_age
+            for sid, s in subs.items():
+                assert s.targets["age"] == pytest.approx(float(imaged.set_index("key").age[sid]), abs=1e-6)
+        elif name == "abide1":  # -9999 in FIQ/HANDEDNESS does not drop anyone
+            assert set(subs) == set(imaged.key)
+            assert (imaged.FIQ == -9999).any()
+            assert all(s.targets["dx"] == ("ASD" if a else "TC") for s, a in zip(
+                map(subs.get, imaged.key), imaged.asd))
+        elif name in ("adni", "upenn_gbm", "oasis1"):  # several scans of one person share a group
+            assert set(subs) == set(imaged.key)
+            person = dict(zip(imaged.key, imaged.subject_id))
+            assert all(s.group == person[i] for i, s in subs.items())
+            assert len({s.group for s in cohort.subjects}) < len(cohort.subjects)
+        elif name == "bids":
+            assert set(subs) == set(imaged.key)
+            missing = set(imaged[imaged.quirk == "age_missing"].key)
+            assert missing and all(subs[i].targets["age"] is None for i in missing)
+        else:
+            assert set(subs) == set(imaged.key)

@@ -12,16 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brainbench.registry import Registry
 from brainbench.subjects import Cohort
 
-from . import abide, adni, atlas, brats, ixi, ucsf_pdgm, upenn_gbm
-from ._common import DatasetAdapter
-
-ADAPTERS: Registry[DatasetAdapter] = Registry("dataset")
-for _module in (brats, adni, abide, ixi, atlas, ucsf_pdgm, upenn_gbm):
-    ADAPTERS.register(_module.ADAPTER.name, _module.ADAPTER)
-del _module
+# importing an adapter module registers it (each ends with ``ADAPTER = register_adapter(...)``)
+from . import abide, adni, atlas, bids, brats, ixi, oasis1, ucsf_pdgm, upenn_gbm  # noqa: F401
+from ._common import ADAPTERS, DatasetAdapter
 
 
 def load_cohort(name: str, root: Path | str) -> Cohort:

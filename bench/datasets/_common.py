@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from brainbench.errors import BenchError
+from brainbench.registry import Registry
 from brainbench.subjects import Cohort, Subject
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -29,6 +30,15 @@ class DatasetAdapter:
     folder: str
     expected_tree: str
     read: Callable[[Path], Cohort]
+
+
+ADAPTERS: "Registry[DatasetAdapter]" = Registry("dataset")
+
+
+def register_adapter(name: str, title: str, folder: str, expected_tree: str,
+                     read: Callable[[Path], Cohort]) -> DatasetAdapter:
+    """Build and register an adapter: each module ends with ``ADAPTER = register_adapter(...)``."""
+    return ADAPTERS.register(name, DatasetAdapter(name, title, folder, expected_tree, read))
 
 
 def layout_error(title: str, message: str, expected_tree: str) -> BenchError:

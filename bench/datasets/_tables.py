@@ -124,11 +124,14 @@ def read_table(
 
 
 def _read_csv(path: Path):
+    """Comma-separated, or tab-separated for ``.tsv`` (BIDS participants.tsv)."""
     import pandas as pd
 
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
     for encoding in ("utf-8-sig", "latin-1"):
         try:
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding)
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                               encoding=encoding)
         except UnicodeDecodeError:
             continue
     raise AssertionError("latin-1 decodes everything")

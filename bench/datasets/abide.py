@@ -11,7 +11,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, find_image, finish, locate
+from ._common import find_image, finish, locate, register_adapter
 from ._tables import parse_code, parse_float, parse_int, preview, read_table
 
 NAME = "abide1"
@@ -117,4 +117,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, find_image, finish, locate, require_dir
+from ._common import find_image, finish, locate, register_adapter, require_dir
 from ._tables import parse_code, parse_date, parse_float, preview, read_table
 
 NAME = "adni"
@@ -130,4 +130,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, find_image, finish, locate, require_dir
+from ._common import find_image, finish, locate, register_adapter, require_dir
 from ._tables import is_missing, parse_float, preview, read_table
 
 NAME = "atlas2"
@@ -132,4 +132,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

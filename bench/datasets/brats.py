@@ -13,7 +13,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, find_image, finish, locate
+from ._common import find_image, finish, locate, register_adapter
 from ._tables import preview
 
 NAME = "brats2021"
@@ -107,4 +107,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, finish, layout_error, locate
+from ._common import finish, layout_error, locate, register_adapter
 from ._tables import Row, Table, parse_code, parse_date, parse_float, parse_int, preview, read_table
 
 NAME = "ixi"
@@ -137,4 +137,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

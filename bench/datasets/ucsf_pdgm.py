@@ -16,7 +16,7 @@ from pathlib import Path
 from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import DatasetAdapter, find_image, finish, locate, require_dir
+from ._common import find_image, finish, locate, register_adapter, require_dir
 from ._tables import Row, Table, is_missing, parse_code, parse_float, parse_int, preview, read_table
 
 NAME = "ucsf_pdgm"
@@ -155,4 +155,4 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = DatasetAdapter(name=NAME, title=TITLE, folder=FOLDER, expected_tree=EXPECTED_TREE, read=read)
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)

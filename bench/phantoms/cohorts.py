@@ -445,6 +445,70 @@ def plan_upenn_gbm(n: int, seed: int, t: Template) -> CohortPlan:
     return CohortPlan(ds, n, recs)
 
 
+# ----------------------------------------------------------------------------- OASIS-1
+CDR_P = {0.0: 0.55, 0.5: 0.3, 1.0: 0.13, 2.0: 0.02}
+CDR_SEVERITY = {0.0: (0.0, 0.10), 0.5: (0.5, 0.15), 1.0: (0.9, 0.2), 2.0: (1.2, 0.2)}
+
+
+def plan_oasis1(n: int, seed: int, t: Template) -> CohortPlan:
+    """Cross-sectional: about a third under 60 (CDR not rated), CDR-scaled regional GM loss above
+    60, and reliability rescans (``_MR2``: same brain, new noise, own row) for a few people."""
+    ds = "oasis1"
+    sites = _sites(seed, ds, 1)
+    rescans = set(_quirk_rows(n, 2, start=0))
+    recs: list[Record] = []
+    num = 0
+    for i in range(n):
+        rng = rng_for(seed, ds, i)
+        num += int(rng.integers(1, 3))
+        young = rng.random() < 0.35
+        age = float(rng.uniform(18.0, 59.9) if young else np.clip(rng.normal(76.0, 8.0), 60.0, 96.0))
+        cdr = None if young else float(rng.choice(list(CDR_P), p=list(CDR_P.values())))
+        m, sd = CDR_SEVERITY[cdr if cdr is not None else 0.0]
+        sev = float(abs(rng.normal(m, sd)) if not cdr else max(rng.normal(m, sd), 0.05))
+        sex = "M" if rng.random() < 0.4 else "F"
+        anat = dataclasses.replace(_anatomy(rng, age, sex), mtl_loss=0.35 * sev * float(rng.lognormal(0, 0.2)),
+                                   parietal_loss=0.15 * sev * float(rng.lognormal(0, 0.35)))
+        etiv = int(round(1480 * anat.head_scale ** 3 + rng.normal(0, 60)))
+        f = {"subject_id": f"OAS1_{num:04d}", "sex": sex, "AGE": age, "age": age, "site": 0, "CDR": cdr,
+             "severity": sev, "mtl_loss": anat.mtl_loss, "parietal_loss": anat.parietal_loss,
+             "MMSE": int(np.clip(round(29.3 - 8.0 * sev + rng.normal(0, 1.2)), 0, 30)),
+             "Educ": int(rng.integers(1, 6)), "SES": int(rng.integers(1, 6)), "eTIV": etiv,
+             "nWBV": float(0.86 - 0.0025 * (age - 18) - 0.03 * sev + rng.normal(0, 0.01)),
+             "ASF": 1755.0 / etiv, "Delay": None, "session": 1}
+        disc = 1 + i // 40
+        for session in (1, 2) if i in rescans else (1,):
+            srng = rng_for(seed, ds, i, session)
+            key = f"OAS1_{num:04d}_MR{session}"
+            fields = dict(f, session=session, Delay=int(srng.integers(1, 90)) if session > 1 else None)
+            scan = _scan(ds, key, {"t1": layouts.oasis_image(num, session, disc)}, anat, sites[0], srng)
+            recs.append(Record(key, fields, scan, quirk="reliability_rescan" if session > 1 else ""))
+    return CohortPlan(ds, n, recs)
+
+
+# ----------------------------------------------------------------------------- BIDS (ds000228)
+def plan_bids(n: int, seed: int, t: Template) -> CohortPlan:
+    """Pixar ds000228: mostly children aged 3.5-12 and some adults, one scanner; one ``n/a`` age."""
+    ds = "bids"
+    sites = _sites(seed, ds, 1, fields=(3.0,))
+    age_missing = set(_quirk_rows(n, 1, start=1)) if n >= 3 else set()
+    recs = []
+    for i in range(n):
+        rng = rng_for(seed, ds, i)
+        child = rng.random() < 0.78
+        age = float(rng.uniform(3.5, 12.3) if child else rng.uniform(18.0, 39.0))
+        sex = "M" if rng.random() < 0.5 else "F"
+        pid = f"sub-pixar{i + 1:03d}"
+        scan = _scan(ds, pid, {"t1": layouts.bids_image(pid)}, _anatomy(rng, age, sex), sites[0], rng)
+        recs.append(Record(pid, {
+            "subject_id": pid, "age": age, "sex": sex, "site": 0, "age_missing": i in age_missing,
+            "AgeGroup": f"{min(int(age), 12)}yo" if child else "Adult",
+            "Child_Adult": "child" if child else "adult",
+            "Handedness": "R" if rng.random() < 0.9 else "L"}, scan,
+            quirk="age_missing" if i in age_missing else ""))
+    return CohortPlan(ds, n, recs)
+
+
 # ----------------------------------------------------------------------------- after rendering
 def finalize(plan: CohortPlan, seed: int) -> None:
     """Labels that depend on rendered quantities (survival depends on the measured tumour
@@ -474,6 +538,8 @@ PLANNERS: dict[str, Callable[[int, int, Template], CohortPlan]] = {
     "atlas2": plan_atlas2,
     "ucsf_pdgm": plan_ucsf_pdgm,
     "upenn_gbm": plan_upenn_gbm,
+    "oasis1": plan_oasis1,
+    "bids": plan_bids,
 }
 
 

@@ -37,7 +37,7 @@ from brainbench.phantoms.specs import CohortPlan
 from brainbench.phantoms.template import load_template
 
 PHANTOM_VERSION = "1.0"
-DATASETS = ("brats2021", "adni", "abide1", "ixi", "atlas2", "ucsf_pdgm", "upenn_gbm")
+DATASETS = ("brats2021", "adni", "abide1", "ixi", "atlas2", "ucsf_pdgm", "upenn_gbm", "oasis1", "bids")
 MANIFEST = "_phantom.json"
 TRUTH_DIR = "_truth"
 

@@ -11,6 +11,8 @@ contract the reader team codes against:
 5. `atlas2` -> BIDS: `root/ATLAS_2/Training/R{site:03d}/sub-r{site:03d}s{n:03d}/ses-1/anat/sub-r{site:03d}s{n:03d}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz` and `..._ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz` (uint8 0/1), plus `root/ATLAS_2/ATLAS_2.0_MetaData.csv` columns `Subject ID` (sub-r001s001), `Site` (R001), `Session` (ses-1), `Days Post Stroke` (float), `Lesion Hemisphere` (L/R), `Age`, `Sex`. T1 only.
 6. `ucsf_pdgm` -> `root/UCSF-PDGM/UCSF-PDGM-metadata_v5.csv` columns `ID` (`UCSF-PDGM-004`: THREE digits), `Sex` (M/F), `Age at MRI`, `WHO CNS Grade` (2,3,4), `Final pathologic diagnosis (WHO 2021)`, `MGMT status`, `1p/19q`, `IDH` (`wildtype`, or mutant spelled like `mutant (R132H)` / `mutant (R132C)`), `1-dead 0-alive` (0/1), `OS` (days, float), `EOR`. Images `root/UCSF-PDGM/UCSF-PDGM-v5/UCSF-PDGM-{NNNN}_nifti/UCSF-PDGM-{NNNN}_{T1,T1c,T2,FLAIR,tumor_segmentation}.nii.gz` (FOUR digits in folder/file names). IDH mutant ~30-40%.
 7. `upenn_gbm` -> `root/UPENN-GBM/UPENN-GBM_clinical_info_v2.1.csv` columns `ID` (`UPENN-GBM-{NNNNN:05d}_11`), `Gender` (M/F), `Age_at_scan_years`, `Survival_from_surgery_days_UPDATED` (int days, or the string `Not Available` for 1-2 rows), `Survival_Status` (`Deceased`/`Alive`), `Survival_Censor` (1 = censored i.e. alive at last follow-up, 0 = death observed), `IDH1` (`Wildtype`/`Mutated`/`NOS/NEC`), `MGMT`, `KPS`. One row per patient (the `_11` baseline id). Images `root/UPENN-GBM/images_structural/{ID}/{ID}_{T1,T1GD,T2,FLAIR}.nii.gz` for every `_11` session, and for ~15% of patients also a follow-up session `UPENN-GBM-{NNNNN}_21` with its own 4 images and NO csv row. Survival: log-normal model in IDH, age, enhancing+necrotic volume; uniform censoring so that ~25-35% are censored; 1-year death rate roughly 40-60% so both survival_1yr classes exist.
+8. `oasis1` -> `root/OASIS-1/oasis_cross-sectional.csv` columns ID (`OAS1_{NNNN}_MR1`), M/F, Hand, Age (int), Educ, SES, MMSE, CDR (0, 0.5, 1, 2; empty for participants under 60, who were not rated), eTIV, nWBV, ASF, Delay (`N/A`, or days for the reliability rescans `OAS1_{NNNN}_MR2`, which have their own row and image). Images `root/OASIS-1/disc{k}/OAS1_{NNNN}_MR{n}/PROCESSED/MPRAGE/T88_111/OAS1_{NNNN}_MR{n}_mpr_n4_anon_111_t88_masked_gfc.{img,hdr}` (Analyze 7.5 pair as distributed; 40 persons per disc). Neurodegeneration (regional GM loss) grows with CDR.
+9. `bids` -> OpenNeuro ds000228 ("Pixar"): `root/ds000228/participants.tsv` (tab-separated) columns participant_id (`sub-pixar{NNN}`), Age (years, 2 decimals; one `n/a`), AgeGroup (`3yo` ... `12yo`, `Adult`), Child_Adult, Gender (M/F), Handedness; `dataset_description.json`; images `root/ds000228/sub-pixar{NNN}/anat/sub-pixar{NNN}_T1w.nii.gz`. About 78% children aged 3.5-12, the rest adults 18-39; one site.
 
 Details fixed by this implementation (beyond the contract above): every image is a 2 mm
 RAS NIfTI-1 (88x104x88, sform/qform = the MNI152NLin2009aSym grid in
@@ -38,6 +40,8 @@ FOLDERS = {
     "atlas2": "ATLAS_2",
     "ucsf_pdgm": "UCSF-PDGM",
     "upenn_gbm": "UPENN-GBM",
+    "oasis1": "OASIS-1",
+    "bids": "ds000228",
 }
 
 
@@ -74,6 +78,15 @@ def ucsf_images(num: int) -> dict[str, str]:
 def upenn_images(scan_id: str) -> dict[str, str]:
     names = {"t1": "T1", "t1c": "T1GD", "t2": "T2", "flair": "FLAIR"}
     return {k: f"images_structural/{scan_id}/{scan_id}_{v}.nii.gz" for k, v in names.items()}
+
+
+def oasis_image(num: int, session: int, disc: int) -> str:
+    sid = f"OAS1_{num:04d}_MR{session}"
+    return f"disc{disc}/{sid}/PROCESSED/MPRAGE/T88_111/{sid}_mpr_n4_anon_111_t88_masked_gfc.img"
+
+
+def bids_image(participant: str) -> str:
+    return f"{participant}/anat/{participant}_T1w.nii.gz"
 
 
 # ----------------------------------------------------------------------------- label files
@@ -181,6 +194,36 @@ def write_upenn(dest: Path, records: list[Record]) -> None:
     _write_csv(dest / "UPENN-GBM_clinical_info_v2.1.csv", cols, rows)
 
 
+def write_oasis(dest: Path, records: list[Record]) -> None:
+    cols = ["ID", "M/F", "Hand", "Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "Delay"]
+    rows = []
+    for r in _table(records):
+        f = r.fields
+        rated = f["CDR"] is not None
+        rows.append({"ID": r.key, "M/F": f["sex"], "Hand": "R", "Age": int(f["AGE"]),
+                     "Educ": f["Educ"] if rated else "", "SES": f["SES"] if rated else "",
+                     "MMSE": f["MMSE"] if rated else "", "CDR": f"{f['CDR']:g}" if rated else "",
+                     "eTIV": f["eTIV"], "nWBV": f"{f['nWBV']:.3f}", "ASF": f"{f['ASF']:.3f}",
+                     "Delay": f["Delay"] if f["Delay"] is not None else "N/A"})
+    _write_csv(dest / "oasis_cross-sectional.csv", cols, rows)
+
+
+def write_bids(dest: Path, records: list[Record]) -> None:
+    cols = ["participant_id", "Age", "AgeGroup", "Child_Adult", "Gender", "Handedness"]
+    rows = []
+    for r in _table(records):
+        f = r.fields
+        rows.append({"participant_id": r.key, "Age": "n/a" if f["age_missing"] else _fmt(f["age"], 2),
+                     "AgeGroup": f["AgeGroup"], "Child_Adult": f["Child_Adult"], "Gender": f["sex"],
+                     "Handedness": f["Handedness"]})
+    with open(dest / "participants.tsv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    (dest / "dataset_description.json").write_text(
+        '{\n  "Name": "brainbench phantom in the layout of OpenNeuro ds000228",\n  "BIDSVersion": "1.0.2"\n}\n')
+
+
 TABLE_WRITERS: dict[str, Callable[[Path, list[Record]], None] | None] = {
     "brats2021": None,
     "adni": write_adni,
@@ -189,6 +232,8 @@ TABLE_WRITERS: dict[str, Callable[[Path, list[Record]], None] | None] = {
     "atlas2": write_atlas,
     "ucsf_pdgm": write_ucsf,
     "upenn_gbm": write_upenn,
+    "oasis1": write_oasis,
+    "bids": write_bids,
 }
 
 

@@ -40,7 +40,11 @@ def nifti_bytes(data: np.ndarray) -> bytes:
 
 
 def write_nifti(path: Path, data: np.ndarray) -> None:
+    """``.nii.gz`` as above; ``.img`` writes an Analyze 7.5 ``.img``/``.hdr`` pair (OASIS-1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".img":
+        nib.save(nib.AnalyzeImage(data, GRID_AFFINE), str(path))
+        return
     path.write_bytes(nifti_bytes(data))
 
 

@@ -1,0 +1,330 @@
+"""`data check`: validate a dataset for a task before any compute, and say why it is (un)usable.
+
+It runs the same adapter, sample building, duplicate merge and split as a run, and reads every
+image the task would use: headers for shape, voxel size and orientation, and (by default) the
+voxels themselves, hashed for the leakage guard so a truncated file is found now rather than
+an hour into feature extraction. ``headers_only`` skips the voxel read and instead compares the
+gzip trailer's length (or the file size) with what the header promises: cheap, catches
+truncation, not bit rot. Nothing is written except the voxel-hash cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from brainbench.datasets import load_cohort
+from brainbench.errors import BenchError
+from brainbench.leakage import HashCache, find_duplicates, merge_duplicate_groups
+from brainbench.splits import make_split
+from brainbench.taskspec import Sample, TaskSpec, build_samples
+
+# Plausible geometry of a brain MRI volume; outside these the file is mislabelled or damaged.
+MIN_DIM, MAX_DIM = 8, 2048
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 10.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error": the dataset cannot be used as is; "warning": usable, worth a look
+    where: str  # file or subject
+    message: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    shape: tuple[int, ...]
+    voxel_mm: tuple[float, ...]
+    orientation: str
+
+
+@dataclass
+class DataCheckReport:
+    task: str
+    dataset: str
+    location: str
+    fatal: str | None = None
+    n_subjects: int = 0
+    n_samples: int = 0
+    n_people: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    target_summary: str = ""
+    strata: dict[str, int] = field(default_factory=dict)
+    adapter_notes: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    orientations: dict[str, int] = field(default_factory=dict)
+    voxel_sizes: dict[str, int] = field(default_factory=dict)
+    shapes: dict[str, int] = field(default_factory=dict)
+    split: dict[str, object] = field(default_factory=dict)
+    images_checked: int = 0
+    voxels_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and not self.errors
+
+    def render(self) -> str:
+        return render(self)
+
+
+# ------------------------------------------------------------------------------------- images
+
+
+def image_info(path: Path) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
+    """Header-only look at one image: (info, [(level, problem)])."""
+    if not Path(path).is_file():
+        return None, [("error", "missing file")]
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        affine = np.asarray(img.affine, dtype=float)
+    except Exception as exc:  # nibabel raises many types for damaged headers
+        return None, [("error", f"unreadable header ({type(exc).__name__}: {exc})")]
+    problems: list[tuple[str, str]] = []
+    spatial = shape[:3]
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        return None, [("error", f"expected a 3D volume, got shape {shape}")]
+    if any(not MIN_DIM <= n <= MAX_DIM for n in spatial):
+        problems.append(("error", f"implausible shape {shape} (each axis {MIN_DIM}-{MAX_DIM} voxels)"))
+    if any(not (np.isfinite(z) and MIN_VOXEL_MM <= z <= MAX_VOXEL_MM) for z in zooms):
+        problems.append(("error", f"implausible voxel size {tuple(round(z, 4) for z in zooms)} mm "
+                                  f"(expected {MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm per axis)"))
+    orientation = "?"
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        problems.append(("error", "degenerate affine (orientation cannot be determined)"))
+    else:
+        codes = nib.aff2axcodes(affine)
+        if None in codes or len(set(codes)) < 3:
+            problems.append(("error", f"implausible orientation {codes}"))
+        else:
+            orientation = "".join(codes)
+    return ImageInfo(shape, tuple(round(z, 3) for z in zooms), orientation), problems
+
+
+def length_problem(path: Path) -> str | None:
+    """Without decompressing: does the stored data length match what the header promises?"""
+    try:
+        img = nib.load(str(path))
+        header = img.header
+        expected = int(np.prod(img.shape)) * np.dtype(header.get_data_dtype()).itemsize
+        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
+        if not Path(path).name.endswith((".img", ".hdr")) and hasattr(header, "extensions"):
+            # single-file NIfTI: the data follow the header and its extensions (vox_offset may be 0)
+            minimum = int(header.sizeof_hdr) + 4 + int(header.extensions.get_sizeondisk())
+            offset = max(offset, minimum)
+    except Exception:
+        return None  # the header check reports unreadable headers
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            isize = struct.unpack("<I", fh.read(4))[0]  # uncompressed length mod 2**32
+        if isize != (offset + expected) % 2**32:
+            return (f"truncated or damaged: the gzip stream ends at {isize} bytes, the header "
+                    f"implies {offset + expected}")
+        return None
+    data_file = path if path.suffix != ".hdr" else path.with_suffix(".img")
+    size = data_file.stat().st_size
+    if size < offset + expected:
+        return f"truncated: {size} bytes on disk, the header implies {offset + expected}"
+    return None
+
+
+def _readable_gzip(path: Path) -> str | None:  # used only when voxels are not read
+    try:
+        with gzip.open(path, "rb") as fh:
+            fh.read(352)
+    except (OSError, EOFError) as exc:
+        return f"not a readable gzip file ({exc})"
+    return None
+
+
+# ------------------------------------------------------------------------------------- check
+
+
+def _target_summary(task: TaskSpec, samples: Sequence[Sample]) -> str:
+    if task.target.kind == "regression":
+        values = [float(s.target) for s in samples]
+        return (f"{task.target_description}: min {min(values):.3g}, median "
+                f"{statistics.median(values):.3g}, max {max(values):.3g} {getattr(task.target, 'unit', '')}")
+    if task.target.kind == "survival":
+        events = sum(1 for s in samples if s.target[1])
+        times = [s.target[0] for s in samples]
+        return (f"{events} events, {len(samples) - events} censored; time median "
+                f"{statistics.median(times):.0f} days")
+    return task.target_description
+
+
+def check_task(task: TaskSpec, root: Path, *, data_source: str, results_dir: Path | None = None,
+               hash_cache: HashCache | None = None, headers_only: bool = False,
+               workers: int = 2) -> DataCheckReport:
+    """Everything a run would do before computing, reported instead of raised."""
+    started = time.perf_counter()
+    report = DataCheckReport(task=task.id, dataset=task.dataset, location=str(root))
+    try:
+        _check(task, Path(root), report, data_source, results_dir,
+               hash_cache or HashCache(None), headers_only, workers)
+    except BenchError as exc:
+        report.fatal = str(exc)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str,
+           results_dir: Path | None, hash_cache: HashCache, headers_only: bool, workers: int) -> None:
+    cohort = load_cohort(task.dataset, root)
+    report.location = str(cohort.root)
+    report.n_subjects = len(cohort.subjects)
+    report.adapter_notes = list(cohort.notes)
+    samples, report.excluded = build_samples(task, cohort)
+
+    # every image (and segmentation label) the task would read
+    paths: dict[Path, str] = {}
+    for s in samples:
+        for _, p in s.images:
+            paths.setdefault(Path(p), s.id)
+        if hasattr(s.target, "path"):
+            paths.setdefault(Path(s.target.path), s.id)
+    infos: dict[Path, ImageInfo] = {}
+    bad: set[Path] = set()
+    for path, sid in paths.items():
+        info, problems = image_info(path)
+        if info is not None:
+            infos[path] = info
+        if headers_only and info is not None and not problems:
+            problem = length_problem(path) or (_readable_gzip(path) if path.name.endswith(".gz") else None)
+            problems += [("error", problem)] if problem else []
+        for level, message in problems:
+            report.findings.append(Finding(level, f"{sid}: {path}", message))
+            if level == "error":
+                bad.add(path)
+    report.images_checked = len(paths)
+    report.orientations = dict(Counter(i.orientation for i in infos.values()).most_common())
+    report.voxel_sizes = dict(Counter("x".join(f"{z:g}" for z in i.voxel_mm) for i in infos.values()).most_common(5))
+    report.shapes = dict(Counter("x".join(map(str, i.shape)) for i in infos.values()).most_common(5))
+    if len(report.orientations) > 1:
+        report.findings.append(Finding(
+            "warning", task.dataset, f"mixed orientations {report.orientations}: slices are taken along the "
+            "stored last axis without reorientation, so these volumes are sliced differently"))
+    for s in samples:  # modalities of one sample are averaged: they should share a grid
+        grids = {infos[Path(p)].shape[:3] for _, p in s.images if Path(p) in infos}
+        if len(grids) > 1:
+            report.findings.append(Finding("warning", s.id, f"modalities on different grids {sorted(grids)}"))
+
+    hashes: dict[Path, str] = {}
+    if not headers_only:
+        hashes, errors = hash_cache.try_hashes([p for s in samples for _, p in s.images if Path(p) not in bad],
+                                               workers=workers)
+        report.voxels_read = hash_cache.computed
+        for path, message in errors.items():
+            report.findings.append(Finding("error", f"{paths.get(path, '?')}: {path}",
+                                           message.replace(f" {path}", "")))
+    usable = [s for s in samples if all(Path(p) in hashes for _, p in s.images)] if hashes else samples
+    if hashes:
+        samples_merged, report.duplicates = merge_duplicate_groups(usable, hashes)
+    else:
+        samples_merged = usable
+    report.n_samples = len(samples)
+    report.n_people = len({s.group for s in samples})
+    report.labels = dict(sorted(Counter(s.fraction_stratum for s in samples).items()))
+    report.strata = dict(sorted(Counter(s.split_stratum for s in samples).items()))
+    report.target_summary = _target_summary(task, samples)
+    if report.duplicates:
+        report.findings.append(Finding("warning", task.dataset, f"{len(report.duplicates)} set(s) of identical "
+                                       "images; people sharing one are kept on one side of the split"))
+
+    split = make_split(task.id, task.dataset, samples_merged, task.split_salt, task.test_fraction,
+                       require_all_labels=task.target.kind != "regression")
+    test = set(split.test_groups)
+    report.split = {
+        "hash": split.hash, "train_people": len(split.train_groups), "test_people": len(split.test_groups),
+        "train_samples": sum(1 for s in samples_merged if s.group not in test),
+        "test_samples": sum(1 for s in samples_merged if s.group in test),
+        "test_labels": dict(sorted(Counter(s.fraction_stratum for s in samples_merged if s.group in test).items())),
+    }
+    if results_dir is not None:
+        from brainbench.runner import manifest_path
+
+        manifest = manifest_path(results_dir, data_source, task)
+        report.split["manifest"] = str(manifest)
+        if not manifest.exists():
+            report.split["stored"] = "none yet (the first run writes it)"
+        else:
+            try:
+                stored = json.loads(manifest.read_text()).get("hash")
+            except (OSError, ValueError):
+                stored = None
+            if stored == split.hash:
+                report.split["stored"] = "matches"
+            else:
+                report.split["stored"] = f"DIFFERS (stored {str(stored)[:12]})"
+                report.findings.append(Finding(
+                    "error", str(manifest), f"the split differs from the stored manifest (stored "
+                    f"{str(stored)[:12]}, now {split.hash[:12]}): a run would stop; restore the data or "
+                    "delete the manifest to start a new split"))
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def render(r: DataCheckReport, max_findings: int = 40) -> str:
+    lines = [f"== data check: task {r.task} on {r.dataset} ({r.location})"]
+    if r.fatal is not None:
+        lines += ["UNUSABLE:", *("  " + line for line in r.fatal.splitlines())]
+        if r.findings:
+            lines += [f"  {f.level}: {f.where}: {f.message}" for f in r.findings[:max_findings]]
+        return "\n".join(lines)
+    lines += [
+        f"subjects read: {r.n_subjects}; task samples: {r.n_samples} from {r.n_people} people",
+        f"labels: {_counts(r.labels)}",
+        f"target: {r.target_summary}",
+        f"split strata: {_counts(r.strata)}",
+        f"images: {r.images_checked} checked; {r.voxels_read} read in full (the others: header only"
+        " or voxel hash cached)",
+    ]
+    lines += [f"  shapes: {_counts(r.shapes)}", f"  voxel sizes (mm): {_counts(r.voxel_sizes)}",
+              f"  orientations: {_counts(r.orientations)}"]
+    if r.adapter_notes:
+        lines += ["resolved by the adapter (rows without images, images without rows, quirks):"]
+        lines += [f"  - {n}" for n in r.adapter_notes]
+    if r.excluded:
+        lines += ["excluded from the task (no label / missing modality):"] + [f"  - {n}" for n in r.excluded]
+    if r.duplicates:
+        lines += ["identical image content:"] + [f"  - {d}" for d in r.duplicates]
+    if r.split:
+        s = r.split
+        lines += [f"split: {s['train_people']} people ({s['train_samples']} samples) train, "
+                  f"{s['test_people']} people ({s['test_samples']} samples) test; hash {str(s['hash'])[:12]}",
+                  f"  test labels: {_counts(s['test_labels'])}"]
+        if "manifest" in s:
+            lines += [f"  manifest: {s['manifest']} ({s['stored']})"]
+    for f in r.findings[:max_findings]:
+        lines.append(f"{f.level}: {f.where}: {f.message}")
+    if len(r.findings) > max_findings:
+        lines.append(f"... and {len(r.findings) - max_findings} more finding(s)")
+    n_err = len(r.errors)
+    lines.append(f"result: {'OK' if r.ok else 'UNUSABLE'} ({n_err} error(s), "
+                 f"{len(r.findings) - n_err} warning(s); {r.seconds:.1f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Leakage guards: identical image content under two IDs never straddles train and test.
+
+Subject grouping (every scan of a person shares ``Sample.group``) is the adapters' job; this
+module catches what IDs cannot: the same voxels filed under two people (a re-released scan, a
+copy under a new ID). The hash covers the voxel values (after the file's scaling, as float32)
+and the shape, not the file bytes, so a copy re-compressed or with an edited header still
+matches. Samples whose images share a hash are merged into one group *before* the split, so
+they land on the same side; the merge is reported.
+
+Hashes are cached per file by (resolved path, size, mtime) in one JSON file, so only new or
+changed files are read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from brainbench.errors import BenchError
+from brainbench.taskspec import Sample
+
+HASH_SCHEMA = 1
+
+
+def voxel_hash(path: Path) -> str:
+    """sha256 of (shape, float32 voxel values); a trailing singleton 4th axis is dropped."""
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except FileNotFoundError:
+        raise BenchError(f"image file not found: {path}") from None
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for damaged files
+        raise BenchError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
+                         "(corrupt or truncated file?)") from None
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    digest = hashlib.sha256(f"voxels-v{HASH_SCHEMA}:{data.shape}".encode())
+    digest.update(np.ascontiguousarray(data, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def _stat_key(path: Path) -> str:
+    """What identifies a file version cheaply; an Analyze/NIfTI pair counts its header too."""
+    parts = [str(path.resolve())]
+    for p in (path, path.with_suffix(".hdr")) if path.suffix == ".img" else (path,):
+        st = p.stat()
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    return "|".join(parts)
+
+
+class HashCache:
+    """Voxel hashes by file version, persisted as one JSON file (``None``: memory only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+                if stored.get("schema") == HASH_SCHEMA:
+                    self.entries = dict(stored.get("entries", {}))
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged cache is only a cache: rebuild it
+        self.computed = 0
+
+    def hashes(self, paths: Iterable[Path], workers: int = 2) -> dict[Path, str]:
+        """Hash of every path (reading only files not cached); raises on the first bad file."""
+        hashes, errors = self.try_hashes(paths, workers)
+        if errors:
+            path, message = next(iter(errors.items()))
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise BenchError(message + more)
+        return hashes
+
+    def try_hashes(self, paths: Iterable[Path], workers: int = 2) -> tuple[dict[Path, str], dict[Path, str]]:
+        """(hashes, errors by path) so a report can name every unreadable file."""
+        hashes: dict[Path, str] = {}
+        errors: dict[Path, str] = {}
+        todo: list[tuple[Path, str]] = []
+        for path in dict.fromkeys(Path(p) for p in paths):
+            try:
+                key = _stat_key(path)
+            except FileNotFoundError:
+                errors[path] = f"image file not found: {path}"
+                continue
+            if key in self.entries:
+                hashes[path] = self.entries[key]
+            else:
+                todo.append((path, key))
+
+        def one(item: tuple[Path, str]) -> tuple[Path, str, str | None, str | None]:
+            path, key = item
+            try:
+                return path, key, voxel_hash(path), None
+            except BenchError as exc:
+                return path, key, None, str(exc)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for path, key, value, error in pool.map(one, todo):
+                if error is not None:
+                    errors[path] = error
+                else:
+                    hashes[path] = self.entries[key] = value
+                    self.computed += 1
+        if todo and self.path is not None and len(errors) < len(todo):
+            self._save()
+        return hashes, errors
+
+    def _save(self) -> None:
+        from brainbench.splits import write_json_atomic
+
+        write_json_atomic(self.path, {"schema": HASH_SCHEMA, "entries": self.entries})
+
+
+@dataclass(frozen=True)
+class DuplicateSet:
+    """One voxel hash found in several samples: (sample id, path) pairs and their groups."""
+
+    hash: str
+    images: tuple[tuple[str, Path], ...]
+    groups: tuple[str, ...]
+
+    def describe(self) -> str:
+        names = ", ".join(f"{sid} ({path.name})" for sid, path in self.images)
+        where = f"people {', '.join(self.groups)} merged into one group" if len(self.groups) > 1 \
+            else f"within person {self.groups[0]}"
+        return f"identical voxel data {self.hash[:12]}: {names}; {where}"
+
+
+def find_duplicates(samples: Sequence[Sample], hashes: Mapping[Path, str]) -> list[DuplicateSet]:
+    """Hashes shared by two or more distinct images or samples (same file twice is not a duplicate)."""
+    by_hash: dict[str, dict[tuple[str, Path], str]] = {}
+    for sample in samples:
+        for _, path in sample.images:
+            by_hash.setdefault(hashes[Path(path)], {})[(sample.id, Path(path))] = sample.group
+    found = []
+    for value, members in sorted(by_hash.items()):
+        paths = {p for _, p in members}
+        ids = {sid for sid, _ in members}
+        if len(paths) > 1 or (len(ids) > 1 and len(set(members.values())) > 1):
+            found.append(DuplicateSet(value, tuple(sorted(members)), tuple(sorted(set(members.values())))))
+    return found
+
+
+def merge_duplicate_groups(samples: Sequence[Sample], hashes: Mapping[Path, str]
+                           ) -> tuple[list[Sample], list[str]]:
+    """Samples sharing image content get one group (the smallest name of those merged).
+
+    Union-find over groups, so chains (A~B, B~C) end in one group. Without duplicates the
+    samples come back unchanged, and so does the split computed from them.
+    """
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    duplicates = find_duplicates(samples, hashes)
+    for dup in duplicates:
+        roots = sorted({find(g) for g in dup.groups})
+        for g in roots[1:]:
+            parent[g] = roots[0]
+    merged = [s if find(s.group) == s.group else replace(s, group=find(s.group)) for s in samples]
+    return merged, [d.describe() for d in duplicates]
+
+
+def assert_no_leakage(task: str, samples: Sequence[Sample], test_groups: Iterable[str],
+                      hashes: Mapping[Path, str]) -> None:
+    """The guard the runner applies after splitting: no id, group or image hash on both sides."""
+    test_groups = set(test_groups)
+    train = [s for s in samples if s.group not in test_groups]
+    test = [s for s in samples if s.group in test_groups]
+    for what, key in (("sample id", lambda s: {s.id}), ("person", lambda s: {s.group}),
+                      ("image hash", lambda s: {hashes[Path(p)] for _, p in s.images})):
+        both = set().union(*map(key, train)) & set().union(*map(key, test)) if train and test else set()
+        if both:
+            raise BenchError(f"task {task}: {what} on both sides of the split: {sorted(both)[:5]}")

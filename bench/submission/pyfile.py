@@ -1,0 +1,126 @@
+"""A backbone written as one Python file: a class implementing `brainbench.backbone.Backbone`.
+
+The file is imported from its path (it does not need to be installed). brainbench uses the
+object named ``BACKBONE`` (a Backbone subclass or a factory returning a Backbone) or else the
+single Backbone subclass the file defines. It is called with the keyword arguments it accepts
+among ``weights`` (the --weights path or None), ``require_weights``, ``image_size`` and
+``num_slices`` (profile overrides for 2d backbones).
+
+The file's sha256 is added to the backbone's architecture, so editing the file changes the
+feature-cache key and the result cells: old features are never reused for new code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from brainbench.backbone import BACKBONES, Backbone
+from brainbench.errors import BenchError
+
+FACTORY_ARGS = ("weights", "require_weights", "image_size", "num_slices")
+
+
+def import_file(path: Path) -> Any:
+    """Import a Python file as a uniquely named module (its sha256 is part of the name)."""
+    source = path.read_bytes()
+    module_name = f"brainbench_submission_{path.stem}_{hashlib.sha256(source).hexdigest()[:12]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"backbone file {path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise BenchError(f"backbone file {path} failed to import: {type(exc).__name__}: "
+                         f"{exc}") from exc
+    return module
+
+
+def find_entry(module: Any, path: Path) -> Any:
+    """``BACKBONE`` if defined, else the one Backbone subclass defined in the file."""
+    if hasattr(module, "BACKBONE"):
+        return module.BACKBONE
+    found = [obj for obj in vars(module).values()
+             if inspect.isclass(obj) and issubclass(obj, Backbone) and obj is not Backbone
+             and obj.__module__ == module.__name__ and not inspect.isabstract(obj)]
+    if len(found) != 1:
+        names = ", ".join(c.__name__ for c in found) or "none"
+        raise BenchError(f"backbone file {path} defines {len(found)} concrete Backbone "
+                         f"subclasses ({names}); define exactly one, or set BACKBONE = <class "
+                         "or factory> to choose")
+    return found[0]
+
+
+def call_factory(entry: Any, where: str, **kwargs: Any) -> Backbone:
+    """Call a factory or class with the factory arguments it accepts; check the result."""
+    if not callable(entry):
+        raise BenchError(f"{where}: BACKBONE must be a Backbone subclass or a factory, got "
+                         f"{type(entry).__name__}")
+    try:
+        params = inspect.signature(entry).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    chosen = {k: v for k, v in kwargs.items() if takes_all or k in params}
+    if kwargs.get("weights") is not None and "weights" not in chosen:
+        raise BenchError(f"{where}: --weights was given but {getattr(entry, '__name__', entry)} "
+                         "takes no 'weights' argument")
+    backbone = entry(**chosen)
+    if not isinstance(backbone, Backbone):
+        raise BenchError(f"{where}: {getattr(entry, '__name__', entry)}(...) returned "
+                         f"{type(backbone).__name__}, not a brainbench.backbone.Backbone")
+    return backbone
+
+
+class PyFileBackbone(Backbone):
+    """The author's backbone, with the file's sha256 added to its architecture."""
+
+    def __init__(self, inner: Backbone, path: Path, sha256: str) -> None:
+        self.inner = inner
+        self.path = path
+        self.source_sha256 = sha256
+        self.name = inner.name
+        self.contract = inner.contract
+        self.weights = inner.weights
+
+    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.inner.embed(batch)
+
+    def architecture(self) -> dict[str, Any]:
+        return {**self.inner.architecture(), "source_file": self.path.name,
+                "source_sha256": self.source_sha256}
+
+    def parameter_count(self) -> int:
+        return self.inner.parameter_count()
+
+    def num_patch_layers(self) -> int:
+        return self.inner.num_patch_layers()
+
+    def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        return self.inner.patch_tokens(batch, layers)
+
+
+def pyfile_backbone(path: str | Path, **kwargs: Any) -> PyFileBackbone:
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise BenchError(f"backbone file {path} does not exist")
+    module = import_file(path)
+    inner = call_factory(find_entry(module, path), f"backbone file {path}", **kwargs)
+    if not isinstance(getattr(inner, "name", None), str):
+        raise BenchError(f"backbone file {path}: the backbone has no string `name` attribute")
+    if inner.name in BACKBONES:
+        raise BenchError(f"backbone file {path}: name {inner.name!r} is a built-in backbone; "
+                         "choose another name so results never mix with the reference rows")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return PyFileBackbone(inner, path, sha)

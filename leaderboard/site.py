@@ -1,0 +1,348 @@
+"""The static leaderboard site: self-contained HTML, local images, inline CSS and JS.
+
+index.html holds one sortable overall table per label fraction (the headline fraction first):
+rows backbones, columns tasks, each cell the mean over seeds with its bootstrap interval,
+▲/▼ for significant wins/losses against the reference, and the mean rank with its interval.
+Random-init rows carry a RANDOM-INIT badge and a striped background. Each task has a page with
+its label-scarcity curves, per-fraction tables, label efficiency and the provenance of every
+cell with the command that reproduces it.
+
+Nothing is fetched from anywhere: no fonts, scripts or styles from other hosts. Every name that
+comes from the store goes through `html.escape`, so a backbone called ``<script>`` is text.
+Sorting: click a column header, or open ``index.html#sort=<key>[:asc|:desc]`` (keys:
+``backbone``, ``rank``, ``task-<task id>``) to sort the headline table on load;
+``#click=<key>,<key>`` clicks those headers in turn (what the browser test exercises).
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from brainbench.errors import BenchError  # noqa: E402
+from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
+from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
+from brainbench.leaderboard.tables import RANDOM_NOTE, best_entries  # noqa: E402
+
+e = html.escape
+MARKER = ".brainbench-site"
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+ max-width:1200px;padding:0 1rem;color:#1b1b1b}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem}
+table{border-collapse:collapse;margin:0.5rem 0 1rem;font-size:0.9rem}
+th,td{border:1px solid #ccc;padding:0.3rem 0.5rem;text-align:left;vertical-align:top}
+th{background:#f1f3f5}
+table.sortable th[data-key]{cursor:pointer;user-select:none}
+table.sortable th[data-key]::after{content:" \\2195";color:#888}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2";color:#000}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:#000}
+tr.random td{background:repeating-linear-gradient(135deg,#fff,#fff 6px,#fff4e5 6px,#fff4e5 12px)}
+.badge{display:inline-block;padding:0 0.35rem;border-radius:3px;font-size:0.75rem;
+ font-weight:600;background:#b45309;color:#fff;margin-left:0.3rem}
+.best{font-weight:700}.win{color:#15803d;font-weight:700}.loss{color:#b91c1c;font-weight:700}
+.ci{color:#555;font-size:0.8rem}.note{color:#444;font-size:0.85rem}
+code{font-size:0.8rem;background:#f6f8fa;padding:0.1rem 0.2rem}
+img{max-width:100%;border:1px solid #eee}
+"""
+
+JS = """
+(function(){
+  function value(cell, text){
+    var v = cell.getAttribute('data-value');
+    if (v === null || v === '') return null;
+    return text ? v : parseFloat(v);
+  }
+  function sortTable(table, key, dir){
+    var heads = table.tHead.rows[0].cells, col = -1;
+    for (var i = 0; i < heads.length; i++) {
+      if (heads[i].getAttribute('data-key') === key) col = i;
+    }
+    if (col < 0) return false;
+    var text = heads[col].getAttribute('data-type') === 'text';
+    if (!dir) dir = heads[col].getAttribute('data-best') === 'higher' ? 'desc' : 'asc';
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function(a, b){
+      var x = value(a.cells[col], text), y = value(b.cells[col], text);
+      if (x === null && y === null) return 0;
+      if (x === null) return 1;
+      if (y === null) return -1;
+      var c = text ? x.localeCompare(y) : x - y;
+      return dir === 'asc' ? c : -c;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+    for (var j = 0; j < heads.length; j++) heads[j].removeAttribute('aria-sort');
+    heads[col].setAttribute('aria-sort', dir === 'asc' ? 'ascending' : 'descending');
+    table.setAttribute('data-sorted', key + ':' + dir);
+    return true;
+  }
+  var heads = document.querySelectorAll('table.sortable th[data-key]');
+  Array.prototype.forEach.call(heads, function(th){
+    th.addEventListener('click', function(){
+      var table = th.closest('table'), key = th.getAttribute('data-key');
+      var now = table.getAttribute('data-sorted') || '';
+      var dir = now === key + ':desc' ? 'asc' : (now === key + ':asc' ? 'desc' : null);
+      sortTable(table, key, dir);
+    });
+  });
+  var m = /sort=([^&:]+)(?::(asc|desc))?/.exec(decodeURIComponent(location.hash || ''));
+  var overall = document.getElementById('overall');
+  if (m && overall) sortTable(overall, m[1], m[2]);
+  var c = /click=([^&]+)/.exec(decodeURIComponent(location.hash || ''));
+  if (c && overall) c[1].split(',').forEach(function(key){
+    var th = overall.querySelector('th[data-key="' + key + '"]');
+    if (th) th.click();
+  });
+})();
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+            "img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+            f"<title>{e(title)}</title><style>{CSS}</style></head><body>\n{body}\n"
+            f"<script>{JS}</script></body></html>\n")
+
+
+def _num(value: float) -> str:
+    return "" if value != value else repr(float(value))
+
+
+def _entry_cell(entry: Entry, flags: tuple[str, ...] | list[str] = ()) -> str:
+    badge = '<span class="badge">RANDOM-INIT</span>' if entry.is_random else ""
+    # submission bundles' flags (brainbench.submission): SUBMISSION, PARTIAL: ..., RANDOM-INIT
+    badge += "".join(f'<span class="badge" title="{e(f)}">{e(f.split(":")[0])}</span>'
+                     for f in flags if f != "RANDOM-INIT" or not entry.is_random)
+    return (f'<td data-value="{e(entry.label)}">{e(entry.label)}{badge}</td>'
+            f'<td>{"random-init" if entry.is_random else "pretrained"}<br>'
+            f'<code>{e(entry.weights_id)}</code></td>')
+
+
+def _score_cell(analysis: Analysis, entry: Entry, task: str, fraction: float,
+                comparisons: dict) -> str:
+    s = analysis.summary(entry, task, fraction)
+    if s is None:
+        return '<td data-value="">–</td>'
+    classes = "best" if entry in best_entries(analysis, task, fraction) else ""
+    mark = ""
+    c = comparisons.get((entry, task))
+    if c is not None and c.verdict in ("win", "loss"):
+        word = "better" if c.verdict == "win" else "worse"
+        symbol = "▲" if c.verdict == "win" else "▼"
+        mark = (f' <span class="{c.verdict}" title="significantly {word} than the reference: '
+                f'difference {c.test.difference:+.3f} [{c.test.ci_low:+.3f}, '
+                f'{c.test.ci_high:+.3f}], Holm p={c.p_holm:.3g}">{symbol}</span>')
+    elif c is not None and c.verdict == "ns":
+        mark = (f' <span class="ci" title="not significant vs the reference: Holm '
+                f'p={c.p_holm:.3g}">ns</span>')
+    elif c is not None and c.verdict == "ref":
+        mark = ' <span class="ci">ref</span>'
+    sd = "" if s.sd != s.sd else f" ± {s.sd:.3f} sd"
+    interval = "" if s.ci_low != s.ci_low else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
+    return (f'<td data-value="{_num(s.mean)}"><span class="{classes}">{s.mean:.3f}</span>{mark}'
+            f'<br><span class="ci">{interval}{sd}, k={s.n_seeds}</span></td>')
+
+
+def overall_table(analysis: Analysis, fraction: float, table_id: str | None,
+                  link_tasks: bool = True) -> str:
+    tasks = [t.id for t in analysis.tasks if any(analysis.has(en, t.id, fraction)
+                                                 for en in analysis.entries)]
+    comparisons = analysis.comparisons(fraction, tasks)
+    ranks = analysis.mean_ranks(fraction)
+    heads = ['<th data-key="backbone" data-type="text">backbone</th><th>weights</th>',
+             '<th data-key="rank" data-best="lower">mean rank [95% CI]</th>']
+    for task in tasks:
+        arrow = "↑" if analysis.direction(task) == "higher" else "↓"
+        name = f'<a href="task-{e(task)}.html">{e(task)}</a>' if link_tasks else e(task)
+        heads.append(f'<th data-key="task-{e(task)}" data-best="{analysis.direction(task)}">'
+                     f'{name}<br><span class="ci">{e(analysis.metric(task))} {arrow}</span></th>')
+    rows, flags = [], analysis.flags
+    for entry in analysis.entries:
+        rank = ranks.get(entry)
+        rank_cell = (f'<td data-value="{_num(rank.mean_rank)}">{rank.mean_rank:.2f}<br>'
+                     f'<span class="ci">[{rank.ci[0]:.2f}, {rank.ci[1]:.2f}] over '
+                     f'{rank.n_tasks} task(s)</span></td>') if rank else '<td data-value="">–</td>'
+        cells = "".join(_score_cell(analysis, entry, t, fraction, comparisons) for t in tasks)
+        css = ' class="random"' if entry.is_random else ""
+        rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{rank_cell}{cells}</tr>")
+    ident = f' id="{e(table_id)}"' if table_id else ""
+    return (f'<table class="sortable"{ident}><thead><tr>{"".join(heads)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def legend(analysis: Analysis) -> str:
+    ref = analysis.reference
+    items = [f"Cells: mean of the primary metric over seeds (k seeds, ± sd), with its 95% "
+             f"subject-level bootstrap interval ({analysis.n_boot} resamples of the test "
+             f"subjects, seed {analysis.seed}). Bold = best in the column."]
+    if ref is not None:
+        items.append(f"<span class=\"win\">▲</span> / <span class=\"loss\">▼</span>: "
+                     f"significantly better / worse than the reference <b>{e(ref.display)}</b> "
+                     "(paired bootstrap of the difference on the same test subjects, "
+                     "Holm-adjusted across the tasks of the table, alpha 0.05); "
+                     "<span class=\"ci\">ns</span> = not significant. Hover a mark for the "
+                     "difference, its interval and the adjusted p-value.")
+    else:
+        items.append("Only one backbone: no significance tests.")
+    items.append("Mean rank: 1 = best, over the tasks where every backbone has a result; the "
+                 "interval comes from ranking each bootstrap resample.")
+    if any(en.is_random for en in analysis.entries):
+        items.append('<span class="badge">RANDOM-INIT</span> ' + e(RANDOM_NOTE))
+    if any(t.target.kind == "survival" for t in analysis.tasks):
+        items.append("Survival intervals and tests use Harrell's C (Uno's C and the log-rank "
+                     "test need training-set quantities the store does not keep).")
+    items += [f"<b>{e(name)}</b> (submission bundle): {e('; '.join(f))}"
+              for name, f in analysis.flags.items()
+              if any(en.backbone == name for en in analysis.entries)]
+    items += [e(n) for n in analysis.notes]
+    return '<ul class="note">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def reproduce_command(record: CellRecord) -> str:
+    """The one command that recomputes this cell (from a clean clone, same code version)."""
+    p = record.provenance
+    parts = [f"make bench MODEL={record.entry.backbone}", f"FRACTION={record.fraction:g}",
+             f"TASKS={record.task}", f"SEEDS={record.seed}", f"PROFILE={p['profile']}"]
+    if str(p["data_source"]).startswith("real:"):
+        parts.append(f"DATA={str(p['data_source']).removeprefix('real:')}")
+    if not record.entry.is_random:
+        parts.append(f"WEIGHTS=/path/to/checkpoint.pth REQUIRE_WEIGHTS=1  "
+                     f"# the checkpoint whose sha256 is {p['weights_sha256']}")
+    return " ".join(parts)
+
+
+def _provenance_table(analysis: Analysis, task: str) -> str:
+    rows = []
+    for key in sorted((k for k in analysis.cells if k[1] == task),
+                      key=lambda k: (analysis.entries.index(k[0]), k[2], k[3])):
+        r = analysis.cells[key]
+        p = r.provenance
+        css = ' class="random"' if r.entry.is_random else ""
+        rows.append(
+            f"<tr{css}><td>{e(r.entry.display)}</td><td>{r.fraction:g}</td><td>{r.seed}</td>"
+            f"<td>{r.value:.4f}</td><td>{int(p['n_train'])} / {int(p['n_test'])}</td>"
+            f"<td><code>{e(str(p['code_version']))}</code></td>"
+            f"<td><code title=\"{e(str(p['weights_sha256']))}\">"
+            f"{e(str(p['weights_sha256'])[:16])}…</code></td>"
+            f"<td><code title=\"{e(str(p['split_hash']))}\">{e(str(p['split_hash'])[:12])}…"
+            f"</code></td><td>{e(str(p['created_at']))}</td>"
+            f"<td><code>{e(reproduce_command(r))}</code></td></tr>")
+    head = ("<tr><th>backbone</th><th>fraction</th><th>seed</th>"
+            f"<th>{e(analysis.metric(task))}</th><th>n train / test</th><th>code version</th>"
+            "<th>weights sha256</th><th>split hash</th><th>date (UTC)</th>"
+            "<th>reproduce</th></tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _fraction_table(analysis: Analysis, task: str) -> str:
+    fractions = analysis.fractions(task)
+    comparisons = {f: analysis.comparisons(f) for f in fractions}
+    heads = "".join(f'<th data-key="f{i}" data-best="{analysis.direction(task)}">'
+                    f"fraction {f:g}</th>" for i, f in enumerate(fractions))
+    rows, flags = [], analysis.flags
+    for entry in analysis.entries:
+        cells = "".join(_score_cell(analysis, entry, task, f, comparisons[f]) for f in fractions)
+        css = ' class="random"' if entry.is_random else ""
+        rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{cells}</tr>")
+    return (f'<table class="sortable"><thead><tr><th data-key="backbone" data-type="text">'
+            f"backbone</th><th>weights</th>{heads}</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table>")
+
+
+def _efficiency_table(analysis: Analysis, task: str) -> str:
+    rows = []
+    for entry in analysis.entries:
+        eff = analysis.efficiency(entry, task)
+        if eff is None:
+            continue
+        css = ' class="random"' if entry.is_random else ""
+        rows.append(f"<tr{css}><td>{e(entry.display)}</td>"
+                    f"<td>{eff.nauc:.3f} <span class=\"ci\">[{eff.nauc_ci[0]:.3f}, "
+                    f"{eff.nauc_ci[1]:.3f}]</span></td>"
+                    f"<td>{eff.f95:g} <span class=\"ci\">[{eff.f95_ci[0]:g}, "
+                    f"{eff.f95_ci[1]:g}]</span></td>"
+                    f"<td>{', '.join(f'{f:g}' for f in eff.fractions)}</td></tr>")
+    if not rows:
+        return "<p class=\"note\">Label efficiency needs at least two label fractions.</p>"
+    return ("<table><thead><tr><th>backbone</th><th>normalised log-fraction AUC [95% CI]</th>"
+            "<th>smallest fraction reaching 95% of the full-data score [95% CI]</th>"
+            f"<th>fractions</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            "<p class=\"note\">Normalised AUC = area under the curve over log10(fraction) "
+            "divided by the log-fraction span: the curve's average score, in the metric's own "
+            "units and direction. 'Full data' = the largest fraction run. For error metrics "
+            "(lower is better) reaching 95% means error ≤ full-data error / 0.95.</p>")
+
+
+def _task_figure(analysis: Analysis, task: str, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    try:
+        draw_task(ax, analysis, task)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None) -> Path:
+    """Write the site into ``out_dir`` (replacing what a previous build left); returns index."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    headline = fraction if fraction is not None else analysis.headline_fraction()
+    others = [f for f in sorted(analysis.fractions(), reverse=True) if f != headline]
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    first = next(iter(analysis.cells.values()))
+    context = (f"profile <code>{e(str(first.provenance['profile']))}</code>, data "
+               f"<code>{e(str(first.provenance['data_source']))}</code>, head "
+               f"<code>{e(str(first.provenance['head']))}</code>; built {e(stamp)}")
+    tasks = "".join(f'<li><a href="task-{e(t.id)}.html">{e(t.id)}</a>: {e(t.endpoint)} '
+                    f'({e(t.dataset)})</li>' for t in analysis.tasks)
+    sections = [f"<h1>brainbench leaderboard</h1><p class=\"note\">{context}</p>",
+                f"<h2>Overall, label fraction {headline:g}</h2>",
+                overall_table(analysis, headline, "overall"), legend(analysis)]
+    if len(analysis.fractions()) > 1:
+        write_curves(analysis, staging / "figures", stem="label_scarcity")
+        sections.append('<h2>Label-scarcity curves</h2><img src="figures/label_scarcity.png" '
+                        'alt="label-scarcity curves, one panel per task"> <p class="note">'
+                        '<a href="figures/label_scarcity.svg">SVG</a>; dashed lines, hollow '
+                        'markers = random-init.</p>')
+    for f in others:
+        sections += [f"<h2>Label fraction {f:g}</h2>", overall_table(analysis, f, None)]
+    sections.append(f"<h2>Tasks</h2><ul>{tasks}</ul>")
+    (staging / "index.html").write_text(_page("brainbench leaderboard", "\n".join(sections)),
+                                        encoding="utf-8")
+    for spec in analysis.tasks:
+        _task_figure(analysis, spec.id, staging / "figures" / f"{spec.id}.png")
+        body = [f'<p><a href="index.html">← leaderboard</a></p><h1>{e(spec.id)}</h1>',
+                f"<p>{e(spec.endpoint)}; dataset {e(spec.dataset)}; target "
+                f"{e(spec.target_description)}; primary metric {e(spec.primary_metric)} "
+                f"({'higher' if analysis.direction(spec.id) == 'higher' else 'lower'} is "
+                f"better).</p>",
+                f'<img src="figures/{e(spec.id)}.png" alt="label-scarcity curve of '
+                f'{e(spec.id)}">', "<h2>By label fraction</h2>",
+                _fraction_table(analysis, spec.id), legend(analysis),
+                "<h2>Label efficiency</h2>", _efficiency_table(analysis, spec.id),
+                "<h2>Provenance of every cell</h2>", _provenance_table(analysis, spec.id)]
+        (staging / f"task-{spec.id}.html").write_text(_page(f"brainbench: {spec.id}",
+                                                            "\n".join(body)), encoding="utf-8")
+    (staging / MARKER).write_text("built by brainbench.leaderboard.site; safe to delete\n")
+    if out_dir.exists():
+        if any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
+            shutil.rmtree(staging)
+            raise BenchError(f"{out_dir} exists and is not a brainbench site (no {MARKER}); "
+                             "refusing to replace it: choose an empty or new folder")
+        shutil.rmtree(out_dir)
+    staging.replace(out_dir)
+    return out_dir / "index.html"

@@ -1,0 +1,201 @@
+"""`data check` passes on every phantom cohort and names the problem in each damaged copy."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainbench.cli import main
+from brainbench.datacheck import check_task, image_info, length_problem
+from brainbench.leakage import HashCache
+from brainbench.runner import manifest_path, resolve_tasks
+
+from .helpers import random_brain, write_nifti
+from .phantom_cohorts import copy_dataset, phantoms  # noqa: F401  (fixture)
+
+SOURCE = "real:test"
+
+
+def task_on(task_id: str, dataset: str | None = None):
+    return resolve_tasks([task_id], [dataset] if dataset else None)[0]
+
+
+def check(task, root, **kw):
+    return check_task(task, root, data_source=SOURCE, **kw)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("task", [t.on_dataset(d) for t in resolve_tasks(None) for d in t.datasets],
+                         ids=lambda t: f"{t.id}@{t.dataset}")
+def test_every_phantom_cohort_passes(phantoms, task, tmp_path):  # noqa: F811
+    before = snapshot(phantoms)
+    report = check(task, phantoms, results_dir=tmp_path, hash_cache=HashCache(tmp_path / "h.json"))
+    assert report.ok, report.render()
+    assert report.n_samples > 0 and report.images_checked > 0 and report.voxels_read > 0
+    assert sum(report.labels.values()) == report.n_samples
+    assert report.split["test_people"] > 0 and report.split["stored"].startswith("none yet")
+    assert report.orientations  # every image's header was read
+    assert snapshot(phantoms) == before  # the check writes nothing into the data
+
+
+def test_report_shows_quirks_strata_and_the_stored_manifest(phantoms, tmp_path):  # noqa: F811
+    task = task_on("neurodev_cls")
+    manifest = manifest_path(tmp_path, SOURCE, task)
+    first = check(task, phantoms, results_dir=tmp_path)
+    assert manifest == Path(first.split["manifest"])
+    text = first.render()
+    assert "without an image skipped" in text  # ABIDE label rows without images
+    assert any("|" in s for s in first.strata)  # label x site strata
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"hash": first.split["hash"]}))
+    assert check(task, phantoms, results_dir=tmp_path).split["stored"] == "matches"
+    manifest.write_text(json.dumps({"hash": "0" * 64}))
+    changed = check(task, phantoms, results_dir=tmp_path)
+    assert not changed.ok and "differs from the stored manifest" in changed.render()
+
+
+# ------------------------------------------------------------------------------ bad label files
+
+
+def edit_csv(path: Path, change, sep=","):
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    change(frame)
+    frame.to_csv(path, index=False, sep=sep)
+
+
+def fails_with(task, root, *needles):
+    report = check(task, root)
+    assert not report.ok
+    text = report.render()
+    for needle in needles:
+        assert needle in text, text
+    assert text.splitlines()[1] == "UNUSABLE:" or "result: UNUSABLE" in text
+    return text
+
+
+def test_missing_column_is_named_with_its_file(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "adni", tmp_path)
+    edit_csv(folder / "ADNIMERGE.csv", lambda f: f.drop(columns=["DX"], inplace=True))
+    fails_with(task_on("neurodegen_cls"), tmp_path, "lacks the column(s) 'DX'", "ADNIMERGE.csv")
+
+
+def test_unknown_label_code(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "abide1", tmp_path)
+    edit_csv(folder / "Phenotypic_V1_0b.csv", lambda f: f.loc.__setitem__((3, "DX_GROUP"), "3"))
+    fails_with(task_on("neurodev_cls"), tmp_path, "unknown code '3'", "'DX_GROUP'", "line 5",
+               "1 (ASD), 2 (control)")
+
+
+def test_unknown_cdr_code_in_oasis(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "oasis1", tmp_path)
+    edit_csv(folder / "oasis_cross-sectional.csv", lambda f: f.loc.__setitem__((0, "CDR"), "7"))
+    fails_with(task_on("neurodegen_cls", "oasis1"), tmp_path, "unknown code '7'", "'CDR'", "0.5")
+
+
+def test_unparseable_age_and_date(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "bids", tmp_path / "a")
+    edit_csv(folder / "participants.tsv", lambda f: f.loc.__setitem__((0, "Age"), "twelve"), sep="\t")
+    fails_with(task_on("brain_age", "bids"), tmp_path / "a", "cannot parse age 'twelve'", "'Age'",
+               "participants.tsv (line 2)")
+    folder = copy_dataset(phantoms, "adni", tmp_path / "b")
+    edit_csv(folder / "ADNIMERGE.csv", lambda f: f.loc.__setitem__((1, "EXAMDATE"), "2005-13-45"))
+    fails_with(task_on("neurodegen_cls"), tmp_path / "b", "cannot parse date '2005-13-45'", "'EXAMDATE'")
+
+
+def test_wrong_folder_tree_shows_the_expected_one(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "upenn_gbm", tmp_path)
+    (folder / "images_structural").rename(folder / "images")
+    fails_with(task_on("survival_cox"), tmp_path, "missing image folder", "images_structural",
+               "expected layout:", "UPENN-GBM-00001_11_T1GD.nii.gz")
+    fails_with(task_on("idh_status"), tmp_path, "neither the UCSF-PDGM/ folder", "UCSF-PDGM-metadata_v5.csv")
+
+
+# ------------------------------------------------------------------------------ bad images
+
+
+def _first_image(folder: Path) -> Path:
+    return sorted(folder.rglob("*_T1w.nii.gz"))[0]
+
+
+@pytest.mark.parametrize("headers_only", [False, True])
+def test_truncated_nifti_is_named(phantoms, tmp_path, headers_only):  # noqa: F811
+    folder = copy_dataset(phantoms, "bids", tmp_path)
+    image = _first_image(folder)
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 2 // 3])
+    text = fails_with(task_on("brain_age", "bids"), tmp_path, str(image)) if not headers_only else None
+    report = check(task_on("brain_age", "bids"), tmp_path, headers_only=headers_only)
+    assert not report.ok and [f.where.split(": ")[1] for f in report.errors] == [str(image)]
+    assert "truncated" in report.errors[0].message
+    if text is not None:
+        assert "cannot read image" in text
+
+
+def test_implausible_geometry_is_an_error(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "bids", tmp_path)
+    images = [p for p in sorted(folder.rglob("*_T1w.nii.gz")) if "pixar002" not in p.name]  # 002: age n/a
+    nib.save(nib.Nifti1Image(random_brain(1).astype(np.int16), np.diag([25.0, 25.0, 25.0, 1.0])), str(images[0]))
+    nib.save(nib.Nifti1Image(np.ones((40, 40), np.int16), np.eye(4)), str(images[1]))
+    affine = np.eye(4)
+    affine[:3, :3] = [[1, 0, 0], [1, 0, 0], [0, 0, 1]]  # two axes along x: no orientation
+    header = nib.Nifti1Header()
+    header.set_sform(affine, code=1)  # what a broken converter writes
+    nib.save(nib.Nifti1Image(random_brain(2).astype(np.int16), None, header=header), str(images[2]))
+    report = check(task_on("brain_age", "bids"), tmp_path)
+    messages = {f.where.split(": ")[1]: f.message for f in report.errors}
+    assert "implausible voxel size (25.0, 25.0, 25.0)" in messages[str(images[0])]
+    assert "expected a 3D volume, got shape (40, 40)" in messages[str(images[1])]
+    assert "degenerate affine" in messages[str(images[2])]
+    assert not report.ok
+
+
+def test_mixed_orientation_is_a_warning(phantoms, tmp_path):  # noqa: F811
+    folder = copy_dataset(phantoms, "bids", tmp_path)
+    image = _first_image(folder)
+    img = nib.load(str(image))
+    flipped = nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    nib.save(flipped, str(image))
+    report = check(task_on("brain_age", "bids"), tmp_path)
+    assert report.ok and report.orientations.keys() == {"RAS", "LAS"}
+    assert any("mixed orientations" in f.message for f in report.findings)
+
+
+def test_length_check_without_decompressing(tmp_path):
+    good = write_nifti(tmp_path / "a.nii.gz", random_brain(0))
+    assert length_problem(good) is None
+    raw = tmp_path / "b.nii"
+    raw.write_bytes(gzip.decompress(good.read_bytes()))
+    assert length_problem(raw) is None
+    raw.write_bytes(raw.read_bytes()[:-1000])
+    assert "truncated" in length_problem(raw)
+    assert image_info(tmp_path / "gone.nii.gz")[1] == [("error", "missing file")]
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_cli_exit_codes(phantoms, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("BRAINBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BRAINBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data-check", "--task", "brain_age", "--dataset", "bids", "--data", str(phantoms),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "task brain_age on bids" in out and "result: OK" in out
+    assert "brain_age@bids.json" in out  # the manifest a run would write
+    folder = copy_dataset(phantoms, "bids", tmp_path / "bad")
+    os.remove(folder / "participants.tsv")
+    assert main(["data-check", "--task", "brain_age", "--dataset", "bids", "--data",
+                 str(tmp_path / "bad"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "UNUSABLE" in captured.out and "data check failed: brain_age" in captured.err
