@@ -61,6 +61,13 @@ PRIMARY_METRIC_DIRECTION: dict[str, str] = {
     "c_uno": "higher",
     "logrank_p": "lower",
     "n_events": "higher",
+    # segmentation (bench/segmentation): overlap up, boundary distance down
+    "dice_wt": "higher",
+    "dice_tc": "higher",
+    "dice_et": "higher",
+    "hd95_wt": "lower",
+    "hd95_tc": "lower",
+    "hd95_et": "lower",
 }
 
 #: The headline metric of each kind (the task card may still name its own).

@@ -44,6 +44,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
 def _cell(mean: float, sd: float, seeds: int) -> str:
     if pd.isna(mean):
         return "n/a"
+    if float(mean).is_integer() and (pd.isna(sd) or sd == 0) and abs(mean) >= 1000:
+        return f"{int(mean):,}"  # counts such as head/backbone parameters, identical per seed
     spread = "" if pd.isna(sd) else f" ± {sd:.3f}"
     return f"{mean:.3f}{spread} (k={seeds})"
 

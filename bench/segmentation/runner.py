@@ -22,7 +22,8 @@ from brainbench.backbone import Backbone
 from brainbench.datasets import load_cohort
 from brainbench.errors import BenchError
 from brainbench.provenance import code_version
-from brainbench.runner import CellOutcome, RunConfig, RunReport, _slug
+from brainbench.leakage import HashCache, assert_no_leakage, merge_duplicate_groups
+from brainbench.runner import CellOutcome, RunConfig, RunReport, manifest_path
 from brainbench.segmentation.data import choose_slices, grid_shape, to_slice_grid
 from brainbench.segmentation.heads import HEADS, head_layers, make_head, trainable_parameters
 from brainbench.segmentation.labels import read_regions
@@ -109,11 +110,16 @@ def run_segmentation_task(task: TaskSpec, backbone: Backbone, root: Path, data_s
     depth = backbone.num_patch_layers()
     cohort = load_cohort(task.dataset, root)
     samples, notes = build_samples(task, cohort)
-    for note in [f"{task.dataset}: {n}" for n in cohort.notes] + [f"{task.id}: {n}" for n in notes]:
+    hashes = HashCache(config.cache_dir / "voxel_hashes.json").hashes(
+        [p for s in samples for _, p in s.images])
+    samples, duplicates = merge_duplicate_groups(samples, hashes)  # as the runner does
+    for note in ([f"{task.dataset}: {n}" for n in cohort.notes] + [f"{task.id}: {n}" for n in notes]
+                 + [f"{task.id}: {d}" for d in duplicates]):
         if note not in report.notes:
             report.notes.append(note)
     split = make_split(task.id, task.dataset, samples, task.split_salt, task.test_fraction)
-    record_split(split, config.results_dir / "splits" / _slug(data_source) / f"{task.id}.json")
+    record_split(split, manifest_path(config.results_dir, data_source, task))
+    assert_no_leakage(task.id, samples, split.test_groups, hashes)
     test_groups = set(split.test_groups)
     test = [s for s in samples if s.group in test_groups]
 

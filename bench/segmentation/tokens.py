@@ -12,7 +12,7 @@ warm rerun does no forward pass. Each layer is its own entry, so heads sharing a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,10 +46,13 @@ class PatchTokenCache:
 
     def key(self, backbone: Backbone, image_sha256: str, slices: Sequence[int],
             layer: int) -> str:
+        # the contract's vector-token list (cls, patch_mean, extras a protocol asks for) does
+        # not change patch grids; leaving it out lets every protocol share these entries
+        contract = replace(backbone.contract, tokens=())
+        identity = {**backbone.cache_identity(), "contract": contract.as_dict()}
         return digest({"schema": TOKEN_SCHEMA, "kind": "patch_tokens",
-                       "dtype": np.dtype(TOKEN_DTYPE).name,
-                       "backbone": backbone.cache_identity(),
-                       "preprocessing": preprocessing_identity(backbone.contract),
+                       "dtype": np.dtype(TOKEN_DTYPE).name, "backbone": identity,
+                       "preprocessing": preprocessing_identity(contract),
                        "image_sha256": image_sha256, "slices": list(slices), "layer": layer})
 
     def has(self, key: str) -> bool:
