@@ -35,19 +35,22 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
                       keep[["backbone", "weights_status", "weights_id"]].itertuples(index=False)]
     if "head" in keep and keep["head"].nunique() > 1:  # protocols side by side
         keep["column"] = [f"{c} {{{h}}}" for c, h in zip(keep["column"], keep["head"])]
+    keep["fallback"] = keep["selection"].fillna("").str.startswith("fallback")
     grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
-                          n_train=("n_train", "mean"), n_test=("n_test", "max")).reset_index()
+                          n_train=("n_train", "mean"), n_test=("n_test", "max"),
+                          fallback_seeds=("fallback", "sum")).reset_index()
     return summary
 
 
-def _cell(mean: float, sd: float, seeds: int) -> str:
+def _cell(mean: float, sd: float, seeds: int, fallback_seeds: int = 0) -> str:
     if pd.isna(mean):
         return "n/a"
     if float(mean).is_integer() and (pd.isna(sd) or sd == 0) and abs(mean) >= 1000:
         return f"{int(mean):,}"  # counts such as head/backbone parameters, identical per seed
     spread = "" if pd.isna(sd) else f" ± {sd:.3f}"
-    return f"{mean:.3f}{spread} (k={seeds})"
+    marker = f" †{int(fallback_seeds)}" if fallback_seeds else ""
+    return f"{mean:.3f}{spread} (k={seeds}){marker}"
 
 
 def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = "simple",
@@ -67,7 +70,8 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
             direction = PRIMARY_METRIC_DIRECTION.get(key.metric, "")
             arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
             metric = f"{key.metric}{arrow}" + (" *" if key.metric == primary[key.task] else "")
-            cells = {r.column: _cell(r.mean, r.sd, r.seeds) for r in part.itertuples()}
+            cells = {r.column: _cell(r.mean, r.sd, r.seeds, r.fallback_seeds)
+                     for r in part.itertuples()}
             sizes = f"{part.n_train.mean():.0f} / {part.n_test.max():.0f}"
             rows.append([key.task, key.dataset, metric, f"{key.fraction:g}"]
                         + [cells.get(c, "") for c in columns] + [sizes])
@@ -79,6 +83,9 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
         ["n train / n test"]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     notes = ["* primary metric; values are mean ± sd over seeds (k = number of seeds)."]
+    if not summary.empty and summary["fallback_seeds"].any():
+        notes.append("†n = n of the k seeds used a fixed-default fallback: the label-fraction "
+                     "subset was too small for inner selection (the row's `selection` says why).")
     if any("RANDOM-INIT" in c for c in columns):
         notes.append(RANDOM_NOTE)
     return table + "\n" + "\n".join(notes)

@@ -58,6 +58,11 @@ def test_table_marks_random_init_and_aggregates_over_seeds(tmp_path):
     assert "5.000 ± 1.414 (k=2)" in text
     assert "other (01234567)" in text and "3.000 (k=1)" in text
     assert "8 / 16" in text
+    assert "†" not in text
+    store.write_cell(cell(seed=2, selection="fallback: fixed alpha=1 (only 2 training samples)"),
+                     {"mae": 5.0, "pearson_r": 0.5}, [])
+    flagged = comparison_table(store.frame(), [get_task("brain_age")])
+    assert "(k=3) †1" in flagged and "fixed-default fallback" in flagged
     pending = comparison_table(store.frame(), [get_task("brain_age")],
                                pending=[get_task("tumor_seg")])
     assert "PENDING" in pending and "tumor_seg" in pending
