@@ -21,26 +21,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from brainbench.errors import BenchError
+from brainbench.preprocess import read_voxels
 from brainbench.taskspec import Sample
 
-HASH_SCHEMA = 1
+HASH_SCHEMA = 2  # 2: voxels read through preprocess.read_voxels
 
 
 def voxel_hash(path: Path) -> str:
     """sha256 of (shape, float32 voxel values); a trailing singleton 4th axis is dropped."""
-    try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except FileNotFoundError:
-        raise BenchError(f"image file not found: {path}") from None
-    except Exception as exc:  # nibabel/gzip/zlib raise many types for damaged files
-        raise BenchError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
-                         "(corrupt or truncated file?)") from None
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = read_voxels(path)
     digest = hashlib.sha256(f"voxels-v{HASH_SCHEMA}:{data.shape}".encode())
     digest.update(np.ascontiguousarray(data, dtype="<f4").tobytes())
     return digest.hexdigest()

@@ -26,18 +26,24 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CHANNEL_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
-def load_volume(path: Path) -> np.ndarray:
-    """Read a 3D NIfTI as float32; corrupt, truncated or empty files name the file."""
+def read_voxels(path: Path) -> np.ndarray:
+    """Voxels as stored (scaled, float32, a trailing singleton 4th axis dropped); damaged or
+    missing files raise a BenchError naming the file. Shared by preprocessing and hashing."""
     try:
-        image = nib.load(str(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     except FileNotFoundError:
         raise BenchError(f"image file not found: {path}") from None
     except Exception as exc:  # nibabel/gzip/zlib raise many types for damaged files
-        raise BenchError(f"cannot read NIfTI {path}: {type(exc).__name__}: {exc} "
+        raise BenchError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
                          "(corrupt or truncated file?)") from None
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
+    return data
+
+
+def load_volume(path: Path) -> np.ndarray:
+    """Read a 3D NIfTI as float32 for a backbone; empty, all-NaN or non-3D volumes are errors."""
+    data = read_voxels(path)
     if data.ndim != 3:
         raise BenchError(f"{path}: expected a 3D volume, got shape {data.shape}")
     finite = np.isfinite(data)
