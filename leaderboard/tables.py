@@ -35,7 +35,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
                       keep[["backbone", "weights_status", "weights_id"]].itertuples(index=False)]
     if "head" in keep and keep["head"].nunique() > 1:  # protocols side by side
         keep["column"] = [f"{c} {{{h}}}" for c, h in zip(keep["column"], keep["head"])]
-    keep["fallback"] = keep["selection"].fillna("").str.startswith("fallback")
+    selection = keep["selection"] if "selection" in keep else pd.Series("", index=keep.index)
+    keep["fallback"] = selection.fillna("").str.startswith("fallback")
     grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
                           n_train=("n_train", "mean"), n_test=("n_test", "max"),
