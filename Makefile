@@ -35,6 +35,7 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) \
 	$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION)) \
 	$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
+	$(if $(filter command environment,$(origin PROTOCOL)),--protocol '$(PROTOCOL)') \
 	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
 
 venv: $(STAMP)

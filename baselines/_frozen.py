@@ -1,13 +1,17 @@
 """One `Backbone` implementation for every baseline: a frozen module plus a feature function.
 
-Each entry supplies `features(model, batch) -> {token: (B, dim)}`; this class checks the
-batch against the contract, runs it under inference mode in float32 (no autocast, so
-features never depend on it), and returns plain tensors.
+Each entry supplies `features(model, batch) -> {token: (B, dim)}` and, optionally, a
+`DenseTokens` (patch grids per block, for tumor_seg); this class checks the batch against
+the contract, runs it under inference mode in float32 (no autocast, so features never
+depend on it), and returns plain tensors.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -16,18 +20,32 @@ from brainbench.errors import BenchError
 from brainbench.weights import LoadReport
 
 Features = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+PatchGrids = Callable[[torch.nn.Module, torch.Tensor, list[int]], list[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class DenseTokens:
+    """How a model yields patch-token grids (segmentation).
+
+    grids(model, x, layers): `layers` sorted, unique, each in 0..depth-1; returns one
+    (B, D, h, w) grid per layer in that order, patch tokens only (no class/register tokens).
+    """
+
+    grids: PatchGrids
+    depth: int
 
 
 class FrozenBackbone(Backbone):
     def __init__(self, name: str, model: torch.nn.Module, features: Features,
                  contract: InputContract, weights: WeightsInfo, architecture: dict[str, Any],
-                 load_report: LoadReport | None = None) -> None:
+                 load_report: LoadReport | None = None, dense: DenseTokens | None = None) -> None:
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.features = features
         self.contract = contract
         self.weights = weights
         self.load_report = load_report
+        self.dense = dense
         self._architecture = dict(architecture)
 
     @property
@@ -38,24 +56,69 @@ class FrozenBackbone(Backbone):
         self.model.to(device)
         return self
 
-    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _input(self, batch: Any, what: str) -> torch.Tensor:
+        """The batch checked against the contract, as float32 on the model's device."""
         expected = (self.contract.in_channels, *self.contract.image_size)
         if not isinstance(batch, torch.Tensor):
             raise BenchError(
-                f"{self.name}.embed expects a torch.Tensor, got {type(batch).__name__}")
+                f"{self.name}.{what} expects a torch.Tensor, got {type(batch).__name__}")
         if batch.ndim != 2 + len(self.contract.image_size) or tuple(batch.shape[1:]) != expected:
             raise BenchError(
-                f"{self.name}.embed expects a batch shaped (B, {', '.join(map(str, expected))}), "
+                f"{self.name}.{what} expects a batch shaped (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(batch.shape)}")
         if not batch.is_floating_point():
-            raise BenchError(f"{self.name}.embed expects floating-point input, got {batch.dtype}")
+            raise BenchError(f"{self.name}.{what} expects floating-point input, got {batch.dtype}")
         self.model.eval()
-        device = self.device
-        x = batch.to(device=device, dtype=torch.float32)
-        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
+        return batch.to(device=self.device, dtype=torch.float32)
+
+    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self._input(batch, "embed")
+        with torch.inference_mode(), torch.autocast(device_type=x.device.type, enabled=False):
             out = self.features(self.model, x)
         # clone outside inference mode: callers may train heads on these tensors
         return {name: value.float().clone() for name, value in out.items()}
+
+    def num_patch_layers(self) -> int:
+        if self.dense is None:
+            return super().num_patch_layers()  # NotImplementedError: segmentation says why
+        return self.dense.depth
+
+    def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """(B, D, h, w) patch grids of blocks `layers` (0-based), in the order asked.
+
+        Each block is computed once however often it is asked for; frozen, float32.
+        """
+        if self.dense is None:
+            return super().patch_tokens(batch, layers)
+        wanted = self._layers(layers)
+        x = self._input(batch, "patch_tokens")
+        unique = sorted(set(wanted))
+        with torch.inference_mode(), torch.autocast(device_type=x.device.type, enabled=False):
+            grids = list(self.dense.grids(self.model, x, unique))
+        if len(grids) != len(unique) or any(
+                g.ndim != 4 or g.shape[0] != x.shape[0] for g in grids):
+            raise BenchError(
+                f"{self.name}.patch_tokens: the model returned "
+                f"{[tuple(g.shape) for g in grids]} for layers {unique}; expected one "
+                f"({x.shape[0]}, D, h, w) grid per layer")
+        by_layer = dict(zip(unique, grids))
+        # clone outside inference mode: heads train on these tensors
+        return [by_layer[i].float().clone() for i in wanted]
+
+    def _layers(self, layers: Sequence[int]) -> list[int]:
+        depth = self.dense.depth
+        valid = f"block indices in 0..{depth - 1} ({depth} blocks)"
+        try:
+            wanted = [operator.index(i) for i in layers]
+        except TypeError:
+            raise BenchError(f"{self.name}.patch_tokens: layers {layers!r} must be {valid}"
+                             ) from None
+        bad = [i for i in wanted if not 0 <= i < depth]
+        if not wanted or bad:
+            raise BenchError(f"{self.name}.patch_tokens: layers {list(wanted)} must be a "
+                             f"non-empty list of {valid}"
+                             + (f"; out of range: {bad}" if bad else ""))
+        return wanted
 
     def architecture(self) -> dict[str, Any]:
         return dict(self._architecture)
@@ -67,3 +130,57 @@ class FrozenBackbone(Backbone):
 def cls_and_patch_mean(tokens: torch.Tensor, num_prefix: int) -> dict[str, torch.Tensor]:
     """Final-norm tokens (B, N, D) -> first token and the mean of the patch tokens."""
     return {"cls": tokens[:, 0], "patch_mean": tokens[:, num_prefix:].mean(dim=1)}
+
+
+# ----------------------------------------------------------------------- patch-token grids
+
+
+def timm_patch_grids(model: torch.nn.Module, x: torch.Tensor, layers: list[int]
+                     ) -> list[torch.Tensor]:
+    """timm ViT blocks through the final norm, prefix (class, register) tokens removed, as the
+    DINOv2/v3 segmentation protocols read them; the last block's grid is the patch part of
+    `forward_features`."""
+    return model.forward_intermediates(x, indices=layers, norm=True, output_fmt="NCHW",
+                                       intermediates_only=True, stop_early=True)
+
+
+def timm_dense(model: torch.nn.Module) -> DenseTokens | None:
+    """Patch grids for a timm model whose blocks all give one same-shaped token grid (plain
+    ViTs: DINOv2/v3, DeiT, EVA, ...); None for hierarchical ones (ResNet, Swin, ConvNeXt),
+    whose stages differ in resolution and width, which the segmentation heads cannot combine.
+    """
+    method = getattr(model, "forward_intermediates", None)
+    info = getattr(model, "feature_info", None)
+    if method is None or not isinstance(info, list) or not info:
+        return None
+    try:
+        shapes = {(d["num_chs"], d["reduction"]) for d in info}
+        params = inspect.signature(method).parameters
+    except (TypeError, KeyError, ValueError):
+        return None
+    needed = {"indices", "norm", "output_fmt", "intermediates_only", "stop_early"}
+    if len(shapes) != 1 or not needed <= set(params):
+        return None
+    return DenseTokens(timm_patch_grids, len(info))
+
+
+def open_clip_patch_grids(tower: torch.nn.Module, x: torch.Tensor, layers: list[int]
+                          ) -> list[torch.Tensor]:
+    """open_clip VisionTransformer blocks through ``ln_post`` (the norm its pooled and token
+    outputs get), the class token removed."""
+    out = tower.forward_intermediates(x, indices=layers, stop_early=True,
+                                      normalize_intermediates=True, intermediates_only=True,
+                                      output_fmt="NCHW")
+    return out["image_intermediates"]
+
+
+def open_clip_dense(tower: torch.nn.Module) -> DenseTokens | None:
+    """Patch grids for an open_clip ViT image tower whose token outputs go through ``ln_post``
+    (class-token or mean pooling); None for attention-pooled towers (CoCa), towers that norm
+    only the pooled vector, and non-ViT towers (ModifiedResNet, timm trunks)."""
+    from open_clip.transformer import VisionTransformer
+
+    if (not isinstance(tower, VisionTransformer) or tower.attn_pool is not None
+            or tower.final_ln_after_pool):
+        return None
+    return DenseTokens(open_clip_patch_grids, len(tower.transformer.resblocks))

@@ -117,10 +117,13 @@ def build_with_weights(
     build: Callable[[], torch.nn.Module],
     load: Loader,
     init: str,
+    random_source: str | None = None,
 ) -> Built:
     """Resolve, then either load strictly (pretrained) or fall back to random init.
 
     init: how the random model is made, for the weights source (e.g. "timm init").
+    random_source: the whole weights source of a random-init fallback instead of
+        "<init> (seed 0); no weights found" (a backbone whose stored rows say it otherwise).
     """
     found = resolve(spec, weights)
     if found.path is None:
@@ -133,7 +136,7 @@ def build_with_weights(
         warn_random_init_once(spec.backbone, spec.hint())
         info = WeightsInfo(
             status="random-init",
-            source=f"{init} (seed {RANDOM_SEED}); no weights found",
+            source=random_source or f"{init} (seed {RANDOM_SEED}); no weights found",
             sha256=state_dict_sha256(model),
         )
         return Built(model, info, None)
@@ -234,5 +237,7 @@ def check_size(name: str, value: int | None, default: int, multiple: int = 1,
     if value % multiple:
         if round_to_multiple:
             return max(multiple, int(round(value / multiple)) * multiple)
-        raise BenchError(f"{name}={value} is not a multiple of the patch size {multiple}")
+        below = max(multiple, value - value % multiple)
+        raise BenchError(f"{name}={value} is not a multiple of the patch size {multiple}; use "
+                         f"e.g. {below} or {value - value % multiple + multiple}")
     return value

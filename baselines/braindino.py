@@ -12,33 +12,41 @@ keep float32 RoPE and record it in `architecture()`.
 
 Image size: the model has no absolute position embedding and builds RoPE from the patch grid
 of each input, so the same weights work at any multiple of 16 (e.g. 224, 112, 32).
+
+Weights: ``--weights`` / ``WEIGHTS=``, else ``BRAINDINO_WEIGHTS`` (no public download, so no
+cache is searched); none -> seeded random init, warned and marked. Resolution, the frozen
+embed and the patch grids are the shared baseline machinery (`_resolve`, `_frozen`); only the
+checkpoint loader and the optional earlier-block CLS tokens are BrainDINO's own.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from brainbench.backbone import (
-    Backbone,
-    InputContract,
-    WeightsInfo,
-    register_backbone,
-    warn_random_init_once,
+from brainbench.backbone import InputContract, WeightsInfo, register_backbone
+from brainbench.baselines._frozen import (
+    DenseTokens,
+    FrozenBackbone,
+    cls_and_patch_mean,
+    timm_patch_grids,
+)
+from brainbench.baselines._resolve import (
+    RANDOM_SEED,
+    WeightsSpec,
+    build_with_weights,
+    check_size,
+    merged,
+    strip_prefix,
+    unwrap,
+    with_notes,
 )
 from brainbench.errors import BenchError
-from brainbench.weights import (
-    LoadReport,
-    load_checkpoint,
-    load_state_strict,
-    sha256_file,
-    state_dict_sha256,
-)
+from brainbench.weights import LoadReport, load_state_strict
 
 MODEL_NAME = "vit_base_patch16_dinov3"
 NORM_EPS = 1e-6
@@ -48,7 +56,6 @@ PATCH_SIZE = 16
 FEATURE_DIM = 768
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_NUM_SLICES = 128
-RANDOM_SEED = 0
 WEIGHTS_ENV = "BRAINDINO_WEIGHTS"
 TOKENS = ("cls", "patch_mean")
 # Optional tokens (see DinoV3Backbone.with_tokens): the CLS of the 3 blocks before the last,
@@ -56,11 +63,14 @@ TOKENS = ("cls", "patch_mean")
 # linear evaluation). Off by default: they are only computed and cached when asked for.
 PREV_CLS_TOKENS = ("cls_prev3", "cls_prev2", "cls_prev1")
 
-WEIGHTS_HINT = (
-    "Name the BrainDINO checkpoint file (DINOv3 teacher format, e.g. teacher_checkpoint.pth) "
-    f"with the option --weights PATH, the make variable WEIGHTS=PATH, or the environment "
-    f"variable {WEIGHTS_ENV}=PATH."
+SPEC = WeightsSpec(
+    backbone="braindino",
+    env_var=WEIGHTS_ENV,
+    expected="the BrainDINO checkpoint file (DINOv3 teacher format, e.g. teacher_checkpoint.pth; "
+             "BrainDINO weights are not public yet)",
 )
+# the random-init fallback's weights source, word for word as run reports have always shown it
+RANDOM_SOURCE = f"timm init (seed {RANDOM_SEED}), no BrainDINO weights configured"
 
 # Keys of a DINOv3 training checkpoint that are not part of the frozen encoder.
 HEAD_KEYS = {
@@ -70,19 +80,6 @@ HEAD_KEYS = {
 _BACKBONE_PREFIX = "backbone."
 _QKV_BIAS = re.compile(r"^blocks\.\d+\.attn\.qkv\.bias$")
 _QKV_BIAS_MASK = re.compile(r"^blocks\.\d+\.attn\.qkv\.bias_mask$")
-
-
-def _check_size(name: str, value: int | None, default: int, multiple: int = 1) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BenchError(f"{name} must be a positive integer, got {value!r}")
-    if value % multiple:
-        raise BenchError(
-            f"{name}={value} is not a multiple of the patch size {multiple}; use e.g. "
-            f"{max(multiple, value - value % multiple)} or {value - value % multiple + multiple}"
-        )
-    return value
 
 
 def build_dinov3_vitb16(
@@ -122,41 +119,11 @@ def _split_checkpoint(
     ckpt: Mapping[str, Any], source: str
 ) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
     """-> (backbone state without prefix, other keys, prefix used in the file, notes)."""
-    notes: list[str] = []
-    if "teacher" in ckpt:
-        state = ckpt["teacher"]
-        if not isinstance(state, Mapping):
-            raise BenchError(
-                f"weights {source}: ckpt['teacher'] is a {type(state).__name__}, expected a "
-                "state dict (key -> tensor)"
-            )
-        ignored = sorted(k for k in ckpt if k != "teacher")
-        notes.append(
-            "used ckpt['teacher']"
-            + (f"; ignored top-level entries: {', '.join(map(str, ignored))}" if ignored else "")
-        )
-    else:
-        state = ckpt
-        if not any(isinstance(v, torch.Tensor) for v in state.values()):
-            raise BenchError(
-                f"weights {source}: expected a DINOv3 checkpoint {{'teacher': {{'backbone.*': "
-                f"tensor, ...}}}} or a plain backbone state dict; found top-level keys "
-                f"{sorted(map(str, state))[:10]} and no tensors"
-            )
-    if any(str(k).startswith(_BACKBONE_PREFIX) for k in state):
-        prefix = _BACKBONE_PREFIX
-        backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        other = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        clash = sorted(set(backbone) & set(other))
-        if clash:
-            raise BenchError(
-                f"weights {source}: ambiguous keys present both with and without the "
-                f"'backbone.' prefix: {clash[:10]}"
-            )
-    else:
-        prefix = ""
-        backbone = dict(state)
-        other = {}
+    state, notes = unwrap(ckpt, source, ("teacher",))
+    prefix = _BACKBONE_PREFIX if any(str(k).startswith(_BACKBONE_PREFIX) for k in state) else ""
+    backbone, other = strip_prefix(state, prefix) if prefix else (state, {})
+    if prefix:
+        merged(backbone, other, prefix, source)  # raises on a key with and without the prefix
     not_tensors = sorted(k for k, v in backbone.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise BenchError(
@@ -291,18 +258,51 @@ def load_braindino_weights(
         key_names=key_names,
         model_name=MODEL_NAME,
     )
-    return LoadReport(
-        source=report.source,
-        loaded=report.loaded,
-        skipped_missing=report.skipped_missing,
-        skipped_unexpected=report.skipped_unexpected,
-        file_dtypes=report.file_dtypes,
-        notes=tuple(notes) + report.notes,
-    )
+    return with_notes(report, notes)
 
 
-class DinoV3Backbone(Backbone):
-    """A frozen DINOv3 ViT-B/16 encoding 2d slices into final-norm CLS and patch-mean tokens."""
+def _features(model: torch.nn.Module, x: torch.Tensor, extra: tuple[str, ...] = ()
+              ) -> dict[str, torch.Tensor]:
+    """Final-norm CLS and patch mean; with `extra`, also earlier blocks' CLS in the same pass."""
+    if not extra:
+        return cls_and_patch_mean(model.forward_features(x), model.num_prefix_tokens)
+    depth = len(model.blocks)
+    tokens, inter = model.forward_intermediates(
+        x, indices=[depth - 4, depth - 3, depth - 2], return_prefix_tokens=True, norm=True,
+        output_fmt="NLC")
+    prev = dict(zip(PREV_CLS_TOKENS, (prefix[:, 0] for _, prefix in inter)))
+    return {**cls_and_patch_mean(tokens, model.num_prefix_tokens), **{t: prev[t] for t in extra}}
+
+
+def _architecture(model: torch.nn.Module, image_size: int, norm_eps: float) -> dict[str, Any]:
+    import timm
+
+    return {
+        "model": MODEL_NAME,
+        "implementation": f"timm {timm.__version__}",
+        "embed_dim": FEATURE_DIM,
+        "depth": len(model.blocks),
+        "num_heads": model.blocks[0].attn.num_heads,
+        "patch_size": PATCH_SIZE,
+        "qkv_bias": False,
+        "norm_eps": norm_eps,
+        "rope_base": ROPE_BASE,
+        "rope_dtype": ROPE_DTYPE,
+        "img_size": image_size,
+        "num_prefix_tokens": model.num_prefix_tokens,
+        "num_register_tokens": model.num_prefix_tokens - 1,
+        "features": "final-norm CLS token; mean of final-norm patch tokens",
+    }
+
+
+class DinoV3Backbone(FrozenBackbone):
+    """A frozen DINOv3 ViT-B/16 encoding 2d slices into final-norm CLS and patch-mean tokens.
+
+    Patch tokens: each block's (B, 768, H/16, W/16) grid through the final norm, register
+    tokens removed, as the DINOv2/v3 segmentation protocols read them
+    (get_intermediate_layers(norm=True)); the last block's grid equals the patch part of
+    `forward_features`.
+    """
 
     def __init__(
         self,
@@ -320,21 +320,21 @@ class DinoV3Backbone(Backbone):
         if unknown:
             raise BenchError(f"{name}: unknown extra token(s) {unknown}; available: "
                              f"{list(PREV_CLS_TOKENS)}")
-        self.extra_tokens = tuple(t for t in PREV_CLS_TOKENS if t in extra_tokens)
-        self.name = name
-        self.model = model.eval().requires_grad_(False)
-        self.weights = weights
-        self.load_report = load_report
-        self.norm_eps = norm_eps
-        self.contract = InputContract(
+        extra = tuple(t for t in PREV_CLS_TOKENS if t in extra_tokens)
+        contract = InputContract(
             dims="2d",
             in_channels=3,
             image_size=(image_size, image_size),
             num_slices=num_slices,
             intensity="robust_zscore",
-            tokens=TOKENS + self.extra_tokens,
+            tokens=TOKENS + extra,
             feature_dim=FEATURE_DIM,
         )
+        super().__init__(name, model, functools.partial(_features, extra=extra), contract,
+                         weights, _architecture(model, image_size, norm_eps), load_report,
+                         dense=DenseTokens(timm_patch_grids, len(model.blocks)))
+        self.extra_tokens = extra
+        self.norm_eps = norm_eps
 
     def with_tokens(self, extra: Sequence[str]) -> "DinoV3Backbone":
         """The same frozen model also returning the optional tokens `extra` (PREV_CLS_TOKENS).
@@ -347,118 +347,15 @@ class DinoV3Backbone(Backbone):
                               load_report=self.load_report,
                               extra_tokens=tuple(self.extra_tokens) + tuple(extra))
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
-    def to(self, device: str | torch.device) -> "DinoV3Backbone":
-        """Move the encoder (e.g. to a GPU); parameters stay frozen and float32."""
-        self.model.to(device)
-        return self
-
-    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        expected = (self.contract.in_channels, *self.contract.image_size)
-        if not isinstance(batch, torch.Tensor):
-            raise BenchError(
-                f"{self.name}.embed expects a torch.Tensor, got {type(batch).__name__}"
-            )
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-            raise BenchError(
-                f"{self.name}.embed expects a batch shaped (B, {', '.join(map(str, expected))}), "
-                f"got {tuple(batch.shape)}"
-            )
-        if not batch.is_floating_point():
-            raise BenchError(f"{self.name}.embed expects floating-point input, got {batch.dtype}")
-        model = self.model
-        model.eval()
-        device = self.device
-        x = batch.to(device=device, dtype=torch.float32)
-        num_prefix = model.num_prefix_tokens
-        # autocast off: bf16 on CPU is ~6x slower here, and the features must not depend on it
-        extra: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
-            if self.extra_tokens:  # one pass: final tokens plus the earlier blocks' CLS
-                depth = len(model.blocks)
-                tokens, inter = model.forward_intermediates(
-                    x, indices=[depth - 4, depth - 3, depth - 2], return_prefix_tokens=True,
-                    norm=True, output_fmt="NLC")
-                prev = dict(zip(PREV_CLS_TOKENS, (prefix[:, 0] for _, prefix in inter)))
-                extra = {t: prev[t].float().clone() for t in self.extra_tokens}
-            else:
-                tokens = model.forward_features(x)  # (B, prefix + patches, 768), final norm
-            cls = tokens[:, 0]
-            patch_mean = tokens[:, num_prefix:].mean(dim=1)
-        # clone outside inference mode: callers may train heads on these tensors
-        return {
-            "cls": cls.float().clone(),
-            "patch_mean": patch_mean.float().clone(),
-            **extra,
-        }
-
-    def num_patch_layers(self) -> int:
-        return len(self.model.blocks)
-
-    def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
-        """Patch grids (B, 768, H/16, W/16) of the given blocks, each through the final norm.
-
-        As the DINOv2/v3 segmentation protocols do (get_intermediate_layers(norm=True)); the
-        last block's grid equals the patch part of `forward_features`.
-        """
-        depth = len(self.model.blocks)
-        wanted = [int(i) for i in layers]
-        if not wanted or any(not 0 <= i < depth for i in wanted):
-            raise BenchError(f"{self.name}.patch_tokens: layers {list(layers)} must be block "
-                             f"indices in 0..{depth - 1}")
-        expected = (self.contract.in_channels, *self.contract.image_size)
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 \
-                or tuple(batch.shape[1:]) != expected or not batch.is_floating_point():
-            raise BenchError(f"{self.name}.patch_tokens expects a float batch shaped "
-                             f"(B, {', '.join(map(str, expected))}), got "
-                             f"{getattr(batch, 'dtype', type(batch).__name__)} "
-                             f"{tuple(getattr(batch, 'shape', ()))}")
-        model = self.model
-        model.eval()
-        device = self.device
-        x = batch.to(device=device, dtype=torch.float32)
-        unique = sorted(set(wanted))
-        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
-            grids = model.forward_intermediates(x, indices=unique, norm=True, output_fmt="NCHW",
-                                                intermediates_only=True, stop_early=True)
-        by_layer = dict(zip(unique, grids))
-        return [by_layer[i].float().clone() for i in wanted]
-
-    def architecture(self) -> dict[str, Any]:
-        import timm
-
-        model = self.model
-        return {
-            "model": MODEL_NAME,
-            "implementation": f"timm {timm.__version__}",
-            "embed_dim": FEATURE_DIM,
-            "depth": len(model.blocks),
-            "num_heads": model.blocks[0].attn.num_heads,
-            "patch_size": PATCH_SIZE,
-            "qkv_bias": False,
-            "norm_eps": self.norm_eps,
-            "rope_base": ROPE_BASE,
-            "rope_dtype": ROPE_DTYPE,
-            "img_size": self.contract.image_size[0],
-            "num_prefix_tokens": model.num_prefix_tokens,
-            "num_register_tokens": model.num_prefix_tokens - 1,
-            "features": "final-norm CLS token; mean of final-norm patch tokens",
-        }
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+def sizes(image_size: int | None, num_slices: int | None) -> tuple[int, int]:
+    """Profile sizes; the image size must be a multiple of the patch size (never rounded)."""
+    return (check_size("image_size", image_size, DEFAULT_IMAGE_SIZE, PATCH_SIZE),
+            check_size("num_slices", num_slices, DEFAULT_NUM_SLICES))
 
 
-def _resolve_weights_path(weights: Path | None) -> tuple[Path | None, str]:
-    if weights is not None:
-        return Path(weights), "--weights"
-    env = os.environ.get(WEIGHTS_ENV, "").strip()
-    if env:
-        return Path(env).expanduser(), f"environment variable {WEIGHTS_ENV}"
-    return None, ""
+def _load(model: torch.nn.Module, ckpt: Mapping[str, Any], source: str) -> LoadReport:
+    return load_braindino_weights(model, ckpt, source=source)
 
 
 def make_braindino(
@@ -469,40 +366,12 @@ def make_braindino(
     num_slices: int | None = None,
 ) -> DinoV3Backbone:
     """Factory of the ``braindino`` backbone (see module docstring and `create_backbone`)."""
-    size = _check_size("image_size", image_size, DEFAULT_IMAGE_SIZE, PATCH_SIZE)
-    slices = _check_size("num_slices", num_slices, DEFAULT_NUM_SLICES)
-    path, origin = _resolve_weights_path(weights)
-
-    if path is None:
-        if require_weights:
-            raise BenchError(
-                "backbone 'braindino' needs its trained weights and none are configured "
-                f"(BrainDINO weights are not public yet). {WEIGHTS_HINT}"
-            )
-        model = build_dinov3_vitb16(size, seed=RANDOM_SEED)
-        warn_random_init_once("braindino", WEIGHTS_HINT)
-        info = WeightsInfo(
-            status="random-init",
-            source=f"timm init (seed {RANDOM_SEED}), no BrainDINO weights configured",
-            sha256=state_dict_sha256(model),
-        )
-        return DinoV3Backbone("braindino", model, info, image_size=size, num_slices=slices)
-
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise BenchError(
-            f"BrainDINO weights file {path} (from {origin}) {what}; expected a DINOv3 teacher "
-            f"checkpoint file. {WEIGHTS_HINT}"
-        )
-    source = str(path)
-    ckpt = load_checkpoint(path)
-    model = build_dinov3_vitb16(size, seed=RANDOM_SEED)
-    report = load_braindino_weights(model, ckpt, source=source)
-    del ckpt
-    info = WeightsInfo(status="pretrained", source=source, sha256=sha256_file(path))
-    return DinoV3Backbone(
-        "braindino", model, info, image_size=size, num_slices=slices, load_report=report
-    )
+    size, slices = sizes(image_size, num_slices)
+    built = build_with_weights(SPEC, weights=weights, require_weights=require_weights,
+                               build=lambda: build_dinov3_vitb16(size), load=_load,
+                               init="timm init", random_source=RANDOM_SOURCE)
+    return DinoV3Backbone("braindino", built.model, built.weights, image_size=size,
+                          num_slices=slices, load_report=built.report)
 
 
 register_backbone("braindino")(make_braindino)

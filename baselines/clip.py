@@ -13,6 +13,11 @@ e.g. ``open_clip_pytorch_model.bin`` or ``open_clip_model.safetensors``), else t
 the local HF cache. The tower is built at the input size; a checkpoint trained at another size
 has its position grid resampled by open_clip's own ``resize_pos_embed`` (bicubic), as
 open_clip does when it loads a model at a new size; the load report says so.
+
+Patch tokens (tumor_seg), both towers: every block's patch grid through the same final norm as
+the features (``ln_post`` for ``clip``, the trunk's ``norm`` for ``biomedclip``), class token
+removed, before any projection; (B, 768, size/16, size/16). open_clip's and timm's own
+``forward_intermediates`` compute them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ from typing import Any, Mapping
 import torch
 
 from brainbench.backbone import BACKBONES, InputContract, register_backbone
-from brainbench.baselines._frozen import FrozenBackbone, cls_and_patch_mean
+from brainbench.baselines._frozen import (
+    DenseTokens,
+    FrozenBackbone,
+    cls_and_patch_mean,
+    open_clip_dense,
+    timm_patch_grids,
+)
 from brainbench.baselines._resolve import (
     CachedFile,
     WeightsSpec,
@@ -164,7 +175,8 @@ def make_clip(*, weights: Path | None = None, require_weights: bool = False,
         "features": "ln_post CLS token (before projection); mean of ln_post patch tokens",
     }
     return FrozenBackbone("clip", built.model, _clip_features, _contract(size, slices),
-                          built.weights, architecture, built.report)
+                          built.weights, architecture, built.report,
+                          dense=open_clip_dense(built.model))
 
 
 # ---------------------------------------------------------------- BiomedCLIP
@@ -223,7 +235,8 @@ def make_biomedclip(*, weights: Path | None = None, require_weights: bool = Fals
         "features": "final-norm CLS token (before projection); mean of final-norm patch tokens",
     }
     return FrozenBackbone("biomedclip", built.model, _trunk_features, _contract(size, slices),
-                          built.weights, architecture, built.report)
+                          built.weights, architecture, built.report,
+                          dense=DenseTokens(timm_patch_grids, len(built.model.blocks)))
 
 
 def register_biomedclip_if_cached(hf_cache_dir: str | Path | None = None) -> bool:

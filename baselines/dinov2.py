@@ -18,6 +18,10 @@ Checkpoints accepted, all through one strict loader:
   ``cls_token`` (timm's register model keeps neither token inside ``pos_embed``; exact);
 - timm's own export (``timm/vit_base_patch14_dinov2.lvd142m`` ``model.safetensors``);
 - a DINOv2 training checkpoint ``{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}``.
+
+Patch tokens (tumor_seg): every block's patch grid through the final norm, class and register
+tokens removed (timm ``forward_intermediates``), as the DINOv2 segmentation protocol reads them;
+(B, 768, size/14, size/14).
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from typing import Any, Mapping
 import torch
 
 from brainbench.backbone import InputContract, register_backbone
-from brainbench.baselines._frozen import FrozenBackbone, cls_and_patch_mean
+from brainbench.baselines._frozen import (
+    DenseTokens,
+    FrozenBackbone,
+    cls_and_patch_mean,
+    timm_patch_grids,
+)
 from brainbench.baselines._resolve import (
     CachedFile,
     WeightsSpec,
@@ -141,6 +150,12 @@ def _features(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     return cls_and_patch_mean(model.forward_features(x), model.num_prefix_tokens)
 
 
+def _dense(model: torch.nn.Module) -> DenseTokens:
+    """Each block's patch grid through the final norm (register tokens removed); the grid
+    follows the input (e.g. 8x8 at 112 px)."""
+    return DenseTokens(timm_patch_grids, len(model.blocks))
+
+
 def _sizes(image_size: int | None, num_slices: int | None) -> tuple[int, int]:
     size = check_size("image_size", image_size, DEFAULT_IMAGE_SIZE, PATCH_SIZE,
                       round_to_multiple=True)
@@ -155,7 +170,8 @@ def _make(name: str, registers: bool, *, weights: Path | None, require_weights: 
                                build=lambda: build_dinov2(registers), load=load_dinov2_weights,
                                init="timm init")
     return FrozenBackbone(name, built.model, _features, _contract(size, slices), built.weights,
-                          _architecture(registers, built.model, size), built.report)
+                          _architecture(registers, built.model, size), built.report,
+                          dense=_dense(built.model))
 
 
 @register_backbone("dinov2")
@@ -181,5 +197,6 @@ def make_random2d(*, weights: Path | None = None, require_weights: bool = False,
     size, slices = _sizes(image_size, num_slices)
     built = random_model("random2d", weights, lambda: build_dinov2(False), "timm init")
     return FrozenBackbone("random2d", built.model, _features, _contract(size, slices),
-                          built.weights, _architecture(False, built.model, size))
+                          built.weights, _architecture(False, built.model, size),
+                          dense=_dense(built.model))
 

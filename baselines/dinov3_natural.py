@@ -11,6 +11,9 @@ missing q/v biases stay at their zero init, which is exactly that model.
 
 No absolute position embedding (RoPE from each input's grid), so any multiple of 16 works;
 profile sizes are rounded to the nearest multiple.
+
+Patch tokens (tumor_seg): every block's patch grid through the final norm, class and register
+tokens removed (timm ``forward_intermediates``); (B, 768, size/16, size/16).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from typing import Any, Mapping
 import torch
 
 from brainbench.backbone import InputContract, register_backbone
-from brainbench.baselines._frozen import FrozenBackbone, cls_and_patch_mean
+from brainbench.baselines._frozen import (
+    DenseTokens,
+    FrozenBackbone,
+    cls_and_patch_mean,
+    timm_patch_grids,
+)
 from brainbench.baselines._resolve import (
     CachedFile,
     WeightsSpec,
@@ -188,4 +196,4 @@ def make_dinov3(*, weights: Path | None = None, require_weights: bool = False,
         "features": "final-norm CLS token; mean of final-norm patch tokens",
     }
     return FrozenBackbone("dinov3", model, _features, contract, built.weights, architecture,
-                          built.report)
+                          built.report, dense=DenseTokens(timm_patch_grids, len(model.blocks)))

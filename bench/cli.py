@@ -171,7 +171,8 @@ def _analysis(args: argparse.Namespace, fractions=None):
     return load_analysis(store, models=_names(args.models), tasks=_names(args.tasks),
                          fractions=fractions, profile=args.profile,
                          data_source=args.data_source, reference=args.reference,
-                         n_boot=args.bootstrap, seed=args.bootstrap_seed)
+                         n_boot=args.bootstrap, seed=args.bootstrap_seed,
+                         protocol=args.protocol)
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -391,9 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="label fraction of the table (default: the largest shared one)")
         p.add_argument("--profile", default=None)
         p.add_argument("--data-source", default=None, help="e.g. phantom:v1-seed0-n80")
+        p.add_argument("--protocol", default=None,
+                       help="keep one protocol ('paper') or protocol and budget ('paper[20 "
+                            "trials]'); default: all, each (backbone, protocol) its own row")
         p.add_argument("--reference", default=None,
                        help="backbone the others are tested against (default: first pretrained "
-                            "of --models)")
+                            "of --models); with several protocols, its full row label")
         p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
         p.add_argument("--bootstrap-seed", type=int, default=0)
         p.add_argument("--out", default=out)

@@ -1,7 +1,10 @@
 """Named probe protocols: head + feature variant + aggregation + search space, declared per run.
 
 A result row's ``head`` column holds the protocol name, and the run's config hash covers the
-whole protocol, so two protocols never overwrite or average into each other.
+whole protocol and, for searched protocols, the trial budget, so two protocols (or budgets) never
+overwrite or average into each other. Wherever results are shown they carry `protocol_label`:
+the name, plus ``[N trials]`` for a searched protocol (the budget is read from the row's
+``hyperparameters``, which every searched cell records).
 
 Feature variants (per slice, per modality, before aggregation):
 - ``cls``: the final-norm CLS token.
@@ -16,6 +19,7 @@ attention-MIL head.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -109,6 +113,37 @@ for _protocol in (
 
 def get_protocol(name: str) -> Protocol:
     return PROTOCOLS.get(name)
+
+
+def budget_of(hyperparameters: Mapping[str, Any] | str | None) -> int | None:
+    """The optuna trial budget a stored row records (``trials``), or None."""
+    if isinstance(hyperparameters, str):
+        try:
+            hyperparameters = json.loads(hyperparameters or "{}")
+        except json.JSONDecodeError:
+            return None
+    trials = (hyperparameters or {}).get("trials") if isinstance(hyperparameters, Mapping) \
+        else None
+    return int(trials) if isinstance(trials, (int, float)) and not isinstance(trials, bool) \
+        and trials >= 1 else None
+
+
+def is_searched(name: str) -> bool:
+    """Whether ``name`` is a registered protocol with an optuna search space."""
+    return name in PROTOCOLS and PROTOCOLS.get(name).searched
+
+
+def protocol_label(head: str, hyperparameters: Mapping[str, Any] | str | None = None,
+                   trials: int | None = None) -> str:
+    """``paper[20 trials]`` for a searched protocol, the plain name otherwise.
+
+    The budget comes from ``trials`` or else from the row's ``hyperparameters``; a searched
+    protocol whose budget cannot be recovered is ``paper[? trials]``.
+    """
+    trials = trials if trials is not None else budget_of(hyperparameters)
+    if trials is None:
+        return f"{head}[? trials]" if is_searched(head) else str(head)
+    return f"{head}[{trials} trial{'s' if trials != 1 else ''}]"
 
 
 def check_tokens(protocol: Protocol, available: Sequence[str], backbone: str) -> None:

@@ -255,7 +255,8 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
         train = [s for s in samples if s.group in set(groups)]
         info, prediction, metrics = evaluate_cell(
             task, protocol, train, test, vectors, seed=cell.seed, trials=config.trials,
-            storage_url=store.url, study_name=f"brainbench-{cell.cell_id}")
+            storage_url=store.url, study_name=f"brainbench-{cell.cell_id}",
+            fresh=config.force)  # --force searches again instead of resuming the old study
         final = Cell(**{**cell.__dict__, "hyperparameters": dict(info.hyperparameters),
                         "selection": info.selection, "cache_key": cache_digest})
         store.write_cell(final, metrics, zip([s.id for s in test], [s.target for s in test],
@@ -265,7 +266,8 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
 
 def evaluate_cell(task: TaskSpec, protocol: Protocol, train: Sequence[Sample],
                   test: Sequence[Sample], inputs: dict[str, np.ndarray], *, seed: int,
-                  trials: int, storage_url: str | None = None, study_name: str | None = None):
+                  trials: int, storage_url: str | None = None, study_name: str | None = None,
+                  fresh: bool = False):
     """Fit on `train` (selection sees nothing else), then predict and score `test`.
 
     Returns (ProbeFit, test prediction, metrics). Test labels are read only after the head
@@ -275,7 +277,8 @@ def evaluate_cell(task: TaskSpec, protocol: Protocol, train: Sequence[Sample],
     y_train = target_array(task.target, [s.target for s in train])
     fitted = fit_protocol(protocol, task.target.kind, x_train, y_train, seed=seed,
                           target_transform=getattr(task.target, "transform", None),
-                          trials=trials, storage_url=storage_url, study_name=study_name)
+                          trials=trials, storage_url=storage_url, study_name=study_name,
+                          fresh=fresh)
     x_test = np.stack([inputs[s.id] for s in test])
     prediction = fitted.head.predict(x_test)
     y_test = target_array(task.target, [s.target for s in test])

@@ -6,10 +6,14 @@ label / event), optuna's TPE sampler proposes parameters, each trial trains on t
 part and reports the validation score per epoch so the MedianPruner can stop bad trials early,
 and the best parameters are refitted on the whole subset. The study lives in the same database
 as the results store (`storage_url`), named per cell, with ``load_if_exists=True``: a rerun
-after an interruption resumes it and only runs the missing trials.
+after an interruption resumes it and only runs the missing trials. ``fresh=True`` (the runner's
+``--force``) deletes the cell's old study first, so a forced rerun searches again instead of
+replaying the stored trials.
 
 When the subset is too small for an inner split (a few subjects at 1%), the protocol's fixed
-defaults (the reference recipe) are used and the selection text says so.
+defaults (the reference recipe) are used and the selection text says so. Every searched cell,
+fallback included, records its budget as ``hyperparameters["trials"]``: tables label results
+with it (``paper[20 trials]``), so two budgets are never shown as one.
 """
 
 from __future__ import annotations
@@ -98,11 +102,23 @@ def _quiet_optuna() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
+def _delete_study(storage_url: str, study_name: str) -> None:
+    """Remove a stored study (and its trials) if there is one."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=study_name, storage=storage_url)
+    except KeyError:  # no such study: nothing to discard
+        pass
+
+
 def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: int,
                  target_transform: str | None = None, trials: int = DEFAULT_TRIALS,
-                 storage_url: str | None = None, study_name: str | None = None) -> FittedHead:
+                 storage_url: str | None = None, study_name: str | None = None,
+                 fresh: bool = False) -> FittedHead:
     """Fit `protocol`'s head on the training subset (X, y) only; search if the protocol has a
-    search space. `storage_url` None keeps the study in memory (tests)."""
+    search space. `storage_url` None keeps the study in memory (tests); `fresh` discards a
+    stored study of the same name first (a forced rerun), otherwise it is resumed."""
     def new_head(params: dict[str, Any] | None) -> Any:
         return make_head(protocol.head, kind, seed=seed, params=params,
                          target_transform=target_transform)
@@ -115,7 +131,8 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     split = inner_split(kind, y, seed)
     if isinstance(split, str):
         head = new_head(dict(protocol.defaults)).fit(X, y)
-        info = replace(head.fit_info, selection=(
+        info = replace(head.fit_info, hyperparameters={
+            **head.fit_info.hyperparameters, "trials": trials}, selection=(
             f"fallback: fixed defaults {dict(protocol.defaults)} (the reference recipe), no "
             f"search: {split}"))
         head.set_fit_info(info)
@@ -144,6 +161,8 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
         new_head(params).fit(X_tr, y_tr, monitor=monitor)
         return best[0]
 
+    if fresh and storage_url is not None and study_name is not None:
+        _delete_study(storage_url, study_name)
     study = optuna.create_study(
         storage=storage_url, study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
@@ -158,9 +177,10 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         head = new_head(dict(protocol.defaults)).fit(X, y)
-        info = replace(head.fit_info, selection=(
-            f"fallback: fixed defaults {dict(protocol.defaults)}: no optuna trial completed "
-            f"({states})"))
+        info = replace(head.fit_info, hyperparameters={
+            **head.fit_info.hyperparameters, "study": study.study_name, "trials": trials},
+            selection=(f"fallback: fixed defaults {dict(protocol.defaults)}: no optuna trial "
+                       f"completed ({states})"))
         head.set_fit_info(info)
         return FittedHead(head, info, study.study_name, states)
     best = max(complete, key=lambda t: (t.value, -t.number))

@@ -4,8 +4,14 @@
 backbones and tasks; `Analysis` answers the questions the tables, curves and site ask, caching
 bootstrap replicates so each (backbone, task, fraction) is resampled once.
 
-An *entry* is one backbone with one set of weights (a random-init run and a pretrained run of
-the same architecture are two entries, and the random one is always labelled as such).
+An *entry* is one backbone with one set of weights under one probe protocol (a random-init run
+and a pretrained run of the same architecture are two entries, and the random one is always
+labelled as such; ``paper[10 trials]`` and ``paper[30 trials]`` of one backbone are two entries,
+labelled ``name {paper[10 trials]}`` whenever the selection holds more than one protocol or
+budget). Cells of different entries are never pooled.
+
+McNemar (classification tasks, when there is a reference) is supplementary to the paired
+bootstrap: per seed, the exact test on the subjects exactly one of the two gets right.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sqlalchemy import select
 
 from brainbench.errors import BenchError
 from brainbench.leaderboard import stats
+from brainbench.leaderboard.tables import protocol_labels, recovered_budgets
 from brainbench.metrics import PRIMARY_METRIC_DIRECTION
 from brainbench.store import ResultStore, predictions_table
 from brainbench.taskspec import TaskSpec, get_task
@@ -37,6 +44,7 @@ class Entry:
     weights_id: str
     weights_status: str
     label: str
+    protocol: str = ""  # protocol label, e.g. "linear" or "paper[20 trials]"
 
     @property
     def is_random(self) -> bool:
@@ -87,6 +95,14 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
+class McNemarComparison:
+    """An entry vs the reference on one classification task; ``only_a`` = only the entry."""
+
+    summary: stats.McNemarSummary
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RankSummary:
     mean_rank: float
     ci: tuple[float, float]
@@ -112,6 +128,11 @@ class Analysis:
 
     def direction(self, task: str) -> str:
         return PRIMARY_METRIC_DIRECTION.get(self.metric(task), "higher")
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocol labels of the selected results (one per entry, deduplicated)."""
+        return sorted({e.protocol for e in self.entries if e.protocol})
 
     def fractions(self, task: str | None = None, entry: Entry | None = None) -> list[float]:
         return sorted({k[2] for k in self.cells if (task is None or k[1] == task)
@@ -207,6 +228,43 @@ class Analysis:
                             stats.PairedTest(0.0, 0.0, 0.0, float("nan"), 0), float("nan"), "ref")
         return out
 
+    def _note(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def mcnemar(self, fraction: float, tasks: Sequence[str] | None = None
+                ) -> dict[tuple[Entry, str], McNemarComparison]:
+        """Exact McNemar of each entry vs the reference per classification task, seed by seed.
+
+        Seed s of both is compared (the label subset depends only on the IDs and the seed);
+        seeds only one of them has are left out. Different test subjects or labels for one
+        seed refuse the comparison with a note, like the paired bootstrap.
+        """
+        if self.reference is None:
+            return {}
+        out: dict[tuple[Entry, str], McNemarComparison] = {}
+        for task in tasks or [t.id for t in self.tasks]:
+            if get_task(task).target.kind != "classification":
+                continue
+            ref_recs = {r.seed: r for r in self.records(self.reference, task, fraction)}
+            for entry in self.entries:
+                if entry == self.reference:
+                    continue
+                recs = {r.seed: r for r in self.records(entry, task, fraction)}
+                seeds = sorted(set(recs) & set(ref_recs))
+                if not seeds or any(recs[s].scorer is None or ref_recs[s].scorer is None
+                                    for s in seeds):
+                    continue
+                try:
+                    results = [mcnemar_records(recs[s], ref_recs[s]) for s in seeds]
+                except BenchError as exc:
+                    self._note(f"{task} (fraction {fraction:g}): no McNemar test of "
+                               f"{entry.display} vs {self.reference.display}: {exc}")
+                    continue
+                out[(entry, task)] = McNemarComparison(
+                    stats.mcnemar_over_seeds(results, ALPHA), tuple(seeds))
+        return out
+
     # ------------------------------------------------------------------ label efficiency
 
     def efficiency(self, entry: Entry, task: str) -> Efficiency | None:
@@ -254,6 +312,19 @@ class Analysis:
         return max(common)
 
 
+def mcnemar_records(a: CellRecord, b: CellRecord) -> stats.McNemarResult:
+    """McNemar of two stored classification cells on the same test subjects; a BenchError
+    names what differs when they were not scored on the same subjects with the same labels."""
+    if a.sample_ids != b.sample_ids:
+        only = sorted(set(a.sample_ids) ^ set(b.sample_ids))
+        raise BenchError(f"seed {a.seed}: the cells were scored on different test subjects "
+                         f"({len(a.sample_ids)} vs {len(b.sample_ids)}; "
+                         f"{len(only)} in only one, e.g. {only[:3]})")
+    if not np.array_equal(a.scorer.y, b.scorer.y):
+        raise BenchError(f"seed {a.seed}: the same test subjects carry different stored labels")
+    return stats.mcnemar_exact(a.scorer.y, a.scorer.hard(), b.scorer.hard())
+
+
 @functools.lru_cache(maxsize=256)
 def _cached_indices(n: int, n_boot: int, seed: int, key: str) -> np.ndarray:
     return stats.bootstrap_indices(n, n_boot, seed, key)
@@ -277,16 +348,21 @@ def _one(frame: pd.DataFrame, column: str, option: str) -> None:
                          f"({', '.join(map(str, values))}); choose one with {option}")
 
 
-def _entries(frame: pd.DataFrame) -> dict[tuple[str, str], Entry]:
-    pairs = frame[["backbone", "weights_id", "weights_status"]].drop_duplicates()
+def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str], Entry]:
+    """One entry per (backbone, weights, protocol label); the protocol is in the label when the
+    selection holds more than one."""
+    pairs = frame[["backbone", "weights_id", "weights_status", "protocol"]].drop_duplicates()
     per_name = pairs.groupby("backbone")["weights_id"].nunique()
+    several = pairs["protocol"].nunique() > 1
     out = {}
     for row in pairs.itertuples(index=False):
         label = row.backbone
         if per_name[row.backbone] > 1:
             label = f"{row.backbone} ({row.weights_id.split(':')[-1][:8]})"
-        out[(row.backbone, row.weights_id)] = Entry(row.backbone, row.weights_id,
-                                                    row.weights_status, label)
+        if several:
+            label = f"{label} {{{row.protocol}}}"
+        out[(row.backbone, row.weights_id, row.protocol)] = Entry(
+            row.backbone, row.weights_id, row.weights_status, label, row.protocol)
     return out
 
 
@@ -294,11 +370,12 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                   tasks: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
                   profile: str | None = None, data_source: str | None = None,
                   head: str | None = None, reference: str | None = None,
-                  n_boot: int = 1000, seed: int = 0) -> Analysis:
+                  n_boot: int = 1000, seed: int = 0, protocol: str | None = None) -> Analysis:
     """Read the selected cells (primary metric + predictions) and set up the statistics.
 
     reference: a backbone name (or entry label); default the first pretrained entry in the
     order of ``models`` (else by name), else the first entry; none with a single entry.
+    protocol: keep one protocol (``paper``) or one protocol and budget (``paper[20 trials]``).
     """
     task_specs = [get_task(t) for t in tasks] if tasks else None
     frame = store.frame(backbone=list(models) if models else None,
@@ -316,13 +393,21 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
         raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
     _one(frame, "profile", "--profile (PROFILE=)")
     _one(frame, "data_source", "--data-source")
-    _one(frame, "head", "--head")
+    # budgets recovered on every row (old fallback rows from their config hash's siblings)
+    frame = frame.assign(trials=recovered_budgets(frame), protocol=protocol_labels(frame))
+    if protocol:
+        chosen = frame[(frame["head"] == protocol) | (frame["protocol"] == protocol)]
+        if chosen.empty:
+            raise BenchError(f"no results of protocol {protocol!r} for that selection; stored: "
+                             f"{', '.join(sorted(set(frame['protocol'])))}")
+        frame = chosen
     spec_of = {t: get_task(t) for t in frame["task"].unique()}
     frame = frame[[m == spec_of[t].primary_metric for t, m in zip(frame["task"], frame["metric"])]]
     frame = frame[frame["value"].notna()]
     # a re-run under a new config replaces, for display, the older cell of the same setting
     frame = (frame.sort_values("created_at")
-             .drop_duplicates(["backbone", "weights_id", "task", "fraction", "seed"], keep="last"))
+             .drop_duplicates(["backbone", "weights_id", "protocol", "task", "fraction", "seed"],
+                              keep="last"))
     entries = _entries(frame)
     preds = _predictions(store, list(frame["cell_id"]))
     cells: dict[tuple[Entry, str, float, int], CellRecord] = {}
@@ -330,11 +415,13 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     for row in frame.to_dict("records"):
         spec = spec_of[row["task"]]
         rows = preds.get(row["cell_id"], [])
-        entry = entries[(row["backbone"], row["weights_id"])]
+        entry = entries[(row["backbone"], row["weights_id"], row["protocol"])]
         provenance = {k: row[k] for k in ("cell_id", "code_version", "weights_sha256",
                                           "split_hash", "subset_hash", "config_hash",
                                           "created_at", "profile", "data_source", "head",
-                                          "n_train", "n_test", "selection", "dataset")}
+                                          "protocol", "n_train", "n_test", "selection",
+                                          "dataset")}
+        provenance["trials"] = None if pd.isna(row["trials"]) else int(row["trials"])
         key = (entry, row["task"], float(row["fraction"]), int(row["seed"]))
         if spec.primary_metric not in stats.BOOTSTRAP_METRICS.get(spec.target.kind, ()):
             note = (f"{spec.id}: {spec.primary_metric} cannot be recomputed from stored "
@@ -372,9 +459,16 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
 
 def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
     if wanted:
-        for entry in entries:
-            if wanted in (entry.backbone, entry.label):
-                return entry
+        exact = [e for e in entries if wanted in (e.label, e.display)]
+        if exact:
+            return exact[0]
+        named = [e for e in entries if wanted == e.backbone]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise BenchError(f"reference {wanted!r} matches {len(named)} results ("
+                             + "; ".join(e.label for e in named) + "): pass one of these "
+                             "labels, e.g. --reference '" + named[0].label + "'")
         raise BenchError(f"reference backbone {wanted!r} is not among the selected results "
                          f"({', '.join(e.label for e in entries)})")
     if len(entries) < 2:

@@ -5,7 +5,9 @@ rows backbones, columns tasks, each cell the mean over seeds with its bootstrap 
 ▲/▼ for significant wins/losses against the reference, and the mean rank with its interval.
 Random-init rows carry a RANDOM-INIT badge and a striped background. Each task has a page with
 its label-scarcity curves, per-fraction tables, label efficiency and the provenance of every
-cell with the command that reproduces it.
+cell with the command that reproduces it. For classification tasks a supplementary table gives
+the exact McNemar test of each backbone against the reference (seed by seed, summarised).
+Rows are (backbone, protocol) entries: two protocols or search budgets are two labelled rows.
 
 Nothing is fetched from anywhere: no fonts, scripts or styles from other hosts. Every name that
 comes from the store goes through `html.escape`, so a backbone called ``<script>`` is text.
@@ -29,7 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from brainbench.errors import BenchError  # noqa: E402
 from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
-from brainbench.leaderboard.tables import RANDOM_NOTE, best_entries  # noqa: E402
+from brainbench.leaderboard.tables import (MCNEMAR_TITLE, RANDOM_NOTE, best_entries,  # noqa: E402
+                                           mcnemar_note, protocol_note)
 
 e = html.escape
 MARKER = ".brainbench-site"
@@ -180,6 +183,38 @@ def overall_table(analysis: Analysis, fraction: float, table_id: str | None,
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+def mcnemar_table(analysis: Analysis, columns: list[tuple[str, str, float]]) -> str:
+    """Supplementary McNemar table: rows entries, one column per (header, task, fraction);
+    empty when there is no reference or no classification task to test."""
+    results = {(task, f): analysis.mcnemar(f, [task]) for _, task, f in columns}
+    columns = [c for c in columns if results[(c[1], c[2])]]
+    if not columns:
+        return ""
+    heads = "".join(f"<th>{e(h)}<br><span class=\"ci\">only row / only reference right"
+                    "</span></th>" for h, _, _ in columns)
+    rows = []
+    for entry in analysis.entries:
+        found = [results[(t, f)].get((entry, t)) for _, t, f in columns]
+        if not any(found):
+            continue
+        cells = "".join(
+            "<td>–</td>" if m is None else
+            f"<td>{m.summary.only_a_correct} / {m.summary.only_b_correct}<br>"
+            f'<span class="ci">median p={m.summary.median_p:.3g}, {m.summary.significant}/'
+            f"{m.summary.n_seeds} seeds p&lt;{m.summary.alpha:g}</span></td>" for m in found)
+        css = ' class="random"' if entry.is_random else ""
+        rows.append(f"<tr{css}><td>{e(entry.display)}</td>{cells}</tr>")
+    fractions = sorted({f for _, _, f in columns})
+    note = mcnemar_note(analysis, fractions[0] if len(fractions) == 1 else None)
+    return (f"<h3>{e(MCNEMAR_TITLE)}</h3><table><thead><tr><th>backbone</th>{heads}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table><p class=\"note\">{e(note)}</p>")
+
+
+def _classification(analysis: Analysis, fraction: float) -> list[tuple[str, str, float]]:
+    return [(t.id, t.id, fraction) for t in analysis.tasks
+            if t.target.kind == "classification"]
+
+
 def legend(analysis: Analysis) -> str:
     ref = analysis.reference
     items = [f"Cells: mean of the primary metric over seeds (k seeds, ± sd), with its 95% "
@@ -196,6 +231,8 @@ def legend(analysis: Analysis) -> str:
         items.append("Only one backbone: no significance tests.")
     items.append("Mean rank: 1 = best, over the tasks where every backbone has a result; the "
                  "interval comes from ranking each bootstrap resample.")
+    if protocol_note(analysis):
+        items.append(e(protocol_note(analysis)))
     if any(en.is_random for en in analysis.entries):
         items.append('<span class="badge">RANDOM-INIT</span> ' + e(RANDOM_NOTE))
     if any(t.target.kind == "survival" for t in analysis.tasks):
@@ -213,6 +250,10 @@ def reproduce_command(record: CellRecord) -> str:
     p = record.provenance
     parts = [f"make bench MODEL={record.entry.backbone}", f"FRACTION={record.fraction:g}",
              f"TASKS={record.task}", f"SEEDS={record.seed}", f"PROFILE={p['profile']}"]
+    if p.get("head", "linear") != "linear":
+        parts.append(f"PROTOCOL={p['head']}")
+    if p.get("trials"):
+        parts.append(f"TRIALS={p['trials']}")
     if str(p["data_source"]).startswith("real:"):
         parts.append(f"DATA={str(p['data_source']).removeprefix('real:')}")
     if not record.entry.is_random:
@@ -304,14 +345,17 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None)
     others = [f for f in sorted(analysis.fractions(), reverse=True) if f != headline]
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     first = next(iter(analysis.cells.values()))
+    protocols = analysis.protocols or [str(first.provenance["head"])]
     context = (f"profile <code>{e(str(first.provenance['profile']))}</code>, data "
-               f"<code>{e(str(first.provenance['data_source']))}</code>, head "
-               f"<code>{e(str(first.provenance['head']))}</code>; built {e(stamp)}")
+               f"<code>{e(str(first.provenance['data_source']))}</code>, "
+               f"protocol{'s' if len(protocols) > 1 else ''} "
+               + ", ".join(f"<code>{e(p)}</code>" for p in protocols) + f"; built {e(stamp)}")
     tasks = "".join(f'<li><a href="task-{e(t.id)}.html">{e(t.id)}</a>: {e(t.endpoint)} '
                     f'({e(t.dataset)})</li>' for t in analysis.tasks)
     sections = [f"<h1>brainbench leaderboard</h1><p class=\"note\">{context}</p>",
                 f"<h2>Overall, label fraction {headline:g}</h2>",
-                overall_table(analysis, headline, "overall"), legend(analysis)]
+                overall_table(analysis, headline, "overall"),
+                mcnemar_table(analysis, _classification(analysis, headline)), legend(analysis)]
     if len(analysis.fractions()) > 1:
         write_curves(analysis, staging / "figures", stem="label_scarcity")
         sections.append('<h2>Label-scarcity curves</h2><img src="figures/label_scarcity.png" '
@@ -319,7 +363,8 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None)
                         '<a href="figures/label_scarcity.svg">SVG</a>; dashed lines, hollow '
                         'markers = random-init.</p>')
     for f in others:
-        sections += [f"<h2>Label fraction {f:g}</h2>", overall_table(analysis, f, None)]
+        sections += [f"<h2>Label fraction {f:g}</h2>", overall_table(analysis, f, None),
+                     mcnemar_table(analysis, _classification(analysis, f))]
     sections.append(f"<h2>Tasks</h2><ul>{tasks}</ul>")
     (staging / "index.html").write_text(_page("brainbench leaderboard", "\n".join(sections)),
                                         encoding="utf-8")
@@ -332,7 +377,10 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None)
                 f"better).</p>",
                 f'<img src="figures/{e(spec.id)}.png" alt="label-scarcity curve of '
                 f'{e(spec.id)}">', "<h2>By label fraction</h2>",
-                _fraction_table(analysis, spec.id), legend(analysis),
+                _fraction_table(analysis, spec.id),
+                mcnemar_table(analysis, [(f"fraction {f:g}", spec.id, f)
+                                         for f in analysis.fractions(spec.id)]),
+                legend(analysis),
                 "<h2>Label efficiency</h2>", _efficiency_table(analysis, spec.id),
                 "<h2>Provenance of every cell</h2>", _provenance_table(analysis, spec.id)]
         (staging / f"task-{spec.id}.html").write_text(_page(f"brainbench: {spec.id}",

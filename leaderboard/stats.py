@@ -23,13 +23,18 @@ scores, which the store does not keep, so survival intervals are for Harrell's C
 
 A resample where the metric is undefined (an AUC resample without one of the classes, a
 C-index resample without a comparable pair) yields NaN and is left out of percentiles.
+
+McNemar (supplementary, classification only): the exact test on the discordant pairs of two
+classifiers' hard predictions (argmax of the stored probabilities) on the same test subjects,
+per seed, summarised over seeds. The paired bootstrap of the primary metric stays the primary
+test; McNemar asks the simpler question "do they get different subjects right?".
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -137,6 +142,13 @@ class Scorer:
 
     def point(self) -> float:
         return float(self(np.arange(self.n))[0])
+
+    def hard(self) -> np.ndarray:
+        """Classification: the predicted class index per subject (argmax of the stored
+        probabilities, columns in the probe's sorted class order; ties go to the first)."""
+        if self.kind != "classification":
+            raise BenchError(f"hard predictions exist for classification only, not {self.kind}")
+        return np.argmax(self.prediction, axis=1)
 
 
 def class_order(labels: Sequence[str], n_columns: int, declared: Sequence[str] = ()) -> list[str]:
@@ -259,3 +271,78 @@ def ranks(scores: np.ndarray, direction: str) -> np.ndarray:
     """Ranks along the last axis, 1 = best, ties share the average rank."""
     signed = -np.asarray(scores, dtype=float) if direction == "higher" else np.asarray(scores)
     return rankdata(signed, axis=-1, method="average")
+
+
+# --------------------------------------------------------------------------- McNemar
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    n: int  # paired test subjects
+    only_a_correct: int  # b
+    only_b_correct: int  # c
+    accuracy_a: float
+    accuracy_b: float
+    p_value: float  # exact two-sided binomial test of b vs c (p = 0.5)
+
+
+def mcnemar_exact(y_true: Sequence[Any], pred_a: Sequence[Any],
+                  pred_b: Sequence[Any]) -> McNemarResult:
+    """Exact McNemar test of two classifiers' hard predictions on the same subjects: b of the
+    b + c discordant subjects against Binomial(b + c, 1/2), two-sided (scipy's binomtest)."""
+    from scipy.stats import binomtest
+
+    truth, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    if not truth.shape == a.shape == b.shape or truth.ndim != 1:
+        raise BenchError(f"McNemar needs three aligned 1-D arrays, got shapes {truth.shape}, "
+                         f"{a.shape}, {b.shape}")
+    if truth.size == 0:
+        raise BenchError("McNemar needs at least one paired test subject")
+    right_a, right_b = a == truth, b == truth
+    only_a = int((right_a & ~right_b).sum())
+    only_b = int((right_b & ~right_a).sum())
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
+    return McNemarResult(int(truth.size), only_a, only_b, float(right_a.mean()),
+                         float(right_b.mean()), p)
+
+
+def mcnemar_between(predictions_a: Mapping[str, Any], predictions_b: Mapping[str, Any],
+                    truth: Mapping[str, Any]) -> McNemarResult:
+    """McNemar on two {subject id: hard label} maps; both must cover the same test subjects."""
+    ids_a, ids_b = set(predictions_a), set(predictions_b)
+    if ids_a != ids_b:
+        raise BenchError(f"McNemar compares the same test subjects, but {len(ids_a ^ ids_b)} "
+                         f"subject(s) are in only one set (e.g. {sorted(ids_a ^ ids_b)[:3]})")
+    missing = sorted(ids_a - set(truth))
+    if missing:
+        raise BenchError(f"no true label for test subject(s) {missing[:3]}")
+    ids = sorted(ids_a)
+    return mcnemar_exact([truth[i] for i in ids], [predictions_a[i] for i in ids],
+                         [predictions_b[i] for i in ids])
+
+
+@dataclass(frozen=True)
+class McNemarSummary:
+    """McNemar of A vs B over seeds (seed s of A against seed s of B: the same label subset)."""
+
+    only_a_correct: int  # summed over seeds
+    only_b_correct: int
+    median_p: float
+    significant: int  # seeds with p < alpha
+    n_seeds: int
+    alpha: float
+    per_seed: tuple[McNemarResult, ...]
+
+    def text(self) -> str:
+        return (f"{self.only_a_correct} / {self.only_b_correct}, median p={self.median_p:.3g}, "
+                f"{self.significant}/{self.n_seeds} seeds p<{self.alpha:g}")
+
+
+def mcnemar_over_seeds(results: Sequence[McNemarResult], alpha: float = 0.05) -> McNemarSummary:
+    if not results:
+        raise BenchError("McNemar over seeds needs at least one seed")
+    p = np.array([r.p_value for r in results], dtype=float)
+    return McNemarSummary(sum(r.only_a_correct for r in results),
+                          sum(r.only_b_correct for r in results), float(np.median(p)),
+                          int((p < alpha).sum()), len(results), alpha, tuple(results))

@@ -2,7 +2,9 @@
 
 Every backbone column that used random-init weights says so in its header, and the table
 carries a footnote explaining what that means: nobody should mistake an untrained
-architecture's numbers for a trained encoder's.
+architecture's numbers for a trained encoder's. Protocols and search budgets are part of the
+column (``{linear}``, ``{paper[20 trials]}``): cells of different protocols or budgets are never
+averaged together.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from brainbench.metrics import PRIMARY_METRIC_DIRECTION
+from brainbench.protocols import budget_of, is_searched, protocol_label
 from brainbench.taskspec import TaskSpec
 
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
@@ -24,6 +27,42 @@ def column_label(backbone: str, weights_status: str, weights_id: str) -> str:
     return f"{backbone}{marker} ({weights_id.split(':')[-1][:8]})"
 
 
+def recovered_budgets(frame: pd.DataFrame) -> pd.Series:
+    """Each row's optuna trial budget (None: not searched, or not recoverable).
+
+    The budget is the row's ``hyperparameters["trials"]``. Rows of older stores that lack it
+    (fallback cells) take the budget of the cells sharing their config hash, which covers the
+    budget.
+    """
+    hyper = frame["hyperparameters"] if "hyperparameters" in frame else \
+        pd.Series(None, index=frame.index, dtype=object)
+    budgets = [budget_of(h) for h in hyper]
+    if "config_hash" in frame:
+        known: dict[str, set[int]] = {}
+        for config, budget in zip(frame["config_hash"], budgets):
+            if budget is not None:
+                known.setdefault(config, set()).add(budget)
+        budgets = [next(iter(known[c])) if b is None and len(known.get(c, ())) == 1 else b
+                   for c, b in zip(frame["config_hash"], budgets)]
+    return pd.Series(budgets, index=frame.index, dtype=object)
+
+
+def protocol_labels(frame: pd.DataFrame) -> pd.Series:
+    """Each row's protocol label: ``linear``, ``paper[20 trials]``, ... (see
+    `recovered_budgets`). A searched protocol whose budget no row of its config hash records
+    says ``?`` and names the config hash, so unknown budgets still never share a label."""
+    if "head" not in frame:
+        return pd.Series("", index=frame.index, dtype=object)
+    configs = frame["config_hash"].astype(str) if "config_hash" in frame else None
+    labels = []
+    for i, (head, budget) in enumerate(zip(frame["head"].astype(str), recovered_budgets(frame))):
+        label = protocol_label(head, trials=budget)
+        if budget is None and is_searched(head) and configs is not None:
+            label = f"{head}[? trials, config {configs.iloc[i][:8]}]"
+        labels.append(label)
+    return pd.Series(labels, index=frame.index, dtype=object)
+
+
 def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     """mean +- sd over seeds per (task, metric, fraction, backbone column)."""
     wanted = {t.id: (t.primary_metric, *t.secondary_metrics) for t in tasks}
@@ -33,8 +72,11 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
         return pd.DataFrame()
     keep["column"] = [column_label(*r) for r in
                       keep[["backbone", "weights_status", "weights_id"]].itertuples(index=False)]
-    if "head" in keep and keep["head"].nunique() > 1:  # protocols side by side
-        keep["column"] = [f"{c} {{{h}}}" for c, h in zip(keep["column"], keep["head"])]
+    if "head" in keep:  # protocols and budgets side by side, never pooled
+        keep["protocol"] = protocol_labels(keep)
+        budgeted = (keep["protocol"] != keep["head"].astype(str)).any()  # searched: show budget
+        if keep["protocol"].nunique() > 1 or budgeted:
+            keep["column"] = [f"{c} {{{p}}}" for c, p in zip(keep["column"], keep["protocol"])]
     selection = keep["selection"] if "selection" in keep else pd.Series("", index=keep.index)
     keep["fallback"] = selection.fillna("").str.startswith("fallback")
     grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
@@ -170,11 +212,24 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
     return headers, rows
 
 
+def protocol_note(analysis) -> str | None:
+    """Which probe protocol (and search budget) the rows are, in words."""
+    protocols = analysis.protocols
+    if len(protocols) == 1:
+        return f"Probe protocol: {protocols[0]}."
+    if protocols:
+        return (f"Probe protocols: {', '.join(protocols)}; each (backbone, protocol / search "
+                "budget) is its own row, never pooled with another.")
+    return None
+
+
 def stats_table_notes(analysis, fraction: float) -> list[str]:
     ref = analysis.reference.display if analysis.reference else None
     notes = [f"Label fraction {fraction:g}. Cells: mean of the primary metric over seeds "
              f"[95% subject-level bootstrap interval, {analysis.n_boot} resamples, seed "
              f"{analysis.seed}]; bold = best in the column."]
+    if protocol_note(analysis):
+        notes.append(protocol_note(analysis))
     if ref:
         notes.append(f"▲ / ▼: significantly better / worse than the reference {ref} (paired "
                      "bootstrap of the difference on the same test subjects, Holm-adjusted "
@@ -193,19 +248,66 @@ def get_kind(task: TaskSpec) -> str:
     return task.target.kind
 
 
+MCNEMAR_TITLE = "McNemar (supplementary; classification tasks)"
+
+
+def mcnemar_note(analysis, fraction: float | None, esc=str) -> str:
+    """The McNemar table's note; ``esc`` escapes the reference's name for the output format."""
+    ref = esc(analysis.reference.display) if analysis.reference else "the reference"
+    where = f", label fraction {fraction:g}" if fraction is not None else ""
+    return (f"{MCNEMAR_TITLE}{where}: exact two-sided McNemar test "
+            "(binomial on the discordant subjects; hard prediction = the most probable class), "
+            f"each seed against the same seed of the reference {ref} (same label subset, same "
+            "test subjects). Cells: subjects only this row gets right / only the reference "
+            "gets right, summed over seeds; the median p over seeds; seeds with p < 0.05. "
+            "Not adjusted for multiplicity; the paired bootstrap above is the primary test.")
+
+
+def mcnemar_rows(analysis, fraction: float, fmt: str = "markdown"
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the McNemar table; no rows without a reference or a classification
+    task that both the reference and another row have at ``fraction``."""
+    esc = latex_escape if fmt == "latex" else markdown_escape
+    results = analysis.mcnemar(fraction)
+    tasks = [t.id for t in analysis.tasks if any(k[1] == t.id for k in results)]
+    if not tasks:
+        return [], []
+    headers = ["backbone"] + [f"{esc(t)}: only row / only ref right" for t in tasks]
+    rows = []
+    for entry in analysis.entries:
+        if not any((entry, t) in results for t in tasks):
+            continue
+        cell = (lambda t: latex_escape(results[(entry, t)].summary.text())) if fmt == "latex" \
+            else (lambda t: results[(entry, t)].summary.text())  # numbers only: no escaping
+        rows.append([esc(entry.display)] + [cell(t) if (entry, t) in results
+                                            else ("--" if fmt == "latex" else "–")
+                                            for t in tasks])
+    return headers, rows
+
+
 def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
     """A Markdown (tabulate github) or LaTeX (tabulate latex_raw) statistical table."""
     if fmt not in ("markdown", "latex"):
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
     headers, rows = stats_table_rows(analysis, fraction, fmt)
-    table = tabulate(rows, headers=headers, disable_numparse=True,
-                     tablefmt="latex_raw" if fmt == "latex" else "github")
+    tablefmt = "latex_raw" if fmt == "latex" else "github"
+    table = tabulate(rows, headers=headers, disable_numparse=True, tablefmt=tablefmt)
+    m_headers, m_rows = mcnemar_rows(analysis, fraction, fmt)  # before the notes: it adds some
     notes = stats_table_notes(analysis, fraction)
+    m_table = tabulate(m_rows, headers=m_headers, disable_numparse=True,
+                       tablefmt=tablefmt) if m_rows else ""
     if fmt == "latex":
         notes = [latex_escape(n).replace("▲", r"$\blacktriangle$")
                  .replace("▼", r"$\blacktriangledown$") for n in notes]
-        return table + "\n" + "\n".join(f"% {n}" for n in notes) + "\n"
-    return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        text = table + "\n" + "\n".join(f"% {n}" for n in notes) + "\n"
+        if m_table:
+            text += f"\n{m_table}\n% {latex_escape(mcnemar_note(analysis, fraction))}\n"
+        return text
+    text = table + "\n\n" + "\n".join(f"- {markdown_escape(n)}" for n in notes) + "\n"
+    if m_table:
+        text += (f"\n**{MCNEMAR_TITLE}**\n\n{m_table}\n\n"
+                 f"- {mcnemar_note(analysis, fraction, markdown_escape)}\n")
+    return text
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -142,7 +142,8 @@ def test_comparison_table_puts_protocols_side_by_side():
 
     rows = [dict(backbone="m", weights_status="pretrained", weights_id="x:abcdef12", task="brain_age",
                  dataset="ixi", metric="mae", fraction=0.1, seed=s, value=v + s, n_train=5,
-                 n_test=4, head=h) for h, v in (("linear", 10.0), ("paper", 20.0)) for s in (0, 1)]
+                 n_test=4, head=h, hyperparameters='{"trials": 20}' if h == "paper" else "{}")
+            for h, v in (("linear", 10.0), ("paper", 20.0)) for s in (0, 1)]
     table = comparison_table(pd.DataFrame(rows), [get_task("brain_age")])
-    assert "{linear}" in table and "{paper}" in table
+    assert "{linear}" in table and "{paper[20 trials]}" in table  # searched: with its budget
     assert "10.500" in table and "20.500" in table

@@ -9,20 +9,24 @@ embedding itself. k comes from `K_GRID` by inner cross-validation on the trainin
 - survival: the neighbours' Nelson-Aalen cumulative hazard summed over the training event
   times (the "expected mortality" risk score random survival forests use); higher = earlier.
 
-McNemar: `mcnemar_exact` compares two backbones' (or protocols') hard predictions on the same
-test subjects with the exact binomial test on the discordant pairs.
+McNemar: `mcnemar_cells` compares two stored cells' hard predictions on the same test subjects
+with the exact binomial test on the discordant pairs. The test itself (`mcnemar_exact`,
+`mcnemar_between`) lives in brainbench.leaderboard.stats, which the leaderboard also uses; it
+is re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from brainbench.errors import BenchError
+from brainbench.leaderboard.stats import McNemarResult, mcnemar_between, mcnemar_exact
 from brainbench.probes import MAX_FOLDS, ProbeFit, _check_features, _survival_arrays
+
+__all__ = ["KNNHead", "McNemarResult", "mcnemar_between", "mcnemar_cells", "mcnemar_exact"]
 
 K_GRID: tuple[int, ...] = (1, 3, 5, 10, 20, 50)
 FALLBACK_K = 5
@@ -206,51 +210,6 @@ class KNNHead:
 
 
 # --------------------------------------------------------------------------- McNemar
-
-
-@dataclass(frozen=True)
-class McNemarResult:
-    n: int  # paired test subjects
-    only_a_correct: int  # b
-    only_b_correct: int  # c
-    accuracy_a: float
-    accuracy_b: float
-    p_value: float  # exact two-sided binomial test of b vs c (p = 0.5)
-
-
-def mcnemar_exact(y_true: Sequence[Any], pred_a: Sequence[Any],
-                  pred_b: Sequence[Any]) -> McNemarResult:
-    """Exact McNemar test of two classifiers' hard predictions on the same subjects."""
-    from scipy.stats import binomtest
-
-    truth, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
-    if not truth.shape == a.shape == b.shape or truth.ndim != 1:
-        raise BenchError(f"McNemar needs three aligned 1-D arrays, got shapes {truth.shape}, "
-                         f"{a.shape}, {b.shape}")
-    if truth.size == 0:
-        raise BenchError("McNemar needs at least one paired test subject")
-    right_a, right_b = a == truth, b == truth
-    only_a = int((right_a & ~right_b).sum())
-    only_b = int((right_b & ~right_a).sum())
-    discordant = only_a + only_b
-    p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
-    return McNemarResult(int(truth.size), only_a, only_b, float(right_a.mean()),
-                         float(right_b.mean()), p)
-
-
-def mcnemar_between(predictions_a: Mapping[str, Any], predictions_b: Mapping[str, Any],
-                    truth: Mapping[str, Any]) -> McNemarResult:
-    """McNemar on two {subject id: hard label} maps; both must cover the same test subjects."""
-    ids_a, ids_b = set(predictions_a), set(predictions_b)
-    if ids_a != ids_b:
-        raise BenchError(f"McNemar compares the same test subjects, but {len(ids_a ^ ids_b)} "
-                         f"subject(s) are in only one set (e.g. {sorted(ids_a ^ ids_b)[:3]})")
-    missing = sorted(ids_a - set(truth))
-    if missing:
-        raise BenchError(f"no true label for test subject(s) {missing[:3]}")
-    ids = sorted(ids_a)
-    return mcnemar_exact([truth[i] for i in ids], [predictions_a[i] for i in ids],
-                         [predictions_b[i] for i in ids])
 
 
 def mcnemar_cells(store: Any, cell_a: str, cell_b: str) -> McNemarResult:

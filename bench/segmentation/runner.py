@@ -71,7 +71,9 @@ class SegmentationConfig:
 def unsupported_reason(backbone: Backbone) -> str:
     """Why this backbone cannot be segmented with (empty if it can)."""
     if backbone.contract.dims != "2d":
-        return f"backbone {backbone.name} is a 3d encoder; slice-wise segmentation needs a 2d one"
+        return (f"backbone {backbone.name} is a 3d encoder (whole volume in, no per-slice "
+                "patch grid out); tumor_seg segments slice by slice from 2d patch tokens, so "
+                "3d backbones are unsupported for it")
     try:
         backbone.num_patch_layers()
     except NotImplementedError:

@@ -24,6 +24,12 @@ pre_logits=True)``, i.e. the class token of a ViT or global average pooling of a
 open_clip: ``encode_image``; MONAI: the output vector, the first token of a token sequence, or
 the spatial mean of a feature map) and ``patch_mean`` = the mean over patch tokens / positions
 (timm and MONAI).
+
+Patch tokens (the tumor_seg endpoint) come for free where the library gives them cleanly: a
+timm model whose blocks all yield one same-shaped token grid (plain ViTs: ``forward_intermediates``
+through the final norm, prefix tokens removed) and an open_clip ViT tower (through ``ln_post``).
+Hierarchical timm models (ResNet, Swin, ConvNeXt) and MONAI networks have none, and tumor_seg
+is reported as unsupported for them.
 """
 
 from __future__ import annotations
@@ -222,6 +228,17 @@ def build_module(card: Card) -> tuple[torch.nn.Module, Callable, str]:
                          f"{type(exc).__name__}: {exc}") from None
 
 
+def dense_tokens(family: str, model: torch.nn.Module):
+    """The card model's patch grids for tumor_seg (a `DenseTokens`), or None."""
+    from brainbench.baselines._frozen import open_clip_dense, timm_dense
+
+    if family == "timm":
+        return timm_dense(model)
+    if family == "open_clip":
+        return open_clip_dense(model)
+    return None
+
+
 def _pool_tokens(out: torch.Tensor, num_prefix: int = 0) -> dict[str, torch.Tensor]:
     if out.ndim == 2:
         return {"cls": out, "patch_mean": out}
@@ -345,4 +362,5 @@ def card_backbone(card: Card, *, weights: Path | None = None, require_weights: b
         out = produce(module, x)
         return {t: out[t] for t in wanted}  # only the declared tokens
 
-    return FrozenBackbone(card.name, model, features, contract, info, architecture, report)
+    return FrozenBackbone(card.name, model, features, contract, info, architecture, report,
+                          dense=dense_tokens(card.family, model))

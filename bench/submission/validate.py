@@ -326,7 +326,45 @@ def _check_backbone(report: ValidationReport, backbone: Backbone) -> None:
                 "mode updates running statistics: call model.eval())" if changed else "")
                + (f"; {len(grads)} parameter(s) hold a .grad (first {grads[:3]}); run under "
                   "torch.inference_mode()" if grads else ""))
+    _check_patch_tokens(report, backbone, batch)
     _measure(report, backbone, rss, cuda)
+
+
+def _check_patch_tokens(report: ValidationReport, backbone: Backbone, batch: torch.Tensor
+                        ) -> None:
+    """When offered, the last block's grid as tumor_seg reads it: (B, D, h, w) float32, finite,
+    no autograd history."""
+    try:
+        depth = backbone.num_patch_layers()
+    except NotImplementedError:
+        return  # the identity check's note says tumor_seg will be unsupported
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        report.add("patch tokens", False, f"num_patch_layers() returned {depth!r}; return the "
+                   "number of layers patch_tokens can index (a positive int)")
+        return
+    n, last = batch.shape[0], None
+    try:
+        grids = backbone.patch_tokens(batch.clone(), [depth - 1])
+    except Exception as exc:
+        report.add("patch tokens", False, f"patch_tokens(batch, [{depth - 1}]) raised "
+                   f"{type(exc).__name__}: {exc}")
+        return
+    if not (isinstance(grids, (list, tuple)) and len(grids) == 1
+            and isinstance(grids[0], torch.Tensor)):
+        problem = (f"patch_tokens returned {type(grids).__name__}; return a list holding one "
+                   "(B, D, h, w) tensor per layer asked")
+    else:
+        last = grids[0]
+        problem = (f"patch_tokens returned shape {tuple(last.shape)}; expected ({n}, D, h, w)"
+                   if last.ndim != 4 or last.shape[0] != n else
+                   f"patch tokens have dtype {last.dtype}; return float32"
+                   if last.dtype != torch.float32 else
+                   "patch tokens hold NaN or inf" if not bool(torch.isfinite(last).all()) else
+                   "patch tokens carry autograd history; compute them under "
+                   "torch.inference_mode()" if last.requires_grad or last.grad_fn else "")
+    report.add("patch tokens", not problem, problem or
+               f"available, {depth} layers; last layer {tuple(last.shape)} float32, finite: "
+               "tumor_seg can run")
 
 
 def _check_weights(report: ValidationReport, backbone: Backbone) -> None:
@@ -380,8 +418,7 @@ def _check_identity(report: ValidationReport, backbone: Backbone) -> None:
                if isinstance(arch, dict) and arch else "architecture() must return a non-empty "
                "dict of the settings that change features")
     try:
-        backbone.num_patch_layers()
-        report.notes.append("patch tokens available: tumor_seg can run")
+        backbone.num_patch_layers()  # available: the "patch tokens" check runs them
     except NotImplementedError:
         report.notes.append("no patch tokens (Backbone.patch_tokens): tumor_seg will be reported "
                             "as unsupported for this backbone; every other endpoint runs")
