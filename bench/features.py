@@ -24,9 +24,13 @@ from tqdm.auto import tqdm
 
 from brainbench.backbone import Backbone
 from brainbench.errors import BenchError
-from brainbench.preprocess import load_volume, preprocessing_identity, volume_to_input
+from brainbench.preprocess import (
+    image_sha256,
+    load_volume,
+    preprocessing_identity,
+    volume_to_input,
+)
 from brainbench.splits import digest
-from brainbench.weights import sha256_file
 
 FEATURE_SCHEMA = 1
 
@@ -137,7 +141,7 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
     for path in dict.fromkeys(Path(p) for p in paths):
         if not path.is_file():
             raise BenchError(f"image file not found: {path}")
-        keys[path] = cache.key(backbone, sha256_file(path))
+        keys[path] = cache.key(backbone, image_sha256(path))
     results: dict[Path, Tokens] = {}
     todo: list[tuple[Path, str]] = []
     copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once

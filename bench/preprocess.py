@@ -41,6 +41,28 @@ def read_voxels(path: Path) -> np.ndarray:
     return data
 
 
+def image_files(path: Path) -> tuple[Path, ...]:
+    """The files one image is stored in: an Analyze/NIfTI pair (OASIS-1 ``.img``) is read
+    through its ``.hdr`` too (orientation, scaling), so both belong to the image's identity."""
+    path = Path(path)
+    return (path, path.with_suffix(".hdr")) if path.suffix == ".img" else (path,)
+
+
+def image_sha256(path: Path) -> str:
+    """Content hash of an image for cache keys: the file's sha256, or for an ``.img``/``.hdr``
+    pair a digest of both files' sha256 (a changed header must not reuse cached features)."""
+    from brainbench.splits import digest
+    from brainbench.weights import sha256_file
+
+    files = image_files(path)
+    if len(files) == 1:
+        return sha256_file(files[0])  # single files keep their plain sha256 (stable cache keys)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise BenchError(f"image {path}: missing file(s) {missing} (an .img needs its .hdr)")
+    return digest({"analyze_pair": [sha256_file(f) for f in files]})
+
+
 def load_volume(path: Path) -> np.ndarray:
     """Read a 3D NIfTI as float32 for a backbone; empty, all-NaN or non-3D volumes are errors."""
     data = read_voxels(path)

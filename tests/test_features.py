@@ -92,3 +92,38 @@ def test_corrupt_and_nan_volumes_name_the_file(tmp_path, volumes):
     with pytest.raises(BenchError, match="not found"):
         extract_features(TinyBackbone(), [tmp_path / "missing.nii.gz"], cache, progress=False)
     assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_analyze_pair_key_covers_the_header(tmp_path, volumes):
+    """OASIS-1 ships .img/.hdr pairs: the header (scaling, orientation) changes what is read,
+    so a changed .hdr with the same .img must be re-encoded, not served from the cache."""
+    import nibabel as nib
+
+    from brainbench.preprocess import image_sha256
+    from brainbench.weights import sha256_file
+
+    assert image_sha256(volumes[0]) == sha256_file(volumes[0])  # single files: plain sha256
+    img = tmp_path / "oasis" / "scan.img"
+    img.parent.mkdir()
+    data = random_brain(7).astype(np.int16)
+    nib.save(nib.AnalyzeImage(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(img))
+    cache = FeatureCache(tmp_path / "cache")
+    first, _ = extract_features(TinyBackbone(slices=6), [img], cache, progress=False)
+    key_before = image_sha256(img)
+    image_bytes = img.read_bytes()
+
+    # the same voxel bytes read through a header with other dimensions: another volume
+    other_dims = nib.AnalyzeImage(np.zeros((28, 24, 20), np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    other_dims.to_filename(str(tmp_path / "other.img"))
+    img.with_suffix(".hdr").write_bytes((tmp_path / "other.hdr").read_bytes())
+    assert img.read_bytes() == image_bytes  # voxels on disk unchanged, header changed
+    assert image_sha256(img) != key_before
+
+    backbone = TinyBackbone(slices=6)
+    second, stats = extract_features(backbone, [img], cache, progress=False)
+    assert stats.computed == 1 and backbone.calls > 0
+    assert not np.array_equal(first[img]["cls"], second[img]["cls"])
+
+    img.with_suffix(".hdr").unlink()
+    with pytest.raises(BenchError, match=r"scan\.hdr"):
+        image_sha256(img)

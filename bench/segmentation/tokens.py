@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 from brainbench.backbone import Backbone
 from brainbench.errors import BenchError
 from brainbench.features import ExtractionStats, FeatureCache, _prepared
-from brainbench.preprocess import preprocessing_identity
+from brainbench.preprocess import image_sha256, preprocessing_identity
 from brainbench.splits import digest
-from brainbench.weights import sha256_file
 
 TOKEN_SCHEMA = 1
 TOKEN_DTYPE = np.float16
@@ -87,7 +86,7 @@ def ensure_tokens(backbone: Backbone, requests: Sequence[TokenRequest], layers: 
         if not request.path.is_file():
             raise BenchError(f"image file not found: {request.path}")
         if request.path not in hashes:
-            hashes[request.path] = sha256_file(request.path)
+            hashes[request.path] = image_sha256(request.path)
         keys[request] = {layer: cache.key(backbone, hashes[request.path], request.slices, layer)
                          for layer in layers}
     todo = [r for r, by_layer in keys.items() if not all(map(cache.has, by_layer.values()))]
