@@ -106,6 +106,8 @@ def test_regression_head_predicts_in_target_units_with_log1p(data):
     head.fit(inputs_for("mlp", x_tr), y)
     pred = head.predict(inputs_for("mlp", x_te))
     assert (pred > -1).all() and 0.2 * np.median(y) < np.median(pred) < 5 * np.median(y)
+    extreme = head.predict(50 * inputs_for("mlp", x_te))  # no expm1 blow-up: training range
+    assert y.min() - 1e-6 <= extreme.min() and extreme.max() <= y.max() + 1e-6
     assert head.fit_info.hyperparameters["target_transform"] == "log1p"
 
 

@@ -118,6 +118,11 @@ def test_regression_log1p_transform_for_skewed_days(data):
     assert probe.fit_info.hyperparameters["target_transform"] == "log1p"
     assert "log1p" in probe.fit_info.selection
     assert (probe.predict(data["x"]) > -1).all()  # expm1 of a real number
+    # far outside the training inputs, predictions stay within the training targets' range
+    # (an unclipped expm1 of the extrapolated log value runs to absurd numbers of days)
+    extreme = probe.predict(50 * data["x"])
+    assert y_tr.min() - 1e-6 <= extreme.min() and extreme.max() <= y_tr.max() + 1e-6
+    assert np.isclose(extreme, y_tr.max()).any() and np.isclose(extreme, y_tr.min()).any()
     with pytest.raises(BenchError, match="> -1"):
         make_probe("regression", seed=0, target_transform="log1p").fit(
             data["x"][:5], np.array([1.0, 2.0, -3.0, 4.0, 5.0])

@@ -122,6 +122,9 @@ class TorchHead:
                 if (target <= -1).any():
                     raise BenchError("target_transform='log1p' needs labels > -1")
                 target = np.log1p(target)
+                # as the linear probe: never predict beyond the training targets' range
+                # (expm1 of an extrapolated log value is absurd)
+                self._log_range = (float(target.min()), float(target.max()))
             self._y_mean = float(target.mean())
             self._y_std = float(target.std()) or 1.0
             return (torch.as_tensor((target - self._y_mean) / self._y_std, dtype=torch.float32),)
@@ -224,7 +227,7 @@ class TorchHead:
         if self.kind == "regression":
             values = values * self._y_std + self._y_mean
             if self.target_transform == "log1p":
-                values = np.expm1(np.clip(values, None, 50.0))
+                values = np.expm1(np.clip(values, *self._log_range))
         return np.asarray(values, dtype=np.float64)
 
 
