@@ -70,6 +70,9 @@ class Backbone(abc.ABC):
     name: str
     contract: InputContract
     weights: WeightsInfo
+    max_batch: int | None = None
+    """Most inputs per forward call, for encoders whose activations are too large for the
+    profile's batch (None: the profile's batch size). Does not change features."""
 
     @abc.abstractmethod
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -134,8 +134,11 @@ def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: i
 def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCache, *,
                      batch_size: int = 16, progress: bool = True, desc: str = "features"
                      ) -> tuple[dict[Path, Tokens], ExtractionStats]:
-    """Per-volume tokens for `paths`, computing only cache misses, in fixed-size batches."""
+    """Per-volume tokens for `paths`, computing only cache misses, in fixed-size batches
+    (at most the backbone's `max_batch` items per forward call)."""
     started = time.perf_counter()
+    cap = getattr(backbone, "max_batch", None)
+    batch_size = min(batch_size, cap) if cap else batch_size
     stats = ExtractionStats()
     keys: dict[Path, str] = {}
     for path in dict.fromkeys(Path(p) for p in paths):

@@ -127,3 +127,23 @@ def test_analyze_pair_key_covers_the_header(tmp_path, volumes):
     img.with_suffix(".hdr").unlink()
     with pytest.raises(BenchError, match=r"scan\.hdr"):
         image_sha256(img)
+
+
+def test_backbone_max_batch_caps_items_per_forward_call(tmp_path, volumes):
+    """A memory-heavy encoder (swinunetr_ssl: 2 volumes) caps the profile's batch size;
+    features do not depend on the batching."""
+    capped = TinyBackbone(slices=6)
+    capped.max_batch = 4
+    small, stats = extract_features(capped, volumes, FeatureCache(tmp_path / "a"),
+                                    batch_size=16, progress=False)
+    assert stats.forward_calls == capped.calls == 8  # 30 slices, at most 4 per call
+    full, _ = extract_features(TinyBackbone(slices=6), volumes, FeatureCache(tmp_path / "b"),
+                               batch_size=16, progress=False)
+    for path in volumes:
+        np.testing.assert_allclose(small[path]["cls"], full[path]["cls"], rtol=1e-5, atol=1e-6)
+
+
+def test_swinunetr_ssl_declares_a_small_batch():
+    from brainbench.backbone import create_backbone
+
+    assert create_backbone("swinunetr_ssl").max_batch == 2
