@@ -31,12 +31,15 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 .PHONY: venv bench test list results phantoms benchmark clean table curves leaderboard data-check \
 	validate submit import-bundle
 
-# statistics over stored results: FRACTION / PROFILE only when given on the command line
+# statistics over stored results: FRACTION / PROFILE only when given on the command line;
+# written under the results folder ($BRAINBENCH_RESULTS or results/: reports/, figures/,
+# site/) unless OUT= names a folder
 STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) \
 	$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION)) \
 	$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
 	$(if $(filter command environment,$(origin PROTOCOL)),--protocol '$(PROTOCOL)') \
-	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP))
+	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) \
+	$(if $(OUT),--out $(OUT))
 
 venv: $(STAMP)
 
@@ -102,4 +105,4 @@ benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --model $(MODEL) --profile $(PROFILE)
 
 clean:
-	rm -rf results leaderboard/site leaderboard/figures leaderboard/reports .pytest_cache
+	rm -rf results .pytest_cache

@@ -17,7 +17,7 @@ import torch
 from brainbench.registry import Registry
 
 Dims = Literal["2d", "3d"]
-Intensity = Literal["robust_zscore", "zscore", "imagenet"]
+Intensity = str  # a name in brainbench.preprocess.NORMALISATIONS, where the names are declared
 WeightStatus = Literal["pretrained", "random-init"]
 
 

@@ -175,15 +175,30 @@ def _analysis(args: argparse.Namespace, fractions=None):
                          protocol=args.protocol)
 
 
+# Where each statistics command writes unless --out says: (environment variable or None,
+# folder under the results folder). Generated files never land in the source tree.
+OUTPUTS = {"table": (None, "reports"), "curves": (None, "figures"),
+           "leaderboard": ("BRAINBENCH_SITE", "site")}
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    """--out, else the command's environment variable, else its folder in --results /
+    BRAINBENCH_RESULTS (the folder the store lives in)."""
+    from brainbench.paths import results_dir
+
+    env, folder = OUTPUTS[args.command]
+    chosen = args.out or (os.environ.get(env) if env else None)
+    return Path(chosen) if chosen else Path(args.results or results_dir()) / folder
+
+
 def cmd_table(args: argparse.Namespace) -> None:
-    from brainbench.leaderboard.tables import stats_table
-    from brainbench.leaderboard.tables import write_text_atomic
+    from brainbench.leaderboard.tables import stats_table, write_text_atomic
 
     fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
     analysis = _analysis(args, [fraction] if fraction else None)
     fraction = fraction or analysis.headline_fraction()
     markdown = stats_table(analysis, fraction, "markdown")
-    out = Path(args.out)
+    out = _out_dir(args)
     write_text_atomic(out / f"table_f{fraction:g}.md", markdown)
     write_text_atomic(out / f"table_f{fraction:g}.tex", stats_table(analysis, fraction, "latex"))
     print(markdown)
@@ -193,19 +208,18 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_curves(args: argparse.Namespace) -> None:
     from brainbench.leaderboard.curves import write_curves
 
-    paths = write_curves(_analysis(args), Path(args.out))
+    paths = write_curves(_analysis(args), _out_dir(args))
     print("written: " + ", ".join(map(str, paths)))
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from brainbench.leaderboard.site import build_site
-
-    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
     from brainbench.submission.bundle import submission_flags
 
+    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
     analysis = _analysis(args)
     analysis.flags.update(submission_flags(Path(args.submissions) if args.submissions else None))
-    index = build_site(analysis, Path(args.out), fraction)
+    index = build_site(analysis, _out_dir(args), fraction)
     print(f"written: {index} (open it in a browser; no network needed)")
 
 
@@ -385,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_results)
 
-    def stats_options(p: argparse.ArgumentParser, out: str) -> None:
+    def stats_options(p: argparse.ArgumentParser, command: str) -> None:
+        env, folder = OUTPUTS[command]
         p.add_argument("--models", default=None, help="comma list (default: all stored)")
         p.add_argument("--tasks", default=None, help="comma list (default: all stored)")
         p.add_argument("--fraction", default=None,
@@ -400,20 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "of --models); with several protocols, its full row label")
         p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
         p.add_argument("--bootstrap-seed", type=int, default=0)
-        p.add_argument("--out", default=out)
-        p.add_argument("--results", default=None)
+        p.add_argument("--out", default=None, help="output folder (default: "
+                       + (f"${env}, else " if env else "") + f"{folder}/ in the results folder)")
+        p.add_argument("--results", default=None,
+                       help="results folder: the store (unless --db) and the default outputs "
+                            "(default $BRAINBENCH_RESULTS or ./results)")
         p.add_argument("--db", default=None)
 
     p = sub.add_parser("table", help="Markdown + LaTeX table with intervals and significance")
-    stats_options(p, "leaderboard/reports")
+    stats_options(p, "table")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("curves", help="label-scarcity curves (PNG + SVG)")
-    stats_options(p, "leaderboard/figures")
+    stats_options(p, "curves")
     p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("leaderboard", help="the static leaderboard site")
-    stats_options(p, os.environ.get("BRAINBENCH_SITE", "leaderboard/site"))
+    stats_options(p, "leaderboard")
     p.add_argument("--submissions", default=None,
                    help="submission bundles whose flags the site shows (default "
                         "$BRAINBENCH_SUBMISSIONS or leaderboard/submissions)")

@@ -1,6 +1,7 @@
 """`data check`: validate a dataset for a task before any compute, and say why it is (un)usable.
 
-It runs the same adapter, sample building, duplicate merge and split as a run, and reads every
+It runs the run's own preparation (brainbench.pipeline: adapter, samples, duplicate merge,
+split, leakage guard) and, before it, reads every
 image the task would use: headers for shape, voxel size and orientation, and (by default) the
 voxels themselves, hashed for the leakage guard so a truncated file is found now rather than
 an hour into feature extraction. ``headers_only`` skips the voxel read and instead compares the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import statistics
 import struct
 import time
 from collections import Counter
@@ -23,11 +23,11 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from brainbench.datasets import load_cohort
 from brainbench.errors import BenchError
-from brainbench.leakage import HashCache, find_duplicates, merge_duplicate_groups
-from brainbench.splits import make_split
-from brainbench.taskspec import Sample, TaskSpec, build_samples
+from brainbench.kinds import get_kind
+from brainbench.leakage import HashCache
+from brainbench.pipeline import load_samples, manifest_path, prepare_task
+from brainbench.taskspec import Sample, TaskSpec
 
 # Plausible geometry of a brain MRI volume; outside these the file is mislabelled or damaged.
 MIN_DIM, MAX_DIM = 8, 2048
@@ -161,16 +161,11 @@ def _readable_gzip(path: Path) -> str | None:  # used only when voxels are not r
 
 
 def _target_summary(task: TaskSpec, samples: Sequence[Sample]) -> str:
-    if task.target.kind == "regression":
-        values = [float(s.target) for s in samples]
-        return (f"{task.target_description}: min {min(values):.3g}, median "
-                f"{statistics.median(values):.3g}, max {max(values):.3g} {getattr(task.target, 'unit', '')}")
-    if task.target.kind == "survival":
-        events = sum(1 for s in samples if s.target[1])
-        times = [s.target[0] for s in samples]
-        return (f"{events} events, {len(samples) - events} censored; time median "
-                f"{statistics.median(times):.0f} days")
-    return task.target_description
+    values = [s.target for s in samples]
+    unit = getattr(task.target, "unit", None)
+    kind = get_kind(task.kind)
+    return (kind.summary(task.target_description, values, unit) if unit is not None
+            else kind.summary(task.target_description, values))
 
 
 def check_task(task: TaskSpec, root: Path, *, data_source: str, results_dir: Path | None = None,
@@ -190,11 +185,12 @@ def check_task(task: TaskSpec, root: Path, *, data_source: str, results_dir: Pat
 
 def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str,
            results_dir: Path | None, hash_cache: HashCache, headers_only: bool, workers: int) -> None:
-    cohort = load_cohort(task.dataset, root)
-    report.location = str(cohort.root)
-    report.n_subjects = len(cohort.subjects)
-    report.adapter_notes = list(cohort.notes)
-    samples, report.excluded = build_samples(task, cohort)
+    loaded = load_samples(task, root)
+    samples = loaded.samples
+    report.location = str(loaded.cohort.root)
+    report.n_subjects = len(loaded.cohort.subjects)
+    report.adapter_notes = list(loaded.cohort.notes)
+    report.excluded = list(loaded.excluded)
 
     # every image (and segmentation label) the task would read
     paths: dict[Path, str] = {}
@@ -229,7 +225,7 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
         if len(grids) > 1:
             report.findings.append(Finding("warning", s.id, f"modalities on different grids {sorted(grids)}"))
 
-    hashes: dict[Path, str] = {}
+    hashes: dict[Path, str] | None = None
     if not headers_only:
         hashes, errors = hash_cache.try_hashes([p for s in samples for _, p in s.images if Path(p) not in bad],
                                                workers=workers)
@@ -237,32 +233,27 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
         for path, message in errors.items():
             report.findings.append(Finding("error", f"{paths.get(path, '?')}: {path}",
                                            message.replace(f" {path}", "")))
-    usable = [s for s in samples if all(Path(p) in hashes for _, p in s.images)] if hashes else samples
-    if hashes:
-        samples_merged, report.duplicates = merge_duplicate_groups(usable, hashes)
-    else:
-        samples_merged = usable
     report.n_samples = len(samples)
     report.n_people = len({s.group for s in samples})
     report.labels = dict(sorted(Counter(s.fraction_stratum for s in samples).items()))
     report.strata = dict(sorted(Counter(s.split_stratum for s in samples).items()))
     report.target_summary = _target_summary(task, samples)
+
+    # the run's own preparation: duplicate merge, split, leakage guard (no manifest written)
+    prepared = prepare_task(task, root, data_source, loaded=loaded, hashes=hashes)
+    report.duplicates = prepared.duplicates
     if report.duplicates:
         report.findings.append(Finding("warning", task.dataset, f"{len(report.duplicates)} set(s) of identical "
                                        "images; people sharing one are kept on one side of the split"))
-
-    split = make_split(task.id, task.dataset, samples_merged, task.split_salt, task.test_fraction,
-                       require_all_labels=task.target.kind != "regression")
+    split, merged = prepared.split, prepared.samples
     test = set(split.test_groups)
     report.split = {
         "hash": split.hash, "train_people": len(split.train_groups), "test_people": len(split.test_groups),
-        "train_samples": sum(1 for s in samples_merged if s.group not in test),
-        "test_samples": sum(1 for s in samples_merged if s.group in test),
-        "test_labels": dict(sorted(Counter(s.fraction_stratum for s in samples_merged if s.group in test).items())),
+        "train_samples": sum(1 for s in merged if s.group not in test),
+        "test_samples": sum(1 for s in merged if s.group in test),
+        "test_labels": dict(sorted(Counter(s.fraction_stratum for s in merged if s.group in test).items())),
     }
     if results_dir is not None:
-        from brainbench.runner import manifest_path
-
         manifest = manifest_path(results_dir, data_source, task)
         report.split["manifest"] = str(manifest)
         if not manifest.exists():

@@ -1,10 +1,11 @@
-"""Frozen features, extracted once: a content-addressed on-disk cache and the extractor.
+"""Frozen features, extracted once: content-addressed on-disk caches and the one extractor.
 
 The key covers everything that changes features: backbone name and architecture, weights
 sha256, input contract and preprocessing version, the image file's sha256, and a schema
 version. Entries hold per-slice tokens (S, D) so aggregation can change without
 re-extraction. Writes go to a temporary file that is renamed into place, so an interrupted
-run never leaves a partial entry.
+run never leaves a partial entry. Patch-token grids (segmentation) go through the same cache
+and the same encoding loop (`encode_volumes`), keyed also by slice indices and layer.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import queue
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from brainbench.preprocess import (
 from brainbench.splits import digest
 
 FEATURE_SCHEMA = 1
+TOKEN_SCHEMA = 1  # patch-token entries
+TOKEN_DTYPE = np.float16
 
 Tokens = dict[str, np.ndarray]  # token name -> (n_items, feature_dim) float32
 
@@ -131,82 +134,86 @@ def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: i
                 worker.join(timeout=0.05)
 
 
-def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCache, *,
-                     batch_size: int = 16, progress: bool = True, desc: str = "features"
-                     ) -> tuple[dict[Path, Tokens], ExtractionStats]:
-    """Per-volume tokens for `paths`, computing only cache misses, in fixed-size batches
-    (at most the backbone's `max_batch` items per forward call)."""
-    started = time.perf_counter()
-    cap = getattr(backbone, "max_batch", None)
-    batch_size = min(batch_size, cap) if cap else batch_size
-    stats = ExtractionStats()
-    keys: dict[Path, str] = {}
-    for path in dict.fromkeys(Path(p) for p in paths):
-        if not path.is_file():
-            raise BenchError(f"image file not found: {path}")
-        keys[path] = cache.key(backbone, image_sha256(path))
-    results: dict[Path, Tokens] = {}
-    todo: list[tuple[Path, str]] = []
-    copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
-    for path, key in keys.items():
-        hit = cache.load(key)
-        if hit is None:
-            if key not in copies:
-                todo.append((path, key))
-            copies.setdefault(key, []).append(path)
-        else:
-            results[path] = hit
-    stats.volumes, stats.cached, stats.keys = len(keys), len(results), sorted(keys.values())
-    by_key = {key: path for path, key in todo}
+@dataclass(frozen=True)
+class EncodeJob:
+    """One volume to encode: its file, which items (slices) of its input to keep (None: all),
+    and a name the finished outputs are handed back under."""
 
-    pending: list[tuple[str, torch.Tensor]] = []  # (key, items) waiting for a forward pass
+    path: Path
+    name: str
+    slices: tuple[int, ...] | None = None
+
+
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def effective_batch(backbone: Backbone, batch_size: int) -> int:
+    """Items per forward call: the profile's batch, capped by the backbone's ``max_batch``."""
+    cap = getattr(backbone, "max_batch", None)
+    return min(batch_size, cap) if cap else batch_size
+
+
+def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forward, *,
+                   batch_size: int, stats: ExtractionStats,
+                   on_volume: Callable[[EncodeJob, dict[str, np.ndarray]], None],
+                   dtype: Any = np.float32, progress: bool = True, desc: str = "features",
+                   lookahead: int = 4) -> None:
+    """The one encoding loop: volumes are read and preprocessed in a background thread, their
+    items (slices, or whole volumes for 3d backbones) packed into forward calls of exactly
+    `batch_size` items (the last may be smaller; capped by the backbone's ``max_batch``), and
+    each volume's outputs concatenated and handed to `on_volume` once all of its items are
+    encoded. `forward` maps a batch to named (items, ...) tensors."""
+    batch_size = effective_batch(backbone, batch_size)
+    by_name = {job.name: job for job in jobs}
+    pending: list[tuple[str, torch.Tensor]] = []  # (job name, items) waiting for a forward pass
     partial: dict[str, list[dict[str, np.ndarray]]] = {}
     remaining: dict[str, int] = {}
 
     def run_batch(items: list[tuple[str, torch.Tensor]]) -> None:
         batch = torch.cat([tensor for _, tensor in items])
         tick = time.perf_counter()
-        outputs = backbone.embed(batch)
+        outputs = forward(batch)
         stats.forward_seconds += time.perf_counter() - tick
         stats.forward_calls += 1
         stats.items_encoded += batch.shape[0]
         offset = 0
-        for key, tensor in items:
+        for name, tensor in items:
             n = tensor.shape[0]
-            partial[key].append({name: value[offset:offset + n].float().numpy()
-                                 for name, value in outputs.items()})
+            partial[name].append({key: value[offset:offset + n].detach().float().cpu().numpy()
+                                  .astype(dtype, copy=False) for key, value in outputs.items()})
             offset += n
-            remaining[key] -= n
-            if remaining[key] == 0:
-                parts = partial.pop(key)
-                tokens = {name: np.concatenate([p[name] for p in parts]) for name in outputs}
-                _check_tokens(backbone, by_key[key], tokens)
-                cache.save(key, tokens)
-                results.update({copy: tokens for copy in copies[key]})
+            remaining[name] -= n
+            if remaining[name] == 0:
+                parts = partial.pop(name)
+                on_volume(by_name[name], {key: np.concatenate([p[key] for p in parts])
+                                          for key in parts[0]})
                 stats.computed += 1
                 bar.update(1)
 
-    bar = tqdm(total=len(todo), desc=desc, unit="vol", disable=None if progress and todo else True,
+    bar = tqdm(total=len(jobs), desc=desc, unit="vol", disable=None if progress and jobs else True,
                leave=False)
     try:
         buffered = 0
-        for key, item in _prepared(backbone, todo, lookahead=4):
+        for name, item in _prepared(backbone, [(job.path, job.name) for job in jobs], lookahead):
             if isinstance(item, BaseException):
                 raise item
-            partial[key], remaining[key] = [], item.shape[0]
+            slices = by_name[name].slices
+            if slices is not None:
+                item = item[list(slices)]
+            partial[name], remaining[name] = [], item.shape[0]
             # split a volume across batches so every forward call has exactly batch_size items
             for start in range(0, item.shape[0], batch_size):
-                pending.append((key, item[start:start + batch_size]))
+                pending.append((name, item[start:start + batch_size]))
             buffered += item.shape[0]
             while buffered >= batch_size:
                 batch, taken = [], 0
                 while taken < batch_size:
-                    key_, chunk = pending.pop(0)
+                    name_, chunk = pending.pop(0)
                     need = batch_size - taken
                     if chunk.shape[0] > need:
-                        pending.insert(0, (key_, chunk[need:]))
+                        pending.insert(0, (name_, chunk[need:]))
                         chunk = chunk[:need]
-                    batch.append((key_, chunk))
+                    batch.append((name_, chunk))
                     taken += chunk.shape[0]
                 buffered -= batch_size
                 run_batch(batch)
@@ -215,8 +222,150 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
             pending.clear()
     finally:
         bar.close()
+
+
+def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any]) -> dict[Path, Any]:
+    """Each distinct file's cache key(s), after checking it exists (hashing each file once)."""
+    keys: dict[Path, Any] = {}
+    for path in dict.fromkeys(Path(p) for p in paths):
+        if not path.is_file():
+            raise BenchError(f"image file not found: {path}")
+        keys[path] = key(path, image_sha256(path))
+    return keys
+
+
+def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCache, *,
+                     batch_size: int = 16, progress: bool = True, desc: str = "features"
+                     ) -> tuple[dict[Path, Tokens], ExtractionStats]:
+    """Per-volume tokens for `paths`, computing only cache misses."""
+    started = time.perf_counter()
+    stats = ExtractionStats()
+    keys = _image_keys(paths, lambda _path, sha: cache.key(backbone, sha))
+    results: dict[Path, Tokens] = {}
+    todo: list[EncodeJob] = []
+    copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
+    for path, key in keys.items():
+        hit = cache.load(key)
+        if hit is None:
+            if key not in copies:
+                todo.append(EncodeJob(path, key))
+            copies.setdefault(key, []).append(path)
+        else:
+            results[path] = hit
+    stats.volumes, stats.cached, stats.keys = len(keys), len(results), sorted(keys.values())
+
+    def save(job: EncodeJob, tokens: dict[str, np.ndarray]) -> None:
+        _check_tokens(backbone, job.path, tokens)
+        cache.save(job.name, tokens)
+        results.update({copy: tokens for copy in copies[job.name]})
+
+    encode_volumes(backbone, todo, backbone.embed, batch_size=batch_size, stats=stats,
+                   on_volume=save, progress=progress, desc=desc)
     stats.wall_seconds = time.perf_counter() - started
     return results, stats
+
+
+# ------------------------------------------------------------------------------ patch tokens
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """The slices (indices into the contract's slice grid) of one image that are needed."""
+
+    path: Path
+    slices: tuple[int, ...]
+
+
+class PatchTokenCache:
+    """(S, D, h, w) float16 patch grids of one image's slices at one layer.
+
+    Patch grids are ~50x larger than the CLS/mean vectors, so only the slices that are used are
+    encoded and kept. Each layer is its own entry, so heads sharing a layer share its tokens.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.entries = FeatureCache(root)
+
+    def key(self, backbone: Backbone, image_sha256: str, slices: Sequence[int],
+            layer: int) -> str:
+        # the contract's vector-token list (cls, patch_mean, extras a protocol asks for) does
+        # not change patch grids; leaving it out lets every protocol share these entries
+        contract = replace(backbone.contract, tokens=())
+        identity = {**backbone.cache_identity(), "contract": contract.as_dict()}
+        return digest({"schema": TOKEN_SCHEMA, "kind": "patch_tokens",
+                       "dtype": np.dtype(TOKEN_DTYPE).name, "backbone": identity,
+                       "preprocessing": preprocessing_identity(contract),
+                       "image_sha256": image_sha256, "slices": list(slices), "layer": layer})
+
+    def has(self, key: str) -> bool:
+        return self.entries.path(key).exists()
+
+    def load(self, key: str) -> np.ndarray:
+        entry = self.entries.load(key)
+        if entry is None or "tokens" not in entry:
+            raise BenchError(f"patch-token cache entry {self.entries.path(key)} is missing or "
+                             "damaged; rerun to re-extract it")
+        return entry["tokens"]
+
+    def save(self, key: str, tokens: np.ndarray) -> None:
+        self.entries.save(key, {"tokens": tokens.astype(TOKEN_DTYPE)})
+
+    def nbytes(self, key: str) -> int:
+        return self.entries.path(key).stat().st_size
+
+    def load_sample(self, keys: "PatchKeys", requests: Sequence[TokenRequest],
+                    layers: Sequence[int]) -> list[np.ndarray]:
+        """One sample's grids: per layer, its modalities concatenated on the channel axis
+        -> [(S, M * D, h, w) float16 per layer]."""
+        return [np.concatenate([self.load(keys[r][layer]) for r in requests], axis=1)
+                for layer in layers]
+
+
+PatchKeys = dict[TokenRequest, dict[int, str]]  # request -> layer -> cache key
+
+
+def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
+                         layers: Sequence[int], cache: PatchTokenCache, *, batch_size: int = 16,
+                         progress: bool = True, desc: str = "patch tokens"
+                         ) -> tuple[PatchKeys, ExtractionStats]:
+    """Encode the patch grids the cache lacks (every requested layer in one pass per batch)."""
+    started = time.perf_counter()
+    stats = ExtractionStats()
+    layers = tuple(layers)
+    hashes = _image_keys([r.path for r in requests], lambda _path, sha: sha)
+    keys: PatchKeys = {r: {layer: cache.key(backbone, hashes[Path(r.path)], r.slices, layer)
+                           for layer in layers} for r in dict.fromkeys(requests)}
+    todo = [r for r, by_layer in keys.items() if not all(map(cache.has, by_layer.values()))]
+    stats.volumes, stats.cached = len(keys), len(keys) - len(todo)
+    stats.keys = sorted(k for by_layer in keys.values() for k in by_layer.values())
+    jobs = [EncodeJob(r.path, str(i), r.slices) for i, r in enumerate(todo)]
+
+    def forward(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {str(layer): grid for layer, grid in zip(layers, backbone.patch_tokens(batch, layers))}
+
+    def save(job: EncodeJob, grids: dict[str, np.ndarray]) -> None:
+        request = todo[int(job.name)]
+        for layer in layers:
+            tokens = grids[str(layer)]
+            _check_patch_tokens(backbone, request, layer, tokens)
+            cache.save(keys[request][layer], tokens)
+
+    encode_volumes(backbone, jobs, forward, batch_size=batch_size, stats=stats, on_volume=save,
+                   dtype=TOKEN_DTYPE, progress=progress, desc=desc, lookahead=2)
+    stats.wall_seconds = time.perf_counter() - started
+    return keys, stats
+
+
+def _check_patch_tokens(backbone: Backbone, request: TokenRequest, layer: int,
+                        tokens: np.ndarray) -> None:
+    """Wrong shapes or non-finite values (also float16 overflow) never reach the cache."""
+    if tokens.ndim != 4 or tokens.shape[0] != len(request.slices):
+        raise BenchError(f"backbone {backbone.name}.patch_tokens returned shape {tokens.shape} "
+                         f"at layer {layer} for {len(request.slices)} slices of {request.path}; "
+                         "expected (slices, dim, h, w)")
+    if not np.isfinite(tokens).all():
+        raise BenchError(f"backbone {backbone.name} returned non-finite patch tokens (or values "
+                         f"beyond float16 range) at layer {layer} for {request.path}")
 
 
 def _check_tokens(backbone: Backbone, path: Path, tokens: Tokens) -> None:

@@ -31,20 +31,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from brainbench.errors import BenchError
+from brainbench.targets import SegmentationTarget
 
 __all__ = [
-    "KINDS",
     "PRIMARY_METRIC",
     "PRIMARY_METRIC_DIRECTION",
+    "REGION_METRIC_DIRECTION",
     "SurvivalReference",
     "as_survival_array",
     "classification_metrics",
     "compute_metrics",
+    "region_metric",
     "regression_metrics",
     "survival_metrics",
 ]
 
-KINDS: tuple[str, ...] = ("classification", "regression", "survival")
+#: Direction of each per-region segmentation metric family (bench/segmentation): overlap up,
+#: boundary distance down. Every ``<family>_<region>`` name derives from this and the regions.
+REGION_METRIC_DIRECTION: dict[str, str] = {"dice": "higher", "hd95": "lower"}
+
+
+def region_metric(family: str, region: str) -> str:
+    """The score name of one family for one region: ``dice_wt``, ``hd95_et`` ..."""
+    return f"{family}_{region.lower()}"
+
 
 #: Direction of improvement for every metric name `compute_metrics` returns.
 #: ``n_events`` is context (the test split's number of events), not a score; more events means
@@ -61,13 +71,9 @@ PRIMARY_METRIC_DIRECTION: dict[str, str] = {
     "c_uno": "higher",
     "logrank_p": "lower",
     "n_events": "higher",
-    # segmentation (bench/segmentation): overlap up, boundary distance down
-    "dice_wt": "higher",
-    "dice_tc": "higher",
-    "dice_et": "higher",
-    "hd95_wt": "lower",
-    "hd95_tc": "lower",
-    "hd95_et": "lower",
+    **{region_metric(family, region): direction
+       for family, direction in REGION_METRIC_DIRECTION.items()
+       for region in SegmentationTarget().regions},
 }
 
 #: The headline metric of each kind (the task card may still name its own).
@@ -360,11 +366,8 @@ def compute_metrics(
     classes: Sequence[Any] | None = None,
     train_target: Any = None,
 ) -> dict[str, float]:
-    """Score test-split predictions of one probe kind; see the module docstring for inputs."""
-    if kind == "classification":
-        return classification_metrics(y_true, prediction, classes)
-    if kind == "regression":
-        return regression_metrics(y_true, prediction)
-    if kind == "survival":
-        return survival_metrics(y_true, prediction, train_target)
-    raise BenchError(f"unknown metric kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    """Score test-split predictions of one probe kind (the kind object decides how)."""
+    from brainbench.kinds import get_kind
+
+    return get_kind(kind).test_metrics(y_true, prediction, classes=classes,
+                                       train_target=train_target)

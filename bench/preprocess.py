@@ -8,7 +8,9 @@ depth resized to `num_slices` and slices to `image_size`, grey repeated to `in_c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +25,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN/STD
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CHANNEL_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
 def read_voxels(path: Path) -> np.ndarray:
@@ -99,17 +100,54 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     return out
 
 
+def unit_range(volume: np.ndarray) -> np.ndarray:
+    """Min-max of the nonzero voxels' 1st-99th percentile range to [0, 1] (natural-image models)."""
+    mask = volume != 0
+    low, high = np.percentile(volume[mask], [1.0, 99.0])
+    return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """One intensity normalisation: `scale` per volume before resizing, then (natural-image
+    models) per-channel mean/std after grey is repeated, which needs exactly 3 channels."""
+
+    scale: Callable[[np.ndarray], np.ndarray]
+    channel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    @property
+    def needs_three_channels(self) -> bool:
+        return self.channel_stats is not None
+
+
+# The one list of intensity names a contract may use; every other list derives from it.
+NORMALISATIONS = {
+    "robust_zscore": Normalisation(robust_zscore),
+    "zscore": Normalisation(zscore),
+    "imagenet": Normalisation(unit_range, (IMAGENET_MEAN, IMAGENET_STD)),
+    "clip": Normalisation(unit_range, (CLIP_MEAN, CLIP_STD)),
+}
+INTENSITIES = tuple(NORMALISATIONS)
+
+
+def intensity_problem(intensity: object, in_channels: object) -> str | None:
+    """Why a contract's intensity cannot be used with its channel count (None: it can)."""
+    if not isinstance(intensity, str) or intensity not in NORMALISATIONS:
+        return f"intensity must be one of {list(INTENSITIES)}, got {intensity!r}"
+    if NORMALISATIONS[intensity].needs_three_channels and in_channels != 3:
+        grey = " / ".join(repr(n) for n, v in NORMALISATIONS.items()
+                          if not v.needs_three_channels)
+        return (f"intensity {intensity!r} normalises 3 channels; set in_channels = 3 or choose "
+                f"{grey} (got in_channels {in_channels})")
+    return None
+
+
 def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:
-    if intensity == "robust_zscore":
-        return robust_zscore(volume)
-    if intensity == "zscore":
-        return zscore(volume)
-    if intensity in CHANNEL_STATS:
-        # min-max of the robust range to [0, 1]; channel-wise ImageNet stats come after repeat
-        mask = volume != 0
-        low, high = np.percentile(volume[mask], [1.0, 99.0])
-        return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
-    raise BenchError(f"unknown intensity normalisation {intensity!r}")
+    """The contract's per-volume scaling (channel statistics come after the resize)."""
+    if intensity not in NORMALISATIONS:
+        raise BenchError(f"unknown intensity normalisation {intensity!r}; known: "
+                         f"{list(INTENSITIES)}")
+    return NORMALISATIONS[intensity].scale(volume)
 
 
 def volume_to_input(volume: np.ndarray, contract: InputContract) -> torch.Tensor:
@@ -125,9 +163,10 @@ def volume_to_input(volume: np.ndarray, contract: InputContract) -> torch.Tensor
     slices = slices.float().contiguous()
     if contract.in_channels > 1:
         slices = slices.expand(-1, contract.in_channels, *slices.shape[2:]).contiguous()
-    if contract.intensity in CHANNEL_STATS and contract.in_channels == 3:
+    stats = NORMALISATIONS[contract.intensity].channel_stats
+    if stats is not None and contract.in_channels == 3:
         shape = (1, 3) + (1,) * (slices.ndim - 2)
-        channel_mean, channel_std = CHANNEL_STATS[contract.intensity]
+        channel_mean, channel_std = stats
         mean = torch.tensor(channel_mean).view(shape)
         std = torch.tensor(channel_std).view(shape)
         slices = (slices - mean) / std

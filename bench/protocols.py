@@ -58,7 +58,7 @@ class Param:
 class Protocol:
     name: str
     description: str
-    head: str  # see brainbench.heads.HEADS
+    head: str  # a name in brainbench.heads.HEADS
     variant: str = "cls"  # key of VARIANTS
     aggregation: str = "mean"  # "mean" | "max" | "attention"
     search_space: Mapping[str, Param] = field(default_factory=dict)  # empty: no optuna
@@ -80,6 +80,13 @@ class Protocol:
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    """Make `protocol` runnable by name (``--protocol``); a new head's module may call this
+    for the protocol that uses it, so the head needs no edit here."""
+    return PROTOCOLS.register(protocol.name, protocol)
+
 
 #: Torch-head search space around the reference recipe (lr 1e-4, wd 1e-5, 8 epochs).
 TORCH_SPACE = {
@@ -108,7 +115,7 @@ for _protocol in (
              defaults={**REFERENCE, "attention_dim": 128}),
     Protocol("knn", "cosine kNN on L2-normalised slice-mean CLS; k by inner CV", head="knn"),
 ):
-    PROTOCOLS.register(_protocol.name, _protocol)
+    register_protocol(_protocol)
 
 
 def get_protocol(name: str) -> Protocol:

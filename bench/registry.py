@@ -22,6 +22,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry (tests that register throw-away entries clean up with it)."""
+        return self._entries.pop(name)
+
     def decorator(self, name: str) -> Callable[[T], T]:
         def wrap(entry: T) -> T:
             return self.register(name, entry)

@@ -18,11 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
-
 from brainbench.errors import BenchError
 from brainbench.splits import write_json_atomic
-from brainbench.store import Cell, ResultStore, predictions_table, results_table
+from brainbench.store import Cell, ResultStore, StoredCell
 
 FORMAT = "brainbench-results"
 SCHEMA_VERSION = 1
@@ -48,31 +46,16 @@ def _clean(value: Any) -> Any:
 
 
 def export_payload(store: ResultStore, backbone: str, task: str) -> dict[str, Any]:
-    frame = store.frame(backbone=backbone, task=task)
-    if frame.empty:
+    stored = store.cells(backbone=backbone, task=task, with_predictions=True)
+    if not stored:
         raise BenchError(f"no results for backbone {backbone!r} on task {task!r} in {store.url}")
-    cell_ids = sorted(frame["cell_id"].unique())
-    preds: dict[str, list[dict[str, Any]]] = {}
-    t = predictions_table
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(t.c.cell_id, t.c.sample_id, t.c.target, t.c.prediction)
-                            .where(t.c.cell_id.in_(cell_ids)).order_by(t.c.id))
-        for cell_id, sample_id, target, prediction in rows:
-            preds.setdefault(cell_id, []).append({"sample_id": sample_id,
-                                                  "target": json.loads(target),
-                                                  "prediction": json.loads(prediction)})
-    cells = []
-    for cell_id in cell_ids:
-        part = frame[frame["cell_id"] == cell_id]
-        first = part.iloc[0].to_dict()
-        cell = {f.name: first[f.name] for f in fields(Cell)}
-        cell["hyperparameters"] = json.loads(cell["hyperparameters"])
-        cell["fraction"], cell["seed"] = float(cell["fraction"]), int(cell["seed"])
-        cell["n_train"], cell["n_test"] = int(cell["n_train"]), int(cell["n_test"])
-        cells.append({"cell_id": cell_id, "created_at": first["created_at"], "cell": cell,
-                      "metrics": {m: _clean(float(v)) if v == v else None
-                                  for m, v in zip(part["metric"], part["value"])},
-                      "predictions": preds.get(cell_id, [])})
+    cells = [{"cell_id": item.cell_id, "created_at": item.created_at,
+              "cell": {f.name: getattr(item.cell, f.name) for f in fields(Cell)},
+              "metrics": {m: _clean(v) for m, v in item.metrics.items()},
+              "predictions": [{"sample_id": sample_id, "target": target,
+                               "prediction": prediction}
+                              for sample_id, target, prediction in item.predictions]}
+             for item in stored]
     from brainbench.provenance import code_version
 
     return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "backbone": backbone,
@@ -157,17 +140,17 @@ def _validate_cell(item: Any, backbone: str, task: str, where: str) -> tuple[Cel
 
 def _check_primary(cell: Cell, metrics: dict, preds: list, where: str) -> None:
     """Recompute the primary metric from the predictions: numbers and predictions must agree."""
-    from brainbench.leaderboard.stats import BOOTSTRAP_METRICS, make_scorer
+    from brainbench.kinds import get_kind
     from brainbench.taskspec import get_task
 
     spec = get_task(cell.task)
     value = metrics.get(spec.primary_metric)
-    if value is None or not preds or spec.primary_metric not in BOOTSTRAP_METRICS.get(
-            spec.target.kind, ()):
+    kind = get_kind(spec.kind)
+    if value is None or not preds or spec.primary_metric not in kind.bootstrap_metrics:
         return
     rows = sorted(preds, key=lambda p: p["sample_id"])
     try:
-        scorer = make_scorer(spec.target.kind, spec.primary_metric, [p["target"] for p in rows],
+        scorer = kind.scorer(spec.primary_metric, [p["target"] for p in rows],
                              [p["prediction"] for p in rows],
                              getattr(spec.target, "classes", ()))
         recomputed = scorer.point()
@@ -218,21 +201,8 @@ def import_results(store: ResultStore, path: Path) -> ImportReport:
     if len(set(ids)) != len(ids):
         raise BenchError(f"{where}: the same cell appears twice")
     replaced = sum(store.has_cell(i) for i in ids)
-    with store.engine.begin() as conn:
-        for cell, created_at, metrics, preds in validated:
-            base = {f.name: getattr(cell, f.name) for f in fields(Cell)}
-            base["hyperparameters"] = json.dumps(cell.hyperparameters, sort_keys=True,
-                                                 default=str)
-            conn.execute(delete(results_table).where(results_table.c.cell_id == cell.cell_id))
-            conn.execute(delete(predictions_table)
-                         .where(predictions_table.c.cell_id == cell.cell_id))
-            conn.execute(results_table.insert(), [
-                dict(base, cell_id=cell.cell_id, metric=name,
-                     value=None if value is None else float(value), created_at=created_at)
-                for name, value in metrics.items()])
-            if preds:
-                conn.execute(predictions_table.insert(), [
-                    {"cell_id": cell.cell_id, "sample_id": p["sample_id"],
-                     "target": json.dumps(p["target"]), "prediction": json.dumps(p["prediction"])}
-                    for p in preds])
+    store.write_cells([StoredCell(cell, metrics,
+                                  [(p["sample_id"], p["target"], p["prediction"]) for p in preds],
+                                  created_at)
+                       for cell, created_at, metrics, preds in validated])
     return ImportReport(Path(path), backbone, task, len(validated), replaced)

@@ -8,7 +8,9 @@ and the best parameters are refitted on the whole subset. The study lives in the
 as the results store (`storage_url`), named per cell, with ``load_if_exists=True``: a rerun
 after an interruption resumes it and only runs the missing trials. ``fresh=True`` (the runner's
 ``--force``) deletes the cell's old study first, so a forced rerun searches again instead of
-replaying the stored trials.
+replaying the stored trials. The inner split and the validation score (ROC AUC, -MAE in the
+target's units, Harrell's C) are the task kind's (`brainbench.kinds`), the same score the heads'
+own selection steps maximise; heads come from `brainbench.heads.make_head` only.
 
 When the subset is too small for an inner split (a few subjects at 1%), the protocol's fixed
 defaults (the reference recipe) are used and the selection text says so. Every searched cell,
@@ -26,73 +28,19 @@ from typing import Any
 import numpy as np
 
 from brainbench.errors import BenchError
-from brainbench.heads import make_head
-from brainbench.probes import ProbeFit, _survival_arrays
+from brainbench.heads import Head, ProbeFit, make_head
+from brainbench.kinds import get_kind
 from brainbench.protocols import Protocol
 
 DEFAULT_TRIALS = 20
-VALIDATION_SHARE = 0.25
-MIN_INNER = 8  # subjects; below this an inner split leaves too little on either side
 
 
 @dataclass(frozen=True)
 class FittedHead:
-    head: Any  # has predict(X) and classes_
+    head: Any  # a fitted brainbench.heads.Head
     info: ProbeFit
     study_name: str | None = None
     trials: dict[str, int] = field(default_factory=dict)  # state -> count
-
-
-def _subset(y: Any, idx: np.ndarray) -> Any:
-    return y[idx]
-
-
-def inner_split(kind: str, y: Any, seed: int) -> tuple[np.ndarray, np.ndarray] | str:
-    """(train_idx, val_idx) inside the training subset, or the reason none is possible."""
-    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
-
-    n = len(y)
-    if n < MIN_INNER:
-        return f"only {n} training subjects (an inner split needs >= {MIN_INNER})"
-    if kind == "classification":
-        classes, counts = np.unique(np.asarray(y), return_counts=True)
-        if counts.min() < 2:
-            return (f"class(es) {[str(c) for c, k in zip(classes, counts) if k < 2]} have a "
-                    "single training subject (an inner split needs >= 2 per class)")
-        n_val = max(len(classes), int(round(VALIDATION_SHARE * n)))
-        splitter: Any = StratifiedShuffleSplit(1, test_size=n_val, random_state=seed)
-        return next(splitter.split(np.zeros(n), np.asarray(y)))
-    if kind == "survival":
-        event, _ = _survival_arrays(y)
-        if event.sum() < 4:
-            return f"only {int(event.sum())} event(s) (an inner split needs >= 4)"
-        splitter = StratifiedShuffleSplit(1, test_size=VALIDATION_SHARE, random_state=seed)
-        return next(splitter.split(np.zeros(n), event))
-    splitter = ShuffleSplit(1, test_size=VALIDATION_SHARE, random_state=seed)
-    return next(splitter.split(np.zeros(n)))
-
-
-def validation_score(kind: str, head: Any, y_val: Any, prediction: np.ndarray) -> float:
-    """Higher is better: ROC AUC, minus MAE (target units), or Harrell's C."""
-    if not np.isfinite(prediction).all():
-        return float("nan")
-    if kind == "classification":
-        from sklearn.metrics import roc_auc_score
-
-        classes = list(head.classes_)
-        if len(classes) == 2:
-            return float(roc_auc_score(np.asarray(y_val) == classes[1], prediction[:, 1]))
-        return float(roc_auc_score(np.asarray(y_val), prediction, multi_class="ovr",
-                                   labels=classes))
-    if kind == "regression":
-        return -float(np.mean(np.abs(np.asarray(y_val, dtype=float) - prediction)))
-    from sksurv.metrics import concordance_index_censored
-
-    event, time = _survival_arrays(y_val)
-    try:
-        return float(concordance_index_censored(event, time, prediction)[0])
-    except ValueError:
-        return float("nan")
 
 
 def _quiet_optuna() -> None:
@@ -119,7 +67,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     """Fit `protocol`'s head on the training subset (X, y) only; search if the protocol has a
     search space. `storage_url` None keeps the study in memory (tests); `fresh` discards a
     stored study of the same name first (a forced rerun), otherwise it is resumed."""
-    def new_head(params: dict[str, Any] | None) -> Any:
+    def new_head(params: dict[str, Any] | None) -> Head:
         return make_head(protocol.head, kind, seed=seed, params=params,
                          target_transform=target_transform)
 
@@ -128,7 +76,8 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
         return FittedHead(head, head.fit_info)
     if trials < 1:
         raise BenchError(f"trials={trials}: a searched protocol needs a budget of >= 1 trial")
-    split = inner_split(kind, y, seed)
+    task_kind = get_kind(kind)  # its inner split and validation score: one per kind
+    split = task_kind.inner_split(y, seed)
     if isinstance(split, str):
         head = new_head(dict(protocol.defaults)).fit(X, y)
         info = replace(head.fit_info, hyperparameters={
@@ -142,7 +91,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
 
     _quiet_optuna()
     tr, va = split
-    X_tr, X_va, y_tr, y_va = X[tr], X[va], _subset(y, tr), _subset(y, va)
+    X_tr, X_va, y_tr, y_va = X[tr], X[va], y[tr], y[va]
 
     def objective(trial: Any) -> float:
         params = {**protocol.defaults,
@@ -150,7 +99,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
         best = [-math.inf]
 
         def monitor(epoch: int, head: Any) -> None:
-            score = validation_score(kind, head, y_va, head.predict(X_va))
+            score = task_kind.validation_score(head.classes_, y_va, head.predict(X_va))
             if math.isnan(score):
                 raise optuna.TrialPruned(f"non-finite validation score at epoch {epoch}")
             trial.report(score, epoch)
@@ -186,8 +135,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     best = max(complete, key=lambda t: (t.value, -t.number))
     params = {**protocol.defaults, **best.params}
     head = new_head(params).fit(X, y)
-    metric = {"classification": "ROC AUC", "regression": "-MAE",
-              "survival": "Harrell C"}[kind]
+    metric = task_kind.validation_metric
     info = replace(head.fit_info, hyperparameters={
         **head.fit_info.hyperparameters, "study": study.study_name, "trials": trials,
         "best_trial": best.number}, selection=(

@@ -4,26 +4,50 @@ A cell is (backbone, weights id, task, dataset, data source, profile, head, frac
 All rows of a cell, and the cell's per-sample test predictions, are written in one
 transaction: a crash leaves either the whole cell or nothing. The default URL is an SQLite
 file; a server URL (postgresql://...) works the same for a team sharing a store.
+
+This module owns every read and write of the store's tables (no other module builds SQL):
+`write_cell` / `write_cells` write, `frame`, `cells`, `predictions` and `has_cell` read.
+
+Schema versions. The table ``brainbench_schema`` holds one row (name ``store``) with the
+store's schema version; `STORE_SCHEMA` is the version this code writes. Opening a store runs,
+in one transaction, the migrations from its version up to `STORE_SCHEMA` (`MIGRATIONS`; step
+i takes version i + 1 to i + 2) and stamps the new version: a failure leaves the store as it
+was. A store of the first release (tables ``results`` and ``predictions``, no version table) is
+version 1. A store of a newer version, or one whose tables lack columns this code needs, is
+refused with a message saying what to do. Migrations are plain SQLAlchemy Core, so they run on
+SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine,
-                        delete, select)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
+                        create_engine, delete, event, func, inspect, select)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from brainbench.errors import BenchError
 
-STORE_SCHEMA = 1
+#: The schema version this code reads and writes (see the module docstring).
+STORE_SCHEMA = 2
+SCHEMA_ROW = "store"
+PREDICTIONS_CHUNK = 500  # cell ids per IN query (SQLite allows 999 bound parameters)
+_OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then see it done
 
 metadata = MetaData()
+
+schema_table = Table(
+    "brainbench_schema", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
 
 results_table = Table(
     "results", metadata,
@@ -53,6 +77,10 @@ results_table = Table(
     Column("cache_key", String(64), nullable=False),
     Column("created_at", String(32), nullable=False),
 )
+# schema 2: a cell holds each metric once (also what a concurrent second writer of the same
+# cell on a server database now runs into, instead of silently doubling the cell's rows)
+cell_metric_index = Index("ux_results_cell_metric", results_table.c.cell_id,
+                          results_table.c.metric, unique=True)
 
 predictions_table = Table(
     "predictions", metadata,
@@ -62,6 +90,8 @@ predictions_table = Table(
     Column("target", Text, nullable=False),
     Column("prediction", Text, nullable=False),
 )
+
+DATA_TABLES = (results_table, predictions_table)
 
 
 @dataclass(frozen=True)
@@ -100,20 +130,262 @@ class Cell:
                        "config_hash": self.config_hash})
 
 
+Prediction = tuple[str, Any, Any]  # (sample id, target, prediction), JSON-decoded
+
+
+@dataclass(frozen=True)
+class StoredCell:
+    """One cell with its metric values, test predictions and timestamp.
+
+    Written by `ResultStore.write_cells` (``created_at`` None: now; the row key is always the
+    recomputed ``cell.cell_id``); returned by `ResultStore.cells` with ``cell_id`` as stored.
+    """
+
+    cell: Cell
+    metrics: Mapping[str, float | None]
+    predictions: Sequence[Prediction] = ()
+    created_at: str | None = None
+    cell_id: str = ""
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step from schema version ``source`` to ``source + 1`` (runs inside the open
+    transaction). ``adds`` names the columns the step adds per table: a store older than the
+    step may lack them."""
+
+    source: int
+    description: str
+    apply: Callable[[Connection, str], None]
+    adds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _unique_cell_metric(conn: Connection, url: str) -> None:
+    """v1 -> v2: a unique index on results(cell_id, metric)."""
+    c = results_table.c
+    doubled = conn.execute(select(c.cell_id, c.metric).group_by(c.cell_id, c.metric)
+                           .having(func.count() > 1).limit(3)).all()
+    if doubled:
+        examples = ", ".join(f"cell {cell_id} metric {metric}" for cell_id, metric in doubled)
+        raise BenchError(
+            f"results store {url}: cannot migrate store schema 1 to 2: some cells hold the same "
+            f"metric twice (e.g. {examples}), which happens when two runs wrote the same cell "
+            "at once; nothing was changed. Delete those cells' rows from the tables results and "
+            "predictions (DELETE ... WHERE cell_id = '...') and re-run them, or use a new "
+            "results folder (--results DIR or --db URL)")
+    cell_metric_index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "unique index ux_results_cell_metric on results(cell_id, metric)",
+              _unique_cell_metric),
+)
+assert [m.source for m in MIGRATIONS] == list(range(1, STORE_SCHEMA)), "one step per version"
+
+
+def _columns_needed(version: int) -> dict[str, set[str]]:
+    """The columns a store of ``version`` must have before its migrations run."""
+    needed = {t.name: {c.name for c in t.columns} for t in DATA_TABLES}
+    for step in MIGRATIONS:
+        if step.source >= version:
+            for table, added in dict(step.adds).items():
+                needed[table] -= set(added)
+    return needed
+
+
 def default_url(results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'results.db'}"
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """pysqlite runs DDL outside any transaction; let SQLAlchemy's BEGIN/COMMIT govern it, so
+    an interrupted migration rolls back whole (SQLAlchemy's documented recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+
+def _number(value: Any) -> float | None:
+    """A metric value for the store: undefined (None or NaN) is NULL."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
+
+
+def _cell_rows(cell: Cell, metrics: Mapping[str, Any], predictions: Iterable[Prediction],
+               created_at: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The result rows and prediction rows of one cell (shared by every writer)."""
+    cell_id = cell.cell_id
+    base = asdict(cell)
+    base["hyperparameters"] = json.dumps(cell.hyperparameters, sort_keys=True, default=str)
+    rows = [dict(base, cell_id=cell_id, metric=name, value=_number(value),
+                 created_at=created_at) for name, value in metrics.items()]
+    if not rows:
+        raise BenchError(f"cell {cell_id[:12]} ({cell.backbone}, {cell.task}, fraction "
+                         f"{cell.fraction:g}, seed {cell.seed}): no metrics to store")
+    preds = [{"cell_id": cell_id, "sample_id": sample_id,
+              "target": json.dumps(target, default=str),
+              "prediction": json.dumps(prediction, default=float)}
+             for sample_id, target, prediction in predictions]
+    return rows, preds
+
+
+def _reason(exc: Exception) -> str:
+    """The database's own message, without SQLAlchemy's statement dump."""
+    return str(getattr(exc, "orig", None) or exc).strip()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class ResultStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
         try:
             self.engine: Engine = create_engine(url, future=True)
-            metadata.create_all(self.engine)
         except Exception as exc:
             raise BenchError(f"cannot open results store {url}: {exc}") from None
-        self.url = url
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_transactions(self.engine)
+        self.schema_version = self._open()
+
+    # ------------------------------------------------------------------ schema
+
+    def _state(self, conn: Connection) -> tuple[int | None, set[str]]:
+        """(schema version or None for an empty database, the table names)."""
+        tables = set(inspect(conn).get_table_names())
+        if schema_table.name in tables:
+            try:
+                versions = conn.execute(select(schema_table.c.version)
+                                        .where(schema_table.c.name == SCHEMA_ROW)).scalars().all()
+            except SQLAlchemyError as exc:
+                raise BenchError(f"results store {self.url}: table {schema_table.name} is not "
+                                 f"readable ({type(exc).__name__}); use a new results folder "
+                                 "(--results DIR or --db URL)") from None
+            if len(versions) != 1 or not isinstance(versions[0], int):
+                raise BenchError(f"results store {self.url}: table {schema_table.name} holds "
+                                 f"{versions!r} instead of one version row {SCHEMA_ROW!r}; the "
+                                 "store was damaged: use a new results folder (--results DIR "
+                                 "or --db URL)")
+            return versions[0], tables
+        if tables & {t.name for t in DATA_TABLES}:
+            return 1, tables  # the first release wrote no version table
+        return None, tables
+
+    def _check(self, conn: Connection, version: int, tables: set[str]) -> None:
+        if version > STORE_SCHEMA:
+            raise BenchError(
+                f"results store {self.url} has store schema version {version}, but this "
+                f"brainbench reads versions 1 to {STORE_SCHEMA}: it was written by a newer "
+                "brainbench. Upgrade brainbench to use it, or use a new results folder "
+                "(--results DIR or --db URL); the store was not changed")
+        if version < 1:
+            raise BenchError(f"results store {self.url}: invalid store schema version "
+                             f"{version}; use a new results folder (--results DIR or --db URL)")
+        inspector = inspect(conn)
+        for table, needed in _columns_needed(version).items():
+            if table not in tables:
+                raise BenchError(f"results store {self.url} (store schema {version}) has no "
+                                 f"table {table!r}; it is not a complete brainbench results "
+                                 "store: use a new results folder (--results DIR or --db URL)")
+            have = {c["name"] for c in inspector.get_columns(table)}
+            missing = sorted(needed - have)
+            if missing:
+                raise BenchError(
+                    f"results store {self.url}: table {table!r} lacks column(s) "
+                    f"{', '.join(missing)} that store schema {version} has; it was not written "
+                    "by brainbench or was altered: use a new results folder (--results DIR or "
+                    "--db URL); the store was not changed")
+
+    def _migrate(self, conn: Connection) -> int:
+        version, tables = self._state(conn)
+        if version is None:
+            metadata.create_all(conn)
+            conn.execute(schema_table.insert().values(name=SCHEMA_ROW, version=STORE_SCHEMA))
+            return STORE_SCHEMA
+        self._check(conn, version, tables)
+        if version == STORE_SCHEMA:
+            return version
+        if schema_table.name not in tables:
+            schema_table.create(conn)
+            conn.execute(schema_table.insert().values(name=SCHEMA_ROW, version=version))
+        for step in MIGRATIONS[version - 1:]:
+            step.apply(conn, self.url)
+        conn.execute(schema_table.update().where(schema_table.c.name == SCHEMA_ROW)
+                     .values(version=STORE_SCHEMA))
+        return STORE_SCHEMA
+
+    def _open(self) -> int:
+        """Check the schema, migrating (or creating) in one transaction when needed."""
+        try:
+            with self.engine.connect() as conn:  # the common case writes nothing
+                version, tables = self._state(conn)
+                if version is not None:
+                    self._check(conn, version, tables)
+                    if version == STORE_SCHEMA:
+                        return version
+        except SQLAlchemyError as exc:
+            raise BenchError(f"cannot open results store {self.url}: {_reason(exc)}") from None
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return self._migrate(conn)
+            except SQLAlchemyError as exc:
+                # another process creating or migrating the same store at once: after it
+                # committed, the next attempt finds the store current
+                racing = isinstance(exc, (OperationalError, IntegrityError, ProgrammingError))
+                if not racing or attempt == _OPEN_ATTEMPTS:
+                    raise BenchError(f"cannot open results store {self.url}: migrating it to "
+                                     f"store schema {STORE_SCHEMA} failed ({_reason(exc)}); "
+                                     "the store was not changed") from None
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ writes
+
+    def write_cell(self, cell: Cell, metrics: Mapping[str, float | None],
+                   predictions: Iterable[Prediction]) -> None:
+        """Replace the cell's rows and predictions atomically (timestamped now)."""
+        self.write_cells([StoredCell(cell, metrics, list(predictions))])
+
+    def write_cells(self, cells: Iterable[StoredCell]) -> None:
+        """Replace each cell's rows and predictions, all cells in ONE transaction: a failure
+        writes none of them. Each keeps its ``created_at`` (None: now)."""
+        now = _now()
+        batches = [(item.cell.cell_id, *_cell_rows(item.cell, item.metrics, item.predictions,
+                                                   item.created_at or now))
+                   for item in cells]
+        try:
+            with self.engine.begin() as conn:
+                for cell_id, rows, preds in batches:
+                    conn.execute(delete(results_table).where(results_table.c.cell_id == cell_id))
+                    conn.execute(delete(predictions_table)
+                                 .where(predictions_table.c.cell_id == cell_id))
+                    conn.execute(results_table.insert(), rows)
+                    if preds:
+                        conn.execute(predictions_table.insert(), preds)
+        except IntegrityError as exc:
+            ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
+            if cell_metric_index.name in str(exc) or "unique" in str(exc).lower():
+                raise BenchError(f"results store {self.url}: cell(s) {ids} were being written "
+                                 "by another run at the same moment; that run's rows are kept "
+                                 "and nothing of this write was stored") from None
+            raise BenchError(f"results store {self.url}: writing cell(s) {ids} failed "
+                             f"({_reason(exc)}); nothing of this write was stored") from None
+
+    # ------------------------------------------------------------------ reads
 
     def has_cell(self, cell_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -121,35 +393,67 @@ class ResultStore:
                                .where(results_table.c.cell_id == cell_id).limit(1)).first()
         return row is not None
 
-    def write_cell(self, cell: Cell, metrics: dict[str, float],
-                   predictions: Iterable[tuple[str, Any, Any]]) -> None:
-        """Replace the cell's rows and predictions atomically."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        base = asdict(cell)
-        base["hyperparameters"] = json.dumps(cell.hyperparameters, sort_keys=True, default=str)
-        rows = [dict(base, cell_id=cell.cell_id, metric=name,
-                     value=None if value != value else float(value), created_at=now)
-                for name, value in metrics.items()]
-        preds = [{"cell_id": cell.cell_id, "sample_id": sample_id,
-                  "target": json.dumps(target, default=str),
-                  "prediction": json.dumps(prediction, default=float)}
-                 for sample_id, target, prediction in predictions]
-        with self.engine.begin() as conn:
-            conn.execute(delete(results_table).where(results_table.c.cell_id == cell.cell_id))
-            conn.execute(delete(predictions_table)
-                         .where(predictions_table.c.cell_id == cell.cell_id))
-            conn.execute(results_table.insert(), rows)
-            if preds:
-                conn.execute(predictions_table.insert(), preds)
-
-    def frame(self, **filters: Any) -> pd.DataFrame:
-        """All result rows (optionally filtered by column == value, or column in list)."""
+    def _query(self, **filters: Any):
         query = select(results_table)
         for column, wanted in filters.items():
             if wanted is None:
                 continue
+            if column not in results_table.c:
+                raise BenchError(f"results have no column {column!r} to filter on; columns: "
+                                 f"{', '.join(results_table.c.keys())}")
             col = results_table.c[column]
-            query = query.where(col.in_(wanted) if isinstance(wanted, (list, tuple, set))
+            query = query.where(col.in_(list(wanted)) if isinstance(wanted, (list, tuple, set))
                                 else col == wanted)
+        return query
+
+    def frame(self, **filters: Any) -> pd.DataFrame:
+        """All result rows (optionally filtered by column == value, or column in list)."""
         with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
+            return pd.read_sql(self._query(**filters), conn)
+
+    def cells(self, with_predictions: bool = False, **filters: Any) -> list[StoredCell]:
+        """The stored cells whose rows match ``filters`` (as `frame`), sorted by cell id, each
+        with its metrics (None = undefined) and, if asked, its predictions."""
+        names = [f.name for f in fields(Cell)]
+        grouped: dict[str, tuple[dict[str, Any], dict[str, float | None]]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._query(**filters).order_by(results_table.c.id)).mappings()
+            for row in rows:
+                _, metrics = grouped.setdefault(row["cell_id"], (dict(row), {}))
+                metrics[row["metric"]] = row["value"]
+        preds = self.predictions(grouped) if with_predictions else {}
+        out = []
+        for cell_id in sorted(grouped):
+            first, metrics = grouped[cell_id]
+            values = {name: first[name] for name in names}
+            try:
+                values["hyperparameters"] = json.loads(values["hyperparameters"])
+            except (TypeError, json.JSONDecodeError):
+                raise BenchError(f"results store {self.url}: cell {cell_id}: hyperparameters "
+                                 f"{values['hyperparameters']!r} are not JSON") from None
+            values["fraction"], values["seed"] = float(values["fraction"]), int(values["seed"])
+            values["n_train"], values["n_test"] = int(values["n_train"]), int(values["n_test"])
+            out.append(StoredCell(Cell(**values), metrics, preds.get(cell_id, []),
+                                  first["created_at"], cell_id))
+        return out
+
+    def predictions(self, cell_ids: Iterable[str]) -> dict[str, list[Prediction]]:
+        """{cell id: [(sample id, target, prediction), ...]} with JSON-decoded values, in the
+        order they were written; cells without stored predictions are absent."""
+        ids = list(dict.fromkeys(cell_ids))
+        out: dict[str, list[Prediction]] = {}
+        t = predictions_table
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), PREDICTIONS_CHUNK):
+                chunk = ids[start:start + PREDICTIONS_CHUNK]
+                query = (select(t.c.cell_id, t.c.sample_id, t.c.target, t.c.prediction)
+                         .where(t.c.cell_id.in_(chunk)).order_by(t.c.id))
+                for cell_id, sample_id, target, prediction in conn.execute(query):
+                    try:
+                        decoded = (sample_id, json.loads(target), json.loads(prediction))
+                    except (TypeError, json.JSONDecodeError):
+                        raise BenchError(f"results store {self.url}: cell {cell_id} sample "
+                                         f"{sample_id}: stored target/prediction is not JSON "
+                                         f"({target!r}, {prediction!r})") from None
+                    out.setdefault(cell_id, []).append(decoded)
+        return out

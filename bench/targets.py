@@ -178,16 +178,3 @@ class SegmentationTarget:
 
 Target = (ClassTarget | NumericTarget | SurvivalTarget | SurvivalHorizonTarget | ModalityTarget
           | SegmentationTarget)
-
-
-def target_array(target: Target, values: list[Any]) -> np.ndarray:
-    """Stack per-sample labels into what the probes and metrics take."""
-    if target.kind == "survival":
-        from sksurv.util import Surv
-
-        return Surv.from_arrays(
-            event=[bool(v[1]) for v in values], time=[float(v[0]) for v in values]
-        )
-    if target.kind == "regression":
-        return np.asarray(values, dtype=np.float64)
-    return np.asarray(values, dtype=object).astype(str)

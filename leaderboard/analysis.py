@@ -17,20 +17,19 @@ bootstrap: per seed, the exact test on the subjects exactly one of the two gets 
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
+from brainbench import stats
 from brainbench.errors import BenchError
-from brainbench.leaderboard import stats
+from brainbench.kinds import get_kind
 from brainbench.leaderboard.tables import protocol_labels, recovered_budgets
 from brainbench.metrics import PRIMARY_METRIC_DIRECTION
-from brainbench.store import ResultStore, predictions_table
+from brainbench.store import ResultStore
 from brainbench.taskspec import TaskSpec, get_task
 
 LEVEL = 0.95
@@ -244,7 +243,7 @@ class Analysis:
             return {}
         out: dict[tuple[Entry, str], McNemarComparison] = {}
         for task in tasks or [t.id for t in self.tasks]:
-            if get_task(task).target.kind != "classification":
+            if get_task(task).kind != "classification":
                 continue
             ref_recs = {r.seed: r for r in self.records(self.reference, task, fraction)}
             for entry in self.entries:
@@ -409,7 +408,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
              .drop_duplicates(["backbone", "weights_id", "protocol", "task", "fraction", "seed"],
                               keep="last"))
     entries = _entries(frame)
-    preds = _predictions(store, list(frame["cell_id"]))
+    preds = store.predictions(frame["cell_id"])
     cells: dict[tuple[Entry, str, float, int], CellRecord] = {}
     notes: list[str] = []
     for row in frame.to_dict("records"):
@@ -423,7 +422,8 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                                           "dataset")}
         provenance["trials"] = None if pd.isna(row["trials"]) else int(row["trials"])
         key = (entry, row["task"], float(row["fraction"]), int(row["seed"]))
-        if spec.primary_metric not in stats.BOOTSTRAP_METRICS.get(spec.target.kind, ()):
+        kind = get_kind(spec.kind)
+        if spec.primary_metric not in kind.bootstrap_metrics:
             note = (f"{spec.id}: {spec.primary_metric} cannot be recomputed from stored "
                     "predictions; shown as mean ± sd over seeds, without interval or test")
             if note not in notes:
@@ -436,9 +436,8 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                              f"fraction {row['fraction']:g}, seed {row['seed']}) has no stored "
                              "test predictions; re-run it with FORCE=1")
         rows.sort(key=lambda r: r[0])
-        scorer = stats.make_scorer(spec.target.kind, spec.primary_metric,
-                                   [r[1] for r in rows], [r[2] for r in rows],
-                                   getattr(spec.target, "classes", ()))
+        scorer = kind.scorer(spec.primary_metric, [r[1] for r in rows], [r[2] for r in rows],
+                             getattr(spec.target, "classes", ()))
         recomputed = scorer.point()
         if not np.isclose(recomputed, row["value"], rtol=1e-6, atol=1e-9):
             raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}): "
@@ -476,16 +475,3 @@ def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
     pretrained = [e for e in entries if not e.is_random]
     return (pretrained or entries)[0]
 
-
-def _predictions(store: ResultStore, cell_ids: list[str]) -> dict[str, list[tuple]]:
-    out: dict[str, list[tuple]] = {}
-    t = predictions_table
-    with store.engine.connect() as conn:
-        for start in range(0, len(cell_ids), 500):
-            chunk = cell_ids[start:start + 500]
-            query = select(t.c.cell_id, t.c.sample_id, t.c.target, t.c.prediction).where(
-                t.c.cell_id.in_(chunk))
-            for cell_id, sample_id, target, prediction in conn.execute(query):
-                out.setdefault(cell_id, []).append(
-                    (sample_id, json.loads(target), json.loads(prediction)))
-    return out

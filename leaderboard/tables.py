@@ -238,14 +238,10 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
                  "bootstrap interval.")
     if any(e.is_random for e in analysis.entries):
         notes.append(RANDOM_NOTE)
-    if any(get_kind(t) == "survival" for t in analysis.tasks):
+    if any(t.kind == "survival" for t in analysis.tasks):
         notes.append("Survival intervals and tests are for Harrell's C (Uno's C and the "
                      "log-rank test need training-set quantities the store does not keep).")
     return notes + list(analysis.notes)
-
-
-def get_kind(task: TaskSpec) -> str:
-    return task.target.kind
 
 
 MCNEMAR_TITLE = "McNemar (supplementary; classification tasks)"

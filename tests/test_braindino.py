@@ -21,7 +21,7 @@ from brainbench.baselines.braindino import (
 from brainbench.errors import BenchError
 from brainbench.weights import sha256_file, state_dict_sha256
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "braindino"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "braindino"  # see its README.md
 GOLDEN_NPZ = FIXTURES / "braindino_vitb16_golden.npz"
 GOLDEN_KEYS = FIXTURES / "braindino_vitb16_golden_keys.json"
 WEIGHTS_SEED = 20261124
@@ -34,11 +34,6 @@ HEAD_KEYS = {
     "dino_head.last_layer.weight": (8, 16),
     "ibot_head.mlp.0.weight": (16, 768),
 }
-
-
-def _need_fixtures() -> None:
-    if not (GOLDEN_NPZ.is_file() and GOLDEN_KEYS.is_file()):
-        pytest.skip(f"golden fixtures not found under {FIXTURES} (shared/ belongs beside the repo)")
 
 
 def _rel(a, b) -> float:
@@ -83,14 +78,12 @@ def reference_checkpoint(state: dict[str, torch.Tensor]) -> dict:
 
 @pytest.fixture(scope="module")
 def golden():
-    _need_fixtures()
     with np.load(GOLDEN_NPZ) as data:
         return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="module")
 def ref_state():
-    _need_fixtures()
     return reference_state()
 
 

@@ -19,7 +19,7 @@ from brainbench.baselines import clip
 from brainbench.errors import BenchError
 from brainbench.profiles import PROFILES
 from brainbench.segmentation.heads import make_head
-from brainbench.segmentation.runner import unsupported_reason
+from brainbench.evaluators.segmentation import unsupported_reason
 from tests.phantom_cohorts import phantoms  # noqa: F401  (fixture)
 
 TINY = PROFILES.get("tiny")

@@ -14,7 +14,7 @@ from sksurv.util import Surv
 from brainbench.errors import BenchError
 from brainbench.heads import make_head
 from brainbench.heads._torch import cox_partial_likelihood
-from brainbench.heads.knn import mcnemar_between, mcnemar_cells, mcnemar_exact
+from brainbench.stats import mcnemar_between, mcnemar_cells, mcnemar_exact
 
 # AUC, r, C; the oracle (true severity) scores ~0.97 r and ~0.77 C on the test set, and the
 # linear Cox head ~0.67 C; the null sd of C or AUC at n_test=300 is ~0.03

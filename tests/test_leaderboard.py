@@ -6,6 +6,7 @@ import html
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,6 +165,38 @@ def test_cli_commands(store, tmp_path, capsys):
     assert "imported 9 cell(s) of rand on survival_cox" in capsys.readouterr().out
     assert main(["table", "--db", db, "--models", "nope"]) == 2
     assert "no results for backbone(s) ['nope']" in capsys.readouterr().err
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def test_outputs_go_to_the_results_folder_never_the_source_tree(tmp_path, monkeypatch, capsys):
+    """table / curves / leaderboard, run from the repository root with only --results: what
+    they write lands in <results>/reports, figures and site; leaderboard/ gains nothing."""
+    source = Path(__file__).resolve().parent.parent / "leaderboard"
+    before = _tree(source)
+    results = tmp_path / "results"
+    results.mkdir()
+    build_store(results / "results.db", backbones=("base", "rand"))  # the default store there
+    monkeypatch.chdir(source.parent)
+    monkeypatch.delenv("BRAINBENCH_SITE", raising=False)
+    common = ["--results", str(results), "--bootstrap", "50"]
+    assert main(["table", "--fraction", "0.3", *common]) == 0
+    assert main(["curves", "--tasks", "brain_age", *common]) == 0
+    assert main(["leaderboard", *common]) == 0
+    capsys.readouterr()
+    assert _tree(source) == before
+    assert {"table_f0.3.md", "table_f0.3.tex"} <= _tree(results / "reports")
+    assert {"label_scarcity.png", "label_scarcity.svg"} <= _tree(results / "figures")
+    assert "index.html" in _tree(results / "site")
+    elsewhere = tmp_path / "elsewhere"  # BRAINBENCH_RESULTS instead of --results
+    elsewhere.mkdir()
+    shutil.copy(results / "results.db", elsewhere / "results.db")
+    monkeypatch.setenv("BRAINBENCH_RESULTS", str(elsewhere))
+    assert main(["curves", "--tasks", "brain_age", "--bootstrap", "20"]) == 0
+    assert (elsewhere / "figures" / "label_scarcity.svg").exists()
+    assert _tree(source) == before
 
 
 @pytest.mark.slow

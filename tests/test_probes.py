@@ -19,8 +19,10 @@ import pytest
 from sksurv.util import Surv
 
 from brainbench.errors import BenchError
+from brainbench.heads import Head as Probe
+from brainbench.heads import ProbeFit
+from brainbench.heads.linear import make_probe
 from brainbench.metrics import compute_metrics
-from brainbench.probes import Probe, ProbeFit, make_probe
 
 D = 768
 N_TRAIN = 120
@@ -237,7 +239,7 @@ def test_survival_refit_at_the_weakest_penalty_stays_quiet_and_finite():
     overflows in exp. The probe must not leak that warning; its risk scores stay finite."""
     import warnings
 
-    from brainbench.probes import COX_ALPHA_GRID, CoxSurvivalProbe
+    from brainbench.heads.linear import COX_ALPHA_GRID, CoxSurvivalProbe
 
     rng = np.random.default_rng(2)  # a draw that overflows (found by search; not all do)
     n = 24

@@ -214,6 +214,7 @@ def test_runner_force_searches_again_and_plain_rerun_skips(phantoms, tmp_path,  
 
     from brainbench import runner
     from brainbench.backbone import BACKBONES, register_backbone
+    from brainbench.evaluators import probe as probe_evaluator
     from brainbench.features import ExtractionStats
     from brainbench.profiles import PROFILES
     from brainbench.runner import RunConfig, run
@@ -222,7 +223,7 @@ def test_runner_force_searches_again_and_plain_rerun_skips(phantoms, tmp_path,  
 
     if "tiny-budget-test" not in BACKBONES:
         register_backbone("tiny-budget-test")(lambda **_: TinyBackbone())
-    monkeypatch.setattr(runner, "sample_features", lambda backbone, samples, *a, **k: (
+    monkeypatch.setattr(probe_evaluator, "sample_inputs", lambda backbone, samples, *a, **k: (
         {s.id: np.random.default_rng(zlib.crc32(s.id.encode())).standard_normal(8)
          .astype(np.float32) for s in samples}, ExtractionStats()))
     copy_dataset(phantoms, "bids", tmp_path / "data")

@@ -9,7 +9,7 @@ import pytest
 
 from brainbench.errors import BenchError
 from brainbench.protocols import PROTOCOLS, Protocol, check_tokens, get_protocol, protocol_input
-from brainbench.runner import HEAD, _config_hash, _protocol_identity, evaluate_cell
+from brainbench.evaluators.probe import HEAD, _config_hash, _protocol_identity, evaluate_cell
 from brainbench.search import fit_protocol
 from brainbench.store import ResultStore
 from brainbench.taskspec import Sample, get_task

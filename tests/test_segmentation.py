@@ -13,8 +13,9 @@ from brainbench.backbone import Backbone, InputContract, WeightsInfo
 from brainbench.errors import BenchError
 from brainbench.phantoms import generate_phantoms
 from brainbench.profiles import PROFILES
-from brainbench.runner import RunConfig, RunReport
-from brainbench.segmentation import SegmentationConfig, region_scores, run_segmentation_task
+from brainbench.evaluators.segmentation import SegmentationConfig, SegmentationEvaluator
+from brainbench.runner import RunConfig, RunReport, run_task
+from brainbench.segmentation import region_scores
 from brainbench.segmentation.data import choose_slices
 from brainbench.segmentation.heads import head_layers, make_head, trainable_parameters
 from brainbench.segmentation.labels import read_regions
@@ -83,17 +84,15 @@ def _run(root: Path, work: Path, backbone: Backbone, settings: SegmentationConfi
     store = ResultStore(default_url(work / "results"))
     report = RunReport(backbone.name, backbone.weights.status, backbone.weights.source,
                        "phantom:test", store.url)
-    run_segmentation_task(TASK, backbone, root, "phantom:test", store, config, report, settings)
+    run_task(TASK, backbone, root, "phantom:test", store, config, report,
+             evaluator=SegmentationEvaluator(settings))
     return report, store
 
 
 def _brain_baseline(store: ResultStore, root: Path) -> float:
     """Dice WT of predicting the whole brain as tumour, on the same test subjects."""
-    from sqlalchemy import select
-
-    from brainbench.store import predictions_table
-    with store.engine.connect() as conn:
-        subjects = sorted({r.sample_id for r in conn.execute(select(predictions_table))})
+    stored = store.predictions(list(store.frame().cell_id.unique()))
+    subjects = sorted({sid for rows in stored.values() for sid, *_ in rows})
     scores = []
     for sid in subjects:
         case = root / "BraTS2021" / sid

@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_score
 from sksurv.metrics import concordance_index_censored
 
+from brainbench import stats
 from brainbench.errors import BenchError
-from brainbench.leaderboard import stats
 from brainbench.leaderboard.analysis import load_analysis
 from brainbench.metrics import compute_metrics
 from brainbench.store import Cell, ResultStore

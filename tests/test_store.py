@@ -66,3 +66,33 @@ def test_table_marks_random_init_and_aggregates_over_seeds(tmp_path):
     pending = comparison_table(store.frame(), [get_task("brain_age")],
                                pending=[get_task("tumor_seg")])
     assert "PENDING" in pending and "tumor_seg" in pending
+
+
+def test_write_cells_is_one_transaction_and_keeps_timestamps(tmp_path):
+    from brainbench.errors import BenchError
+    from brainbench.store import StoredCell
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    first, second = cell(seed=0), cell(seed=1)
+    store.write_cells([StoredCell(first, {"mae": 1.0, "pearson_r": float("nan")},
+                                  [("s1", 30.0, 31.0)], "2024-01-02T03:04:05+00:00"),
+                       StoredCell(second, {"mae": 2.0}, [("s1", 30.0, 32.0)])])
+    frame = store.frame(seed=0)
+    assert set(frame.created_at) == {"2024-01-02T03:04:05+00:00"}
+    assert frame.set_index("metric").value.isna()["pearson_r"]  # NaN is stored as NULL
+    assert store.predictions([first.cell_id, second.cell_id, "unknown"]) == {
+        first.cell_id: [("s1", 30.0, 31.0)], second.cell_id: [("s1", 30.0, 32.0)]}
+    stored = store.cells(with_predictions=True, seed=[0, 1])
+    assert [s.cell for s in stored] == sorted([first, second], key=lambda c: c.cell_id)
+    assert {s.cell_id: s.metrics for s in stored}[first.cell_id] == {"mae": 1.0,
+                                                                     "pearson_r": None}
+    # a database error in the second cell leaves the first one as it was
+    with pytest.raises(BenchError, match="writing cell.*failed.*nothing of this write"):
+        store.write_cells([StoredCell(first, {"mae": 9.0}, []),
+                           StoredCell(cell(seed=2), {"mae": 3.0}, [(None, 1.0, 2.0)])])
+    assert list(store.frame(seed=0, metric="mae").value) == [1.0]
+    assert not store.has_cell(cell(seed=2).cell_id)
+    with pytest.raises(BenchError, match="no metrics to store"):
+        store.write_cell(cell(seed=4), {}, [])
+    with pytest.raises(BenchError, match="no column 'nope'"):
+        store.frame(nope=1)

@@ -1,16 +1,20 @@
-"""Pieces every adapter shares: the adapter record, finding the dataset folder, images, finishing."""
+"""Pieces every adapter shares: the adapter record, finding the dataset folder, rows by key,
+images, notes, finishing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Generic, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from brainbench.errors import BenchError
 from brainbench.registry import Registry
 from brainbench.subjects import Cohort, Subject
 
+from ._tables import Row, Table, preview
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -93,13 +97,80 @@ def require_dir(path: Path, title: str, expected_tree: str, what: str = "image f
     return path
 
 
-def find_image(folder: Path, stem: str) -> Path | None:
-    """``folder/stem.nii.gz`` (or ``.nii``) if it exists as a file."""
-    for suffix in NIFTI_SUFFIXES:
-        p = folder / (stem + suffix)
-        if p.is_file():
-            return p
+@dataclass
+class KeyedRows(Generic[K]):
+    """A label table's rows by subject key. ``rows[key]`` is None for a key dropped because its
+    rows disagree; ``repeats`` lists each repeated key in file order with whether the repeat
+    equals the row kept; ``unkeyed`` counts rows without a key (skipped)."""
+
+    rows: dict[K, Row | None] = field(default_factory=dict)
+    repeats: list[tuple[K, bool]] = field(default_factory=list)
+    unkeyed: int = 0
+
+    def repeated(self, identical: bool | None = None) -> list[K]:
+        """Repeated keys, all of them or only those whose repeat was (not) identical."""
+        return [k for k, same in self.repeats if identical is None or same == identical]
+
+
+def key_rows(table: Table, key_of: Callable[[Row], K | None], *, drop_conflicts: bool = False,
+             ignore: Iterable[str] = ()) -> KeyedRows[K]:
+    """One row per key (``key_of`` returns None for rows to skip). A repeated key keeps its first
+    row; with ``drop_conflicts`` a repeat that differs (outside the ``ignore`` columns) drops the
+    key, since neither row can be trusted."""
+    ignored = set(ignore)
+    out: KeyedRows[K] = KeyedRows()
+    for row in table:
+        key = key_of(row)
+        if key is None:
+            out.unkeyed += 1
+            continue
+        if key in out.rows:
+            kept = out.rows[key]
+            same = kept is not None and _values(kept, ignored) == _values(row, ignored)
+            out.repeats.append((key, same))
+            if drop_conflicts and not same:
+                out.rows[key] = None
+            continue
+        out.rows[key] = row
+    return out
+
+
+def _values(row: Row, ignored: set[str]) -> dict[str, str]:
+    return {k: v for k, v in row.values.items() if k not in ignored}
+
+
+def find_image(folder: Path, *stems: str) -> Path | None:
+    """``folder/<stem>.nii.gz`` (or ``.nii``) for the first of ``stems`` that exists as a file."""
+    for stem in stems:
+        for suffix in NIFTI_SUFFIXES:
+            p = folder / (stem + suffix)
+            if p.is_file():
+                return p
     return None
+
+
+def find_contrasts(folder: Path, suffixes: Mapping[str, str],
+                   *prefixes: str) -> tuple[dict[str, Path], list[str]]:
+    """Each contrast's image ``folder/<prefix><suffix>`` ({our name: file suffix}, the first
+    prefix that exists), and the suffixes of the contrasts not found."""
+    images, absent = {}, []
+    for ours, suffix in suffixes.items():
+        path = find_image(folder, *(prefix + suffix for prefix in prefixes))
+        if path is None:
+            absent.append(suffix)
+        else:
+            images[ours] = path
+    return images, absent
+
+
+def counted(items: Sequence[object], text: str, n: int = 5) -> str:
+    """A note ``'<count> <text>: a, b, ...'``; empty (dropped by `finish`) when nothing happened."""
+    return f"{len(items)} {text}: {preview(items, n)}" if items else ""
+
+
+def listed(items: Sequence[object], text: str) -> str:
+    """A note ``'<text>: a, b, ...'``; empty (dropped by `finish`) when nothing happened."""
+    return f"{text}: {preview(items)}" if items else ""
 
 
 def strip_nifti(name: str) -> str | None:

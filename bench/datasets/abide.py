@@ -11,8 +11,8 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter
-from ._tables import parse_code, parse_float, parse_int, preview, read_table
+from ._common import counted, find_image, finish, key_rows, listed, locate, register_adapter
+from ._tables import parse_code, parse_float, parse_int, read_table
 
 NAME = "abide1"
 TITLE = "ABIDE I"
@@ -44,20 +44,9 @@ def read(root: Path) -> Cohort:
     table = read_table(folder / LABEL_FILE, REQUIRED, expected_tree=EXPECTED_TREE)
     index = _subject_folders(folder)
 
-    rows = {}
-    dropped_dups, kept_dups = [], []
-    for row in table:
-        sub = parse_int(table, row, "SUB_ID", what="subject id", missing=MISSING)
-        if sub is None:
-            continue
-        if sub in rows:
-            if rows[sub] is not None and dict(rows[sub].values) == dict(row.values):
-                kept_dups.append(sub)
-            else:
-                dropped_dups.append(sub)
-                rows[sub] = None
-            continue
-        rows[sub] = row
+    keyed = key_rows(table, lambda row: parse_int(table, row, "SUB_ID", what="subject id", missing=MISSING),
+                     drop_conflicts=True)
+    rows = keyed.rows
 
     subjects: list[Subject] = []
     no_image, no_dx, no_age, ambiguous = [], [], [], []
@@ -99,21 +88,15 @@ def read(root: Path) -> Cohort:
         )
 
     unlisted = sorted(s for s in index if s not in rows)
-    notes = []
-    if kept_dups:
-        notes.append(f"SUB_ID repeated with identical rows, one kept: {preview(kept_dups)}")
-    if dropped_dups:
-        notes.append(f"SUB_ID repeated with different rows, dropped: {preview(dropped_dups)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without an image skipped: {preview(no_image)}")
-    if no_dx:
-        notes.append(f"{len(no_dx)} subject(s) with DX_GROUP missing (-9999) skipped: {preview(no_dx)}")
-    if no_age:
-        notes.append(f"{len(no_age)} subject(s) with AGE_AT_SCAN missing (targets['age'] is None): {preview(no_age)}")
-    if ambiguous:
-        notes.append(f"SUB_ID found under several site folders, the first with an image used: {preview(ambiguous)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} subject folder(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    notes = [
+        listed(keyed.repeated(identical=True), "SUB_ID repeated with identical rows, one kept"),
+        listed(keyed.repeated(identical=False), "SUB_ID repeated with different rows, dropped"),
+        counted(no_image, "row(s) without an image skipped"),
+        counted(no_dx, "subject(s) with DX_GROUP missing (-9999) skipped"),
+        counted(no_age, "subject(s) with AGE_AT_SCAN missing (targets['age'] is None)"),
+        listed(ambiguous, "SUB_ID found under several site folders, the first with an image used"),
+        counted(unlisted, f"subject folder(s) without a row in {LABEL_FILE} ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter, require_dir
-from ._tables import parse_code, parse_date, parse_float, preview, read_table
+from ._common import counted, find_image, finish, key_rows, locate, register_adapter, require_dir
+from ._tables import parse_code, parse_date, parse_float, read_table
 
 NAME = "adni"
 TITLE = "ADNI (ADNIMERGE)"
@@ -43,18 +43,8 @@ def read(root: Path) -> Cohort:
     table = read_table(folder / LABEL_FILE, REQUIRED, expected_tree=EXPECTED_TREE)
     images_dir = require_dir(folder / "images", TITLE, EXPECTED_TREE)
 
-    rows_by_key = {}
-    duplicates = []
-    no_ptid = 0
-    for row in table:
-        ptid, vis = row["PTID"], row["VISCODE"]
-        if not ptid or not vis:
-            no_ptid += 1
-            continue
-        if (ptid, vis) in rows_by_key:
-            duplicates.append(f"{ptid}_{vis}")
-            continue
-        rows_by_key[(ptid, vis)] = row
+    keyed = key_rows(table, lambda row: (row["PTID"], row["VISCODE"]) if row["PTID"] and row["VISCODE"] else None)
+    rows_by_key = keyed.rows
 
     # Baseline exam date and age per participant: the 'bl' row, else EXAMDATE_bl/AGE on the row.
     baseline = {}
@@ -111,19 +101,14 @@ def read(root: Path) -> Cohort:
         if m and f"{p.parent.parent.name}_{p.parent.name}" not in listed:
             unlisted.append(f"{p.parent.parent.name}_{p.parent.name}")
 
-    notes = []
-    if no_ptid:
-        notes.append(f"{no_ptid} row(s) of {LABEL_FILE} without PTID or VISCODE skipped")
-    if duplicates:
-        notes.append(f"{len(duplicates)} repeated (PTID, VISCODE) row(s); the first was kept: {preview(duplicates)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without an image skipped: {preview(no_image)}")
-    if no_dx:
-        notes.append(f"{len(no_dx)} visit(s) with an image but empty DX skipped: {preview(no_dx)}")
-    if no_age:
-        notes.append(f"{len(no_age)} visit(s) without a computable age (targets['age'] is None): {preview(no_age)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} image(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    notes = [
+        f"{keyed.unkeyed} row(s) of {LABEL_FILE} without PTID or VISCODE skipped" if keyed.unkeyed else "",
+        counted([f"{p}_{v}" for p, v in keyed.repeated()], "repeated (PTID, VISCODE) row(s); the first was kept"),
+        counted(no_image, "row(s) without an image skipped"),
+        counted(no_dx, "visit(s) with an image but empty DX skipped"),
+        counted(no_age, "visit(s) without a computable age (targets['age'] is None)"),
+        counted(unlisted, f"image(s) without a row in {LABEL_FILE} ignored"),
+    ]
     n_groups = len({s.group for s in subjects})
     if subjects:
         notes.append(f"{len(subjects)} visits of {n_groups} participants (grouped by PTID)")

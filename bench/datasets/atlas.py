@@ -11,8 +11,8 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter, require_dir
-from ._tables import is_missing, parse_float, preview, read_table
+from ._common import counted, find_image, finish, key_rows, listed, locate, register_adapter, require_dir
+from ._tables import is_missing, parse_float, read_table
 
 NAME = "atlas2"
 TITLE = "ATLAS R2.0"
@@ -55,33 +55,16 @@ def _session(raw: str) -> str:
 
 
 def read(root: Path) -> Cohort:
-    folder = locate(
-        root,
-        folder=FOLDER,
-        title=TITLE,
-        expected_tree=EXPECTED_TREE,
-        alt_folders=("ATLAS_R2.0", "ATLAS_2.0"),
-        looks_like=lambda p: any(p.glob("*ATLAS_2.0_MetaData*.csv")),
-    )
+    folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE,
+                    alt_folders=("ATLAS_R2.0", "ATLAS_2.0"),
+                    looks_like=lambda p: any(p.glob("*ATLAS_2.0_MetaData*.csv")))
     label = _label_file(folder)
     table = read_table(label, REQUIRED, expected_tree=EXPECTED_TREE)
     training = require_dir(folder / "Training", TITLE, EXPECTED_TREE, what="image folder")
     subject_dirs = {p.name: p for p in sorted(training.glob("*/sub-*")) if p.is_dir()}
 
-    rows = {}
-    dup_kept, dup_dropped = [], []
-    for row in table:
-        sid = _subject_id(row["Subject ID"])
-        if not sid:
-            continue
-        if sid in rows:
-            if rows[sid] is not None and dict(rows[sid].values) == dict(row.values):
-                dup_kept.append(sid)
-            else:
-                dup_dropped.append(sid)
-                rows[sid] = None
-            continue
-        rows[sid] = row
+    keyed = key_rows(table, lambda row: _subject_id(row["Subject ID"]) or None, drop_conflicts=True)
+    rows = keyed.rows
 
     subjects: list[Subject] = []
     no_image, no_days, no_mask = [], [], []
@@ -114,21 +97,15 @@ def read(root: Path) -> Cohort:
         )
 
     unlisted = sorted(s for s in subject_dirs if s not in rows)
-    notes = []
-    if label.name != LABEL_FILE:
-        notes.append(f"metadata read from {label.name}")
-    if dup_kept:
-        notes.append(f"Subject ID repeated with identical rows, one kept: {preview(dup_kept)}")
-    if dup_dropped:
-        notes.append(f"Subject ID repeated with different rows, dropped: {preview(dup_dropped)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without a T1w image skipped: {preview(no_image)}")
-    if no_days:
-        notes.append(f"{len(no_days)} subject(s) without Days Post Stroke skipped: {preview(no_days)}")
-    if no_mask:
-        notes.append(f"{len(no_mask)} subject(s) without a lesion mask (targets['lesion'] is None): {preview(no_mask)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} subject folder(s) without a row in {label.name} ignored: {preview(unlisted)}")
+    notes = [
+        f"metadata read from {label.name}" if label.name != LABEL_FILE else "",
+        listed(keyed.repeated(identical=True), "Subject ID repeated with identical rows, one kept"),
+        listed(keyed.repeated(identical=False), "Subject ID repeated with different rows, dropped"),
+        counted(no_image, "row(s) without a T1w image skipped"),
+        counted(no_days, "subject(s) without Days Post Stroke skipped"),
+        counted(no_mask, "subject(s) without a lesion mask (targets['lesion'] is None)"),
+        counted(unlisted, f"subject folder(s) without a row in {label.name} ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

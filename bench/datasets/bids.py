@@ -16,8 +16,8 @@ from pathlib import Path
 from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import finish, locate, register_adapter
-from ._tables import is_missing, parse_float, preview, read_table
+from ._common import counted, finish, listed, locate, register_adapter
+from ._tables import is_missing, parse_float, read_table
 
 NAME = "bids"
 TITLE = "BIDS participants.tsv (e.g. Pixar ds000228)"
@@ -92,18 +92,13 @@ def read(root: Path) -> Cohort:
         ))
 
     unlisted = sorted(s for s in subject_dirs if s not in seen)
-    notes = []
-    if duplicates:
-        notes.append(f"participant_id repeated in {LABEL_FILE}, the first row kept: {preview(duplicates)}")
-    if no_image:
-        notes.append(f"{len(no_image)} participant(s) without a T1w image skipped: {preview(no_image)}")
-    if no_age:
-        notes.append(f"{len(no_age)} participant(s) with {age_col} n/a (targets['age'] is None): {preview(no_age)}")
-    if several:
-        notes.append(f"{len(several)} participant(s) with several T1w images, the first session's "
-                     f"plainest used: {preview(several)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} sub-* folder(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    notes = [
+        listed(duplicates, f"participant_id repeated in {LABEL_FILE}, the first row kept"),
+        counted(no_image, "participant(s) without a T1w image skipped"),
+        counted(no_age, f"participant(s) with {age_col} n/a (targets['age'] is None)"),
+        counted(several, "participant(s) with several T1w images, the first session's plainest used"),
+        counted(unlisted, f"sub-* folder(s) without a row in {LABEL_FILE} ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter
-from ._tables import preview
+from ._common import counted, find_contrasts, find_image, finish, locate, register_adapter
 
 NAME = "brats2021"
 TITLE = "BraTS 2021"
@@ -47,14 +46,8 @@ def _looks_like(path: Path) -> bool:
 
 
 def read(root: Path) -> Cohort:
-    folder = locate(
-        root,
-        folder=FOLDER,
-        title=TITLE,
-        expected_tree=EXPECTED_TREE,
-        alt_folders=("BraTS2023",),
-        looks_like=_looks_like,
-    )
+    folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE,
+                    alt_folders=("BraTS2023",), looks_like=_looks_like)
     subjects: list[Subject] = []
     incomplete: list[str] = []
     no_seg: list[str] = []
@@ -69,16 +62,10 @@ def read(root: Path) -> Cohort:
         else:
             ignored.append(case.name)
             continue
-        images = {}
-        absent = []
-        for ours, suffix in modalities.items():
-            p = find_image(case, f"{case.name}{sep}{suffix}")
-            if p is None:
-                absent.append(f"{case.name}{sep}{suffix}.nii.gz")
-            else:
-                images[ours] = p
+        images, absent = find_contrasts(case, modalities, f"{case.name}{sep}")
         if absent:
-            incomplete.append(f"{case.name} (no {', '.join(absent)})")
+            files = ", ".join(f"{case.name}{sep}{suffix}.nii.gz" for suffix in absent)
+            incomplete.append(f"{case.name} (no {files})")
             continue
         seg = find_image(case, f"{case.name}{sep}seg")
         if seg is None:
@@ -98,12 +85,11 @@ def read(root: Path) -> Cohort:
         notes.append("both BraTS 2021 and BraTS 2023 case naming found: label schemes differ (meta label_scheme)")
     elif schemes == {"brats2023"}:
         notes.append("BraTS 2023 naming (t1n->t1, t1c->t1c, t2w->t2, t2f->flair; labels 1, 2, 3 with ET=3)")
-    if incomplete:
-        notes.append(f"{len(incomplete)} case folder(s) without all four contrasts skipped: {preview(incomplete, 3)}")
-    if no_seg:
-        notes.append(f"{len(no_seg)} case(s) without a segmentation (targets['seg'] is None): {preview(no_seg)}")
-    if ignored:
-        notes.append(f"{len(ignored)} folder(s) not named like a BraTS case ignored: {preview(ignored)}")
+    notes += [
+        counted(incomplete, "case folder(s) without all four contrasts skipped", n=3),
+        counted(no_seg, "case(s) without a segmentation (targets['seg'] is None)"),
+        counted(ignored, "folder(s) not named like a BraTS case ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

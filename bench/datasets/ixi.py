@@ -13,8 +13,8 @@ from pathlib import Path
 
 from brainbench.subjects import Cohort, Subject
 
-from ._common import finish, layout_error, locate, register_adapter
-from ._tables import Row, Table, parse_code, parse_date, parse_float, parse_int, preview, read_table
+from ._common import counted, finish, layout_error, locate, register_adapter
+from ._tables import Row, Table, parse_code, parse_date, parse_float, parse_int, read_table
 
 NAME = "ixi"
 TITLE = "IXI"
@@ -120,20 +120,14 @@ def read(root: Path) -> Cohort:
         )
 
     unlisted = [f"IXI{n:03d}" for n in sorted(images) if n not in by_id]
-    if no_id:
-        notes.append(f"{no_id} row(s) without IXI_ID skipped")
-    if derived_ids:
-        notes.append(f"{len(derived_ids)} empty AGE(s) derived from STUDY_DATE - DOB: {preview(derived_ids)}")
-    if no_age:
-        notes.append(
-            f"{len(no_age)} id(s) with empty AGE and no STUDY_DATE/DOB to derive it dropped: {preview(no_age)}"
-        )
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without a T1 image skipped: {preview(no_image)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} T1 image(s) without a row in {label.name} ignored: {preview(unlisted)}")
-    if extra_images:
-        notes.append(f"{len(extra_images)} extra T1 image(s) for an id already seen ignored: {preview(extra_images)}")
+    notes += [
+        f"{no_id} row(s) without IXI_ID skipped" if no_id else "",
+        counted(derived_ids, "empty AGE(s) derived from STUDY_DATE - DOB"),
+        counted(no_age, "id(s) with empty AGE and no STUDY_DATE/DOB to derive it dropped"),
+        counted(no_image, "row(s) without a T1 image skipped"),
+        counted(unlisted, f"T1 image(s) without a row in {label.name} ignored"),
+        counted(extra_images, "extra T1 image(s) for an id already seen ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import finish, locate, register_adapter
-from ._tables import is_missing, parse_code, parse_float, preview, read_table
+from ._common import counted, finish, key_rows, listed, locate, register_adapter
+from ._tables import Row, is_missing, parse_code, parse_float, read_table
 
 NAME = "oasis1"
 TITLE = "OASIS-1"
@@ -66,19 +66,17 @@ def read(root: Path) -> Cohort:
     table = read_table(folder / LABEL_FILE, REQUIRED, expected_tree=EXPECTED_TREE)
     sessions = _session_dirs(folder)
 
-    rows = {}
-    duplicates = []
-    for row in table:
+    def session_id(row: Row) -> str | None:
         raw = row["ID"].strip()
         if is_missing(raw):
-            continue
+            return None
         if not ID.match(raw):
             raise BenchError(f"cannot parse session id {raw!r} in {table.where(row, 'ID')} "
                              "(expected OAS1_0001_MR1)")
-        if raw in rows:
-            duplicates.append(raw)
-            continue
-        rows[raw] = row
+        return raw
+
+    keyed = key_rows(table, session_id)
+    rows = keyed.rows
 
     subjects: list[Subject] = []
     no_image, no_cdr = [], []
@@ -107,18 +105,13 @@ def read(root: Path) -> Cohort:
 
     unlisted = sorted(s for s in sessions if s not in rows)
     rescans = sorted(s.id for s in subjects if not s.id.endswith("_MR1"))
-    notes = []
-    if duplicates:
-        notes.append(f"ID repeated in {LABEL_FILE}, the first row kept: {preview(duplicates)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without a T88_111 image skipped: {preview(no_image)}")
-    if no_cdr:
-        notes.append(f"{len(no_cdr)} session(s) with CDR empty (not clinically rated; "
-                     f"targets['dementia'] is None): {preview(no_cdr)}")
-    if rescans:
-        notes.append(f"{len(rescans)} reliability rescan(s) grouped with their first session: {preview(rescans)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} session folder(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    notes = [
+        listed(keyed.repeated(), f"ID repeated in {LABEL_FILE}, the first row kept"),
+        counted(no_image, "row(s) without a T88_111 image skipped"),
+        counted(no_cdr, "session(s) with CDR empty (not clinically rated; targets['dementia'] is None)"),
+        counted(rescans, "reliability rescan(s) grouped with their first session"),
+        counted(unlisted, f"session folder(s) without a row in {LABEL_FILE} ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

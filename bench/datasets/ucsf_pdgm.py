@@ -16,8 +16,9 @@ from pathlib import Path
 from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter, require_dir
-from ._tables import Row, Table, is_missing, parse_code, parse_float, parse_int, preview, read_table
+from ._common import (counted, find_contrasts, find_image, finish, key_rows, listed, locate,
+                      register_adapter, require_dir)
+from ._tables import Row, Table, is_missing, parse_code, parse_float, parse_int, read_table
 
 NAME = "ucsf_pdgm"
 TITLE = "UCSF-PDGM"
@@ -73,26 +74,18 @@ def read(root: Path) -> Cohort:
         if m and p.is_dir():
             exam_dirs.setdefault(int(m.group(1)), p)
 
-    rows: dict[int, Row | None] = {}
-    dup_kept, dup_dropped = [], []
-    for row in table:
+    def exam_number(row: Row) -> int | None:
         raw = row["ID"]
         if is_missing(raw):
-            continue
+            return None
         m = ID.match(raw.strip())
         if not m:
             raise BenchError(f"cannot parse exam id {raw!r} in {table.where(row, 'ID')} (expected UCSF-PDGM-004)")
-        num = int(m.group(1))
-        if num in rows:
-            prev = rows[num]
-            same = prev is not None and {k: v for k, v in prev.values.items() if k != "ID"} == {
-                k: v for k, v in row.values.items() if k != "ID"
-            }
-            (dup_kept if same else dup_dropped).append(canonical(num))
-            if not same:
-                rows[num] = None
-            continue
-        rows[num] = row
+        return int(m.group(1))
+
+    # an ID written with 3 or 4 digits names the same exam: repeats compare the other columns
+    keyed = key_rows(table, exam_number, drop_conflicts=True, ignore=("ID",))
+    rows = keyed.rows
 
     subjects: list[Subject] = []
     no_image, incomplete, no_seg, no_idh = [], [], [], []
@@ -111,17 +104,11 @@ def read(root: Path) -> Cohort:
             no_image.append(sid)
             continue
         prefix = exam.name[: -len("_nifti")]
-        images, absent = {}, []
-        for ours, suffix in MODALITIES.items():
-            p = find_image(exam, f"{prefix}_{suffix}") or find_image(exam, f"{sid}_{suffix}")
-            if p is None:
-                absent.append(suffix)
-            else:
-                images[ours] = p
+        images, absent = find_contrasts(exam, MODALITIES, f"{prefix}_", f"{sid}_")
         if absent:
             incomplete.append(f"{sid} (no {', '.join(absent)})")
             continue
-        seg = find_image(exam, f"{prefix}_tumor_segmentation") or find_image(exam, f"{sid}_tumor_segmentation")
+        seg = find_image(exam, f"{prefix}_tumor_segmentation", f"{sid}_tumor_segmentation")
         if seg is None:
             no_seg.append(sid)
         if idh is None:
@@ -137,21 +124,16 @@ def read(root: Path) -> Cohort:
         )
 
     unlisted = [canonical(n) for n in sorted(exam_dirs) if n not in rows]
-    notes = []
-    if dup_kept:
-        notes.append(f"exam id repeated with identical rows, one kept: {preview(dup_kept)}")
-    if dup_dropped:
-        notes.append(f"exam id repeated with different rows, dropped: {preview(dup_dropped)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without an image folder skipped: {preview(no_image)}")
-    if incomplete:
-        notes.append(f"{len(incomplete)} exam(s) without all four contrasts skipped: {preview(incomplete, 3)}")
-    if no_seg:
-        notes.append(f"{len(no_seg)} exam(s) without tumor_segmentation (targets['seg'] is None): {preview(no_seg)}")
-    if no_idh:
-        notes.append(f"{len(no_idh)} exam(s) with IDH missing (targets['idh'] is None): {preview(no_idh)}")
-    if unlisted:
-        notes.append(f"{len(unlisted)} exam folder(s) without a row in {LABEL_FILE} ignored: {preview(unlisted)}")
+    same, different = ([canonical(n) for n in keyed.repeated(identical=i)] for i in (True, False))
+    notes = [
+        listed(same, "exam id repeated with identical rows, one kept"),
+        listed(different, "exam id repeated with different rows, dropped"),
+        counted(no_image, "row(s) without an image folder skipped"),
+        counted(incomplete, "exam(s) without all four contrasts skipped", n=3),
+        counted(no_seg, "exam(s) without tumor_segmentation (targets['seg'] is None)"),
+        counted(no_idh, "exam(s) with IDH missing (targets['idh'] is None)"),
+        counted(unlisted, f"exam folder(s) without a row in {LABEL_FILE} ignored"),
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import find_image, finish, locate, register_adapter, require_dir
-from ._tables import Row, Table, is_missing, parse_code, parse_float, preview, read_table
+from ._common import counted, find_contrasts, finish, listed, locate, register_adapter, require_dir
+from ._tables import Row, Table, is_missing, parse_code, parse_float, read_table
 
 NAME = "upenn_gbm"
 TITLE = "UPENN-GBM"
@@ -112,13 +112,7 @@ def read(root: Path) -> Cohort:
         if not m:
             continue
         num, ses = int(m.group(2)), m.group(3)
-        images, absent = {}, []
-        for ours, suffix in MODALITIES.items():
-            p = find_image(sdir, f"{sdir.name}_{suffix}")
-            if p is None:
-                absent.append(suffix)
-            else:
-                images[ours] = p
+        images, absent = find_contrasts(sdir, MODALITIES, f"{sdir.name}_")
         if absent:
             incomplete.append(f"{sdir.name} (no {', '.join(absent)})")
             continue
@@ -148,25 +142,16 @@ def read(root: Path) -> Cohort:
         for (n, s) in records
         if (n, s) not in direct and (s is not None or (n, s) not in used)
     ]
-    notes = []
-    if duplicates:
-        notes.append(f"ID repeated in {LABEL_FILE}, the first row kept: {preview(duplicates)}")
-    if no_image:
-        notes.append(f"{len(no_image)} row(s) without a complete image session skipped: {preview(no_image)}")
-    if incomplete:
-        notes.append(f"{len(incomplete)} session(s) without all four contrasts skipped: {preview(incomplete, 3)}")
-    if inherited:
-        notes.append(
-            f"{len(inherited)} follow-up session(s) without a CSV row inherit their patient's targets, sex and "
-            f"baseline age: {preview(inherited)}"
-        )
-    if orphan:
-        notes.append(
-            f"{len(orphan)} session folder(s) of patients without a row in {LABEL_FILE} ignored: {preview(orphan)}"
-        )
     no_os = sum(1 for s in subjects if s.targets["os_days"] is None)
-    if no_os:
-        notes.append(f"{no_os} session(s) with survival 'Not Available' (targets['os_days'] is None)")
+    notes = [
+        listed(duplicates, f"ID repeated in {LABEL_FILE}, the first row kept"),
+        counted(no_image, "row(s) without a complete image session skipped"),
+        counted(incomplete, "session(s) without all four contrasts skipped", n=3),
+        counted(inherited, "follow-up session(s) without a CSV row inherit their patient's targets, sex and "
+                           "baseline age"),
+        counted(orphan, f"session folder(s) of patients without a row in {LABEL_FILE} ignored"),
+        f"{no_os} session(s) with survival 'Not Available' (targets['os_days'] is None)" if no_os else "",
+    ]
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 

@@ -2,27 +2,28 @@
 
 Why one loop: the reference recipe (Adam for classification, AdamW for regression, the Cox
 partial likelihood for survival, log1p for stroke days) is the same whatever sits in front of
-the final layers; heads differ only in the module and in the input shape they accept.
+the final layers; heads differ only in the module and in the input shape they accept. torch is
+imported when a head trains, not when the registry loads.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Iterator, Mapping
 
 import numpy as np
-import torch
 
 from brainbench.errors import BenchError
-from brainbench.probes import ProbeFit, _survival_arrays
+from brainbench.heads.base import Head, Monitor
+from brainbench.heads.validation import check_features, check_targets
+from brainbench.kinds import probe_kinds
 
-__all__ = ["TorchHead", "TrainParams", "cox_partial_likelihood", "ReferenceHead"]
+__all__ = ["TorchHead", "TrainParams", "cox_partial_likelihood", "one_thread"]
 
 #: The reference recipe (DESIGN.md section 3): 8 epochs, Adam lr 1e-4, weight decay 1e-5.
 REFERENCE_PARAMS: dict[str, Any] = {"lr": 1e-4, "weight_decay": 1e-5, "epochs": 8,
                                     "batch_size": 16}
-
-EpochMonitor = Callable[[int, "TorchHead"], None]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class TrainParams:
     batch_size: int = 16
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "TrainParams":
+    def from_dict(cls, params: Mapping[str, Any]) -> "TrainParams":
         known = {k: params[k] for k in ("lr", "weight_decay", "epochs", "batch_size")
                  if k in params}
         out = cls(**{k: type(getattr(cls(), k))(v) for k, v in known.items()})
@@ -43,21 +44,25 @@ class TrainParams:
         return out
 
 
-class ReferenceHead(torch.nn.Module):
-    """BrainDINO's head: LayerNorm -> Linear(d, d) -> GELU -> Linear(d, K)."""
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Head steps are milliseconds of small ops: a second intra-op thread only adds
+    synchronisation, and on a busy shared 2-core machine it made a linear segmentation-head
+    step 20-50x slower (6 ms CPU per step with one thread vs 100-340 ms wall with two)."""
+    import torch
 
-    def __init__(self, dim: int, out: int) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, dim),
-                                       torch.nn.GELU(), torch.nn.Linear(dim, out))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
+def cox_partial_likelihood(risk: Any, time: Any, event: Any) -> Any:
+    """Negative Cox partial log-likelihood (Breslow ties), averaged over events (tensors)."""
+    import torch
 
-def cox_partial_likelihood(risk: torch.Tensor, time: torch.Tensor,
-                           event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood (Breslow ties), averaged over events."""
     order = torch.argsort(time, descending=True)
     risk, event, time = risk[order], event[order], time[order]
     log_cum = torch.logcumsumexp(risk, dim=0)
@@ -71,92 +76,74 @@ def cox_partial_likelihood(risk: torch.Tensor, time: torch.Tensor,
     return -((risk - log_risk_set) * event).sum() / n_events
 
 
-class TorchHead:
-    """Base: fit/predict/fit_info/classes_ like the linear probes, trained with torch."""
+class TorchHead(Head):
+    """Base of the trained probe heads: one module, the reference recipe, fixed params.
 
-    head_name = "torch"
+    Subclasses give the input layout (``ndim``, ``layout``) and ``_build``; the search (not
+    the head) scores validation, through ``monitor`` after each epoch.
+    """
 
-    def __init__(self, kind: str, *, seed: int, params: dict[str, Any] | None = None,
+    kinds = probe_kinds()
+    ndim = 2
+    layout = "(n, d)"
+
+    def __init__(self, kind: str, *, seed: int, params: Mapping[str, Any] | None = None,
                  target_transform: str | None = None) -> None:
-        if kind not in ("classification", "regression", "survival"):
-            raise BenchError(f"no {self.head_name} head for task kind {kind!r}; valid: "
-                             "classification, regression, survival")
-        if target_transform not in (None, "log1p"):
-            raise BenchError(f"unknown target_transform {target_transform!r}; valid: None, 'log1p'")
-        self.kind = kind
-        self.seed = int(seed)
-        self.params = dict(REFERENCE_PARAMS, **(params or {}))
+        super().__init__(kind, seed=seed, params=dict(REFERENCE_PARAMS, **(params or {})),
+                         target_transform=target_transform)
         self.train_params = TrainParams.from_dict(self.params)
-        self.target_transform = target_transform
-        self.classes_: np.ndarray | None = None
-        self._module: torch.nn.Module | None = None
-        self._fit_info: ProbeFit | None = None
+        self._module: Any = None
         self._y_mean = 0.0
         self._y_std = 1.0
         self._input_shape: tuple[int, ...] | None = None
         self._n_train = 0
 
     # -- subclass hooks
-    def _build(self, input_shape: tuple[int, ...], out: int) -> torch.nn.Module:
+    def _build(self, input_shape: tuple[int, ...], out: int) -> Any:
+        """The torch module for inputs shaped (n, *input_shape) and `out` outputs."""
         raise NotImplementedError
 
     def _check_inputs(self, X: Any) -> np.ndarray:
-        raise NotImplementedError
+        return check_features(X, ndim=self.ndim, layout=self.layout, dtype=np.float32,
+                              sample_shape=self._input_shape)
 
     # -- training
-    def _targets(self, y: Any, n: int) -> tuple[torch.Tensor, ...]:
+    def _targets(self, y: Any, n: int) -> tuple[Any, ...]:
+        import torch
+
+        checked = check_targets(self.kind, y, n, self.who)
         if self.kind == "classification":
-            labels = np.asarray(y)
-            if labels.ndim != 1 or labels.shape[0] != n:
-                raise BenchError(f"{n} feature rows but labels shaped {labels.shape}")
-            self.classes_, index = np.unique(labels, return_inverse=True)
-            if len(self.classes_) < 2:
-                raise BenchError(f"classification training subset has only one class "
-                                 f"{list(self.classes_)}; a head needs at least 2 classes")
-            return (torch.as_tensor(index, dtype=torch.long),)
+            self.classes_ = checked.classes
+            return (torch.as_tensor(checked.index, dtype=torch.long),)
         if self.kind == "regression":
-            target = np.asarray(y, dtype=np.float64)
-            if target.shape != (n,) or not np.isfinite(target).all():
-                raise BenchError(f"regression labels must be {n} finite numbers")
-            if self.target_transform == "log1p":
-                if (target <= -1).any():
-                    raise BenchError("target_transform='log1p' needs labels > -1")
-                target = np.log1p(target)
-                # as the linear probe: never predict beyond the training targets' range
-                # (expm1 of an extrapolated log value is absurd)
-                self._log_range = (float(target.min()), float(target.max()))
+            target = self._fit_target(checked)
             self._y_mean = float(target.mean())
             self._y_std = float(target.std()) or 1.0
             return (torch.as_tensor((target - self._y_mean) / self._y_std, dtype=torch.float32),)
-        event, time = _survival_arrays(y)
-        if event.shape[0] != n:
-            raise BenchError(f"{n} feature rows but {event.shape[0]} survival labels")
-        if not event.any():
-            raise BenchError(f"survival training subset ({n} subjects) has no events; a Cox "
-                             "head needs at least one")
+        event, time = checked
         return (torch.as_tensor(time, dtype=torch.float32),
                 torch.as_tensor(event, dtype=torch.float32))
 
-    def _loss(self, out: torch.Tensor, targets: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _loss(self, out: Any, targets: tuple[Any, ...]) -> Any:
+        from torch.nn import functional as F
+
         if self.kind == "classification":
-            return torch.nn.functional.cross_entropy(out, targets[0])
+            return F.cross_entropy(out, targets[0])
         if self.kind == "regression":
-            return torch.nn.functional.mse_loss(out[:, 0], targets[0])
+            return F.mse_loss(out[:, 0], targets[0])  # the training loss, not the selection
         return cox_partial_likelihood(out[:, 0], targets[0], targets[1])
 
-    def fit(self, X: Any, y: Any, monitor: EpochMonitor | None = None) -> "TorchHead":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "TorchHead":
         """Train on (X, y); `monitor(epoch, self)` runs after each epoch (optuna pruning)."""
-        features = self._check_inputs(X)
+        import torch
+
+        features = check_features(X, ndim=self.ndim, layout=self.layout, dtype=np.float32)
         n = features.shape[0]
-        if n < 2:
-            raise BenchError(f"cannot fit a {self.head_name} head on {n} training sample(s)")
         targets = self._targets(y, n)
         self._n_train = n
         out = len(self.classes_) if self.kind == "classification" else 1
         p = self.train_params
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny matrices on a shared machine: one thread is fastest
-        try:
+        with one_thread():  # tiny matrices on a shared machine: one thread is fastest
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 self._input_shape = tuple(features.shape[1:])
@@ -183,61 +170,26 @@ class TorchHead:
                     optimiser.step()
                 module.eval()
                 if monitor is not None:
-                    self._fit_info = self._info("training")
+                    self._info("training")
                     monitor(epoch, self)
-        finally:
-            torch.set_num_threads(previous_threads)
-        self._fit_info = self._info("fixed parameters (no search)")
+        self._info("fixed parameters (no search)")
         return self
 
-    def _info(self, selection: str) -> ProbeFit:
-        hyper = {k: self.params[k] for k in sorted(self.params)}
-        if self.target_transform:
-            hyper["target_transform"] = self.target_transform
-        return ProbeFit(head=self.head_name, hyperparameters=hyper, selection=selection,
-                        n_train=self._n_train)
-
-    @property
-    def fit_info(self) -> ProbeFit:
-        if self._fit_info is None:
-            raise BenchError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
-        return self._fit_info
-
-    def set_fit_info(self, info: ProbeFit) -> None:
-        self._fit_info = info
+    def _info(self, selection: str) -> None:
+        self._record_fit({k: self.params[k] for k in sorted(self.params)}, selection,
+                         self._n_train)
 
     def predict(self, X: Any) -> np.ndarray:
         """Probabilities (n, K) in classes_ order, values (n,) or Cox risk scores (n,)."""
-        if self._module is None:
-            raise BenchError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
+        import torch
+
+        self.check_is_fitted()
         features = self._check_inputs(X)
-        if tuple(features.shape[1:]) != self._input_shape:
-            raise BenchError(f"inputs shaped {features.shape[1:]} per sample, but the head was "
-                             f"fitted on {self._input_shape}")
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                out = self._module(torch.as_tensor(features, dtype=torch.float32)).double()
-        finally:
-            torch.set_num_threads(previous_threads)
+        with torch.inference_mode(), one_thread():
+            out = self._module(torch.as_tensor(features, dtype=torch.float32)).double()
         if self.kind == "classification":
             return torch.softmax(out, dim=1).numpy()
         values = out[:, 0].numpy()
         if self.kind == "regression":
-            values = values * self._y_std + self._y_mean
-            if self.target_transform == "log1p":
-                values = np.expm1(np.clip(values, *self._log_range))
+            values = self._predict_target(values * self._y_std + self._y_mean)
         return np.asarray(values, dtype=np.float64)
-
-
-def check_array(X: Any, ndim: int, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BenchError(f"{what} inputs must be numeric arrays") from None
-    if array.ndim != ndim:
-        raise BenchError(f"{what} inputs must be {ndim}-D, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise BenchError(f"{what} inputs contain NaN or inf")
-    return array

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -109,9 +110,41 @@ def _quirk_rows(n: int, k: int, start: int = 1) -> list[int]:
     return sorted({min(n - 1, start + j * max(n // (k + 1), 1)) for j in range(k)})
 
 
+# ----------------------------------------------------------------------------- the datasets
+@dataclasses.dataclass(frozen=True)
+class PhantomDataset:
+    """How one dataset's phantom is made. ``plan(name, n, seed, template)`` samples the cohort;
+    ``write_table`` writes the release's own label file (None: it has none, like BraTS);
+    ``survival``: outcomes depend on the rendered tumour volume (drawn in `finalize`). The folder
+    it is written to is its adapter's (`layouts.FOLDERS`)."""
+
+    name: str
+    plan: Callable[[str, int, int, Template], CohortPlan]
+    write_table: Callable[[Path, list[Record]], None] | None
+    survival: bool = False
+
+
+PHANTOMS: dict[str, PhantomDataset] = {}
+"""Every dataset with a phantom, in generation order: filled by `phantom` below, the one place
+a phantom dataset is named."""
+
+
+def phantom(name: str, write_table: Callable[[Path, list[Record]], None] | None,
+            survival: bool = False) -> Callable:
+    """Register a cohort planner as dataset ``name``'s phantom (a dataset adapter must exist)."""
+    if name not in layouts.FOLDERS:
+        raise ValueError(f"phantom {name!r} has no dataset adapter; known: {sorted(layouts.FOLDERS)}")
+
+    def register(plan: Callable[[str, int, int, Template], CohortPlan]) -> Callable:
+        PHANTOMS[name] = PhantomDataset(name, plan, write_table, survival)
+        return plan
+
+    return register
+
+
 # ----------------------------------------------------------------------------- BraTS 2021
-def plan_brats2021(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "brats2021"
+@phantom("brats2021", write_table=None)
+def plan_brats2021(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     recs = []
     for i in range(n):
@@ -149,8 +182,8 @@ def adni_dx(dx_bl: str, severity: float) -> str:
     return max(base, by_sev, key=DX_ORDER.index)
 
 
-def plan_adni(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "adni"
+@phantom("adni", write_table=layouts.write_adni)
+def plan_adni(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     crng = rng_for(seed, ds, 20_000)
     site_nos = [int(s) for s in sorted(crng.choice(ADNI_SITE_NUMBERS, size=4, replace=False))]
@@ -229,8 +262,8 @@ ABIDE_SITES = {  # site: (first SUB_ID, ASD fraction, age range)
 }
 
 
-def plan_abide1(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "abide1"
+@phantom("abide1", write_table=layouts.write_abide)
+def plan_abide1(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     names = list(ABIDE_SITES)
     counters = {s: ABIDE_SITES[s][0] for s in names}
@@ -275,8 +308,8 @@ def plan_abide1(n: int, seed: int, t: Template) -> CohortPlan:
 IXI_SITES = ("Guys", "HH", "IOP")
 
 
-def plan_ixi(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "ixi"
+@phantom("ixi", write_table=layouts.write_ixi)
+def plan_ixi(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 3, fields=(1.5, 3.0, 1.5))
     age_missing = set(_quirk_rows(n, 2, start=2))
     recs = []
@@ -329,8 +362,8 @@ def plan_ixi(n: int, seed: int, t: Template) -> CohortPlan:
 TERRITORY_P = {"MCA": 0.55, "ACA": 0.1, "PCA": 0.15, "lacunar": 0.2}
 
 
-def plan_atlas2(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "atlas2"
+@phantom("atlas2", write_table=layouts.write_atlas)
+def plan_atlas2(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     crng = rng_for(seed, ds, 20_000)
     site_nos = [int(s) for s in sorted(crng.choice(np.arange(1, 36), size=4, replace=False))]
@@ -360,8 +393,8 @@ def plan_atlas2(n: int, seed: int, t: Template) -> CohortPlan:
 
 
 # ----------------------------------------------------------------------------- UCSF-PDGM
-def plan_ucsf_pdgm(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "ucsf_pdgm"
+@phantom("ucsf_pdgm", write_table=layouts.write_ucsf, survival=True)
+def plan_ucsf_pdgm(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     recs = []
     num = 3
@@ -399,8 +432,8 @@ def plan_ucsf_pdgm(n: int, seed: int, t: Template) -> CohortPlan:
 
 
 # ----------------------------------------------------------------------------- UPENN-GBM
-def plan_upenn_gbm(n: int, seed: int, t: Template) -> CohortPlan:
-    ds = "upenn_gbm"
+@phantom("upenn_gbm", write_table=layouts.write_upenn, survival=True)
+def plan_upenn_gbm(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     sites = _sites(seed, ds, 4)
     os_missing = set(_quirk_rows(n, 1 if n < 40 else 2, start=2))
     recs = []
@@ -450,10 +483,10 @@ CDR_P = {0.0: 0.55, 0.5: 0.3, 1.0: 0.13, 2.0: 0.02}
 CDR_SEVERITY = {0.0: (0.0, 0.10), 0.5: (0.5, 0.15), 1.0: (0.9, 0.2), 2.0: (1.2, 0.2)}
 
 
-def plan_oasis1(n: int, seed: int, t: Template) -> CohortPlan:
+@phantom("oasis1", write_table=layouts.write_oasis)
+def plan_oasis1(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     """Cross-sectional: about a third under 60 (CDR not rated), CDR-scaled regional GM loss above
     60, and reliability rescans (``_MR2``: same brain, new noise, own row) for a few people."""
-    ds = "oasis1"
     sites = _sites(seed, ds, 1)
     rescans = set(_quirk_rows(n, 2, start=0))
     recs: list[Record] = []
@@ -487,9 +520,9 @@ def plan_oasis1(n: int, seed: int, t: Template) -> CohortPlan:
 
 
 # ----------------------------------------------------------------------------- BIDS (ds000228)
-def plan_bids(n: int, seed: int, t: Template) -> CohortPlan:
+@phantom("bids", write_table=layouts.write_bids)
+def plan_bids(ds: str, n: int, seed: int, t: Template) -> CohortPlan:
     """Pixar ds000228: mostly children aged 3.5-12 and some adults, one scanner; one ``n/a`` age."""
-    ds = "bids"
     sites = _sites(seed, ds, 1, fields=(3.0,))
     age_missing = set(_quirk_rows(n, 1, start=1)) if n >= 3 else set()
     recs = []
@@ -513,7 +546,7 @@ def plan_bids(n: int, seed: int, t: Template) -> CohortPlan:
 def finalize(plan: CohortPlan, seed: int) -> None:
     """Labels that depend on rendered quantities (survival depends on the measured tumour
     volume); fills ``Record.fields`` in place."""
-    if plan.dataset not in ("ucsf_pdgm", "upenn_gbm"):
+    if not PHANTOMS[plan.dataset].survival:
         return
     by_subject: dict[str, dict[str, float]] = {}
     for i, r in enumerate(plan.records):
@@ -530,18 +563,5 @@ def finalize(plan: CohortPlan, seed: int) -> None:
             r.fields.update({k: src[k] for k in ("true_survival_days", "censor_days", "os_days", "event")})
 
 
-PLANNERS: dict[str, Callable[[int, int, Template], CohortPlan]] = {
-    "brats2021": plan_brats2021,
-    "adni": plan_adni,
-    "abide1": plan_abide1,
-    "ixi": plan_ixi,
-    "atlas2": plan_atlas2,
-    "ucsf_pdgm": plan_ucsf_pdgm,
-    "upenn_gbm": plan_upenn_gbm,
-    "oasis1": plan_oasis1,
-    "bids": plan_bids,
-}
-
-
 def plan_cohort(dataset: str, n: int, seed: int, t: Template) -> CohortPlan:
-    return PLANNERS[dataset](n, seed, t)
+    return PHANTOMS[dataset].plan(dataset, n, seed, t)

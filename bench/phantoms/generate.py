@@ -30,14 +30,14 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from brainbench.phantoms.cohorts import finalize, plan_cohort
-from brainbench.phantoms.layouts import FOLDERS, write_label_file
+from brainbench.phantoms.cohorts import PHANTOMS, finalize, plan_cohort
+from brainbench.phantoms.layouts import FOLDERS
 from brainbench.phantoms.render import init_worker, render_scan
 from brainbench.phantoms.specs import CohortPlan
 from brainbench.phantoms.template import load_template
 
 PHANTOM_VERSION = "1.0"
-DATASETS = ("brats2021", "adni", "abide1", "ixi", "atlas2", "ucsf_pdgm", "upenn_gbm", "oasis1", "bids")
+DATASETS = tuple(PHANTOMS)
 MANIFEST = "_phantom.json"
 TRUTH_DIR = "_truth"
 
@@ -191,7 +191,9 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
                 if r.scan is not None:
                     r.stats = stats[(d, r.scan.scan_id)]
             finalize(plan, seed)
-            write_label_file(d, tmp_dirs[d], plan.records)
+            write_table = PHANTOMS[d].write_table
+            if write_table is not None:
+                write_table(tmp_dirs[d], plan.records)
             truth = _truth_frame(plan)
             truth_tmp = root / TRUTH_DIR / f".{d}.csv.{os.getpid()}.tmp"
             truth.to_csv(truth_tmp, index=False)

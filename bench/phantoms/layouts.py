@@ -21,6 +21,9 @@ ATLAS `Sex` is M/F. UCSF-PDGM ids have gaps (like the real ones). ADNI `DX_bl`/`
 given on every row; rows without images are m24 visits. IXI rows whose AGE is empty have
 DATE_AVAILABLE 0 and no STUDY_DATE. UPENN-GBM rows with `Not Available` survival days have
 Survival_Status `Alive` and Survival_Censor 1. Ground truth lives only in `root/_truth/`.
+Folder, label-file and image-folder names are read from the dataset adapters
+(`brainbench.datasets`), where each is declared once; which datasets have phantoms is
+`cohorts.PHANTOMS`.
 """
 
 from __future__ import annotations
@@ -28,21 +31,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from brainbench.datasets import ADAPTERS, abide, adni, atlas, bids, ixi, oasis1, ucsf_pdgm, upenn_gbm
 from brainbench.phantoms.specs import Record
 
-FOLDERS = {
-    "brats2021": "BraTS2021",
-    "adni": "ADNI",
-    "abide1": "ABIDE_I",
-    "ixi": "IXI",
-    "atlas2": "ATLAS_2",
-    "ucsf_pdgm": "UCSF-PDGM",
-    "upenn_gbm": "UPENN-GBM",
-    "oasis1": "OASIS-1",
-    "bids": "ds000228",
-}
+# The folder each dataset unpacks to, as its adapter declares it (the one declaration).
+FOLDERS = {name: ADAPTERS.get(name).folder for name in ADAPTERS}
 
 
 # ----------------------------------------------------------------------------- image paths
@@ -65,19 +60,19 @@ def ixi_image(ixi_id: int, site: str, scan_no: int) -> str:
 
 def atlas_images(site: int, n: int) -> dict[str, str]:
     sub = f"sub-r{site:03d}s{n:03d}"
-    base = f"Training/R{site:03d}/{sub}/ses-1/anat/{sub}_ses-1_space-MNI152NLin2009aSym"
+    base = f"Training/R{site:03d}/{sub}/ses-1/anat/{sub}_ses-1_{atlas.SPACE}"
     return {"t1": f"{base}_T1w.nii.gz", "mask": f"{base}_label-L_desc-T1lesion_mask.nii.gz"}
 
 
 def ucsf_images(num: int) -> dict[str, str]:
     sid = f"UCSF-PDGM-{num:04d}"
     names = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR", "seg": "tumor_segmentation"}
-    return {k: f"UCSF-PDGM-v5/{sid}_nifti/{sid}_{v}.nii.gz" for k, v in names.items()}
+    return {k: f"{ucsf_pdgm.IMAGE_DIR}/{sid}_nifti/{sid}_{v}.nii.gz" for k, v in names.items()}
 
 
 def upenn_images(scan_id: str) -> dict[str, str]:
     names = {"t1": "T1", "t1c": "T1GD", "t2": "T2", "flair": "FLAIR"}
-    return {k: f"images_structural/{scan_id}/{scan_id}_{v}.nii.gz" for k, v in names.items()}
+    return {k: f"{upenn_gbm.IMAGE_DIR}/{scan_id}/{scan_id}_{v}.nii.gz" for k, v in names.items()}
 
 
 def oasis_image(num: int, session: int, disc: int) -> str:
@@ -114,7 +109,7 @@ def write_adni(dest: Path, records: list[Record]) -> None:
         rows.append({"RID": f["RID"], "PTID": f["PTID"], "VISCODE": f["VISCODE"], "EXAMDATE": f["EXAMDATE"],
                      "DX_bl": f["DX_bl"], "DX": f["DX"], "AGE": _fmt(f["AGE"]),
                      "PTGENDER": "Male" if f["sex"] == "M" else "Female", "MMSE": f["MMSE"], "SITE": f["SITE"]})
-    _write_csv(dest / "ADNIMERGE.csv", cols, rows)
+    _write_csv(dest / adni.LABEL_FILE, cols, rows)
 
 
 def write_abide(dest: Path, records: list[Record]) -> None:
@@ -126,7 +121,7 @@ def write_abide(dest: Path, records: list[Record]) -> None:
                      "DSM_IV_TR": f["DSM_IV_TR"], "AGE_AT_SCAN": _fmt(f["age"], 2),
                      "SEX": 1 if f["sex"] == "M" else 2, "HANDEDNESS_CATEGORY": f["HANDEDNESS_CATEGORY"],
                      "FIQ": f["FIQ"]})
-    _write_csv(dest / "Phenotypic_V1_0b.csv", cols, rows)
+    _write_csv(dest / abide.LABEL_FILE, cols, rows)
 
 
 def write_ixi(dest: Path, records: list[Record]) -> None:
@@ -135,7 +130,7 @@ def write_ixi(dest: Path, records: list[Record]) -> None:
     cols = ["IXI_ID", "SEX_ID", "HEIGHT", "WEIGHT", "ETHNIC_ID", "MARITAL_ID", "OCCUPATION_ID",
             "QUALIFICATION_ID", "DOB", "DATE_AVAILABLE", "STUDY_DATE", "AGE"]
     book = xlwt.Workbook()
-    sheet = book.add_sheet("Table")
+    sheet = book.add_sheet(ixi.SHEET)
     date_style = xlwt.easyxf(num_format_str="YYYY-MM-DD")
     for j, c in enumerate(cols):
         sheet.write(0, j, c)
@@ -152,7 +147,7 @@ def write_ixi(dest: Path, records: list[Record]) -> None:
             sheet.write(i, 10, dt.datetime.combine(f["STUDY_DATE"], dt.time()), date_style)
         if f.get("AGE") is not None:
             sheet.write(i, 11, float(f["AGE"]))
-    book.save(str(dest / "IXI.xls"))
+    book.save(str(dest / ixi.LABEL_FILES[0]))
 
 
 def write_atlas(dest: Path, records: list[Record]) -> None:
@@ -163,7 +158,7 @@ def write_atlas(dest: Path, records: list[Record]) -> None:
         rows.append({"Subject ID": f["subject"], "Site": f"R{f['site_no']:03d}", "Session": "ses-1",
                      "Days Post Stroke": _fmt(f["days"], 2), "Lesion Hemisphere": f["hemisphere"],
                      "Age": int(f["age"]), "Sex": f["sex"]})
-    _write_csv(dest / "ATLAS_2.0_MetaData.csv", cols, rows)
+    _write_csv(dest / atlas.LABEL_FILE, cols, rows)
 
 
 def write_ucsf(dest: Path, records: list[Record]) -> None:
@@ -176,7 +171,7 @@ def write_ucsf(dest: Path, records: list[Record]) -> None:
                      "WHO CNS Grade": f["grade"], "Final pathologic diagnosis (WHO 2021)": f["diagnosis"],
                      "MGMT status": f["mgmt"], "1p/19q": f["codeletion"], "IDH": f["idh_label"],
                      "1-dead 0-alive": int(f["event"]), "OS": _fmt(f["os_days"], 1), "EOR": f["eor"]})
-    _write_csv(dest / "UCSF-PDGM-metadata_v5.csv", cols, rows)
+    _write_csv(dest / ucsf_pdgm.LABEL_FILE, cols, rows)
 
 
 def write_upenn(dest: Path, records: list[Record]) -> None:
@@ -191,7 +186,7 @@ def write_upenn(dest: Path, records: list[Record]) -> None:
                      "Survival_Status": "Alive" if (na or not f["event"]) else "Deceased",
                      "Survival_Censor": 1 if (na or not f["event"]) else 0,
                      "IDH1": f["idh_label"], "MGMT": f["mgmt"], "KPS": f["kps"]})
-    _write_csv(dest / "UPENN-GBM_clinical_info_v2.1.csv", cols, rows)
+    _write_csv(dest / upenn_gbm.LABEL_FILE, cols, rows)
 
 
 def write_oasis(dest: Path, records: list[Record]) -> None:
@@ -205,7 +200,7 @@ def write_oasis(dest: Path, records: list[Record]) -> None:
                      "MMSE": f["MMSE"] if rated else "", "CDR": f"{f['CDR']:g}" if rated else "",
                      "eTIV": f["eTIV"], "nWBV": f"{f['nWBV']:.3f}", "ASF": f"{f['ASF']:.3f}",
                      "Delay": f["Delay"] if f["Delay"] is not None else "N/A"})
-    _write_csv(dest / "oasis_cross-sectional.csv", cols, rows)
+    _write_csv(dest / oasis1.LABEL_FILE, cols, rows)
 
 
 def write_bids(dest: Path, records: list[Record]) -> None:
@@ -216,29 +211,10 @@ def write_bids(dest: Path, records: list[Record]) -> None:
         rows.append({"participant_id": r.key, "Age": "n/a" if f["age_missing"] else _fmt(f["age"], 2),
                      "AgeGroup": f["AgeGroup"], "Child_Adult": f["Child_Adult"], "Gender": f["sex"],
                      "Handedness": f["Handedness"]})
-    with open(dest / "participants.tsv", "w", newline="") as fh:
+    with open(dest / bids.LABEL_FILE, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, delimiter="\t", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     (dest / "dataset_description.json").write_text(
         '{\n  "Name": "brainbench phantom in the layout of OpenNeuro ds000228",\n  "BIDSVersion": "1.0.2"\n}\n')
 
-
-TABLE_WRITERS: dict[str, Callable[[Path, list[Record]], None] | None] = {
-    "brats2021": None,
-    "adni": write_adni,
-    "abide1": write_abide,
-    "ixi": write_ixi,
-    "atlas2": write_atlas,
-    "ucsf_pdgm": write_ucsf,
-    "upenn_gbm": write_upenn,
-    "oasis1": write_oasis,
-    "bids": write_bids,
-}
-
-
-def write_label_file(dataset: str, dest: Path, records: list[Record]) -> None:
-    """Write the dataset's own label file (if it has one) into its folder ``dest``."""
-    writer = TABLE_WRITERS[dataset]
-    if writer is not None:
-        writer(dest, records)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
+from brainbench.metrics import REGION_METRIC_DIRECTION, region_metric
+
 CONVENTIONS = (
     "truth and prediction both empty: Dice 1, HD95 0 mm; exactly one empty: Dice 0, HD95 = "
     "image diagonal in mm (373.13 mm for BraTS 240x240x155 at 1 mm); otherwise MONAI "
@@ -33,7 +35,8 @@ def diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 def region_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
                   regions: Sequence[str]) -> dict[str, float]:
-    """prediction, truth: (R, X, Y, Z) bool -> {dice_wt, ..., hd95_wt, ...}."""
+    """prediction, truth: (R, X, Y, Z) bool -> {dice_wt, hd95_wt, dice_tc, ...}: every family of
+    `REGION_METRIC_DIRECTION` for each region."""
     pred = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None]
     gt = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[None]
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, gt)[0]
@@ -50,8 +53,7 @@ def region_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[f
             values = metric(pred[:, rows], gt[:, rows], spacing=list(map(float, spacing)))[0]
         hd[both] = values.numpy()
     hd[pred_any != gt_any] = diagonal_mm(prediction.shape[1:], spacing)
-    scores: dict[str, float] = {}
-    for i, region in enumerate(regions):
-        scores[f"dice_{region.lower()}"] = 1.0 if not (pred_any[i] or gt_any[i]) else float(dice[i])
-        scores[f"hd95_{region.lower()}"] = float(hd[i])
-    return scores
+    dice = np.where(pred_any | gt_any, dice.numpy(), 1.0)  # both empty: Dice 1
+    values = {"dice": dice, "hd95": hd}
+    return {region_metric(family, region): float(values[family][i])
+            for i, region in enumerate(regions) for family in REGION_METRIC_DIRECTION}

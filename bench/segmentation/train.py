@@ -3,21 +3,22 @@
 Fixed settings, no selection step: nothing is tuned, so the test split cannot leak into a
 choice. Minibatches are drawn from the (foreground-aware) training slices with a seeded
 generator; the loss is soft Dice (MONAI) + binary cross-entropy per region, the usual
-region-based BraTS objective (WT, TC, ET overlap, so each is its own sigmoid).
+region-based BraTS objective (WT, TC, ET overlap, so each is its own sigmoid). The heads
+themselves are `brainbench.heads.segmentation` ("linear", "multiscale"); this is their fit.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from monai.losses import DiceLoss
 from torch import nn
 
+from brainbench.heads._torch import one_thread  # one intra-op thread: see its docstring
 from brainbench.segmentation.data import to_volume
 
 
@@ -39,19 +40,6 @@ class TrainInfo:
     n_slices: int
     seconds: float
     final_loss: float
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Head steps are milliseconds of small ops: a second intra-op thread only adds
-    synchronisation, and on a busy shared 2-core machine it made a linear-head step 20-50x
-    slower (6 ms CPU per step with one thread vs 100-340 ms wall with two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train_head(head: nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarray,

@@ -44,12 +44,12 @@ import torch
 
 from brainbench.backbone import BACKBONES, InputContract, WeightsInfo
 from brainbench.errors import BenchError
+from brainbench.preprocess import INTENSITIES, intensity_problem
 from brainbench.weights import LoadReport, load_checkpoint, load_state_strict, sha256_file
 
 FAMILIES = ("timm", "open_clip", "monai")
 FAMILY_TOKENS = {"timm": ("cls", "patch_mean"), "open_clip": ("cls",),
                  "monai": ("cls", "patch_mean")}
-INTENSITIES = ("robust_zscore", "zscore", "imagenet")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 TOP_FIELDS = {"name", "family", "architecture", "weights", "sha256", "checkpoint_key",
               "prefix", "description", "kwargs", "contract", "allowed_missing",
@@ -137,9 +137,9 @@ def parse_contract(path: Path, table: Mapping[str, Any]) -> InputContract:
                               ("feature_dim", dim)):
         if value is not None and value <= 0:
             raise _fail(path, f"contract.{field_name} must be positive, got {value}")
-    if intensity == "imagenet" and channels != 3:
-        raise _fail(path, "contract.intensity 'imagenet' normalises 3 channels; set in_channels "
-                          f"= 3 or choose 'robust_zscore' / 'zscore' (got in_channels {channels})")
+    problem = intensity_problem(intensity, channels)
+    if problem:
+        raise _fail(path, f"contract.{problem}")
     return InputContract(dims=dims, in_channels=channels, image_size=tuple(size),
                          num_slices=slices, intensity=intensity, tokens=tuple(tokens),
                          feature_dim=dim)

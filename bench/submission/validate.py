@@ -21,12 +21,11 @@ import torch
 
 from brainbench.backbone import Backbone, InputContract, create_backbone
 from brainbench.errors import BenchError
-from brainbench.preprocess import volume_to_input
+from brainbench.preprocess import intensity_problem, volume_to_input
 from brainbench.profiles import Profile
 from brainbench.weights import sha256_file, state_dict_sha256
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INTENSITIES = ("robust_zscore", "zscore", "imagenet")
 BATCH = 4  # 2d: slices per test batch
 
 
@@ -118,11 +117,9 @@ def contract_problems(c: InputContract) -> list[str]:
         problems.append(f"num_slices must be None for a 3d backbone, got {c.num_slices!r}")
     if not (isinstance(c.in_channels, int) and c.in_channels > 0):
         problems.append(f"in_channels must be a positive integer, got {c.in_channels!r}")
-    if c.intensity not in INTENSITIES:
-        problems.append(f"intensity must be one of {list(INTENSITIES)}, got {c.intensity!r}")
-    elif c.intensity == "imagenet" and c.in_channels != 3:
-        problems.append("intensity 'imagenet' normalises 3 channels but in_channels is "
-                        f"{c.in_channels}")
+    intensity = intensity_problem(c.intensity, c.in_channels)
+    if intensity:
+        problems.append(intensity)
     tokens = tuple(c.tokens) if isinstance(c.tokens, (tuple, list)) else ()
     if not tokens or len(set(tokens)) != len(tokens) or not all(
             isinstance(t, str) and t for t in tokens):

@@ -28,6 +28,10 @@ McNemar (supplementary, classification only): the exact test on the discordant p
 classifiers' hard predictions (argmax of the stored probabilities) on the same test subjects,
 per seed, summarised over seeds. The paired bootstrap of the primary metric stays the primary
 test; McNemar asks the simpler question "do they get different subjects right?".
+`mcnemar_cells` runs it on two cells of a results store.
+
+Pure statistics: stored values are read only through `ResultStore` methods; the leaderboard
+builds on this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -40,13 +44,12 @@ import numpy as np
 from scipy.stats import rankdata
 
 from brainbench.errors import BenchError
+from brainbench.kinds import KINDS, get_kind
 
-#: Metrics that can be recomputed from stored predictions, per probe kind.
+#: Metrics that can be recomputed from stored predictions, per kind (declared by each kind).
 BOOTSTRAP_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("auc",),
-    "regression": ("mae", "rmse"),
-    "survival": ("c_harrell",),
-}
+    name: KINDS.get(name).bootstrap_metrics for name in KINDS.names()
+    if KINDS.get(name).bootstrap_metrics}
 CHUNK = 64  # replicates per vectorised block (bounds memory of the pairwise C-index)
 
 
@@ -167,30 +170,48 @@ def class_order(labels: Sequence[str], n_columns: int, declared: Sequence[str] =
                      "which column is which class")
 
 
-def make_scorer(kind: str, metric: str, targets: Sequence[Any], predictions: Sequence[Any],
-                classes: Sequence[str] = ()) -> Scorer:
-    """A Scorer from stored JSON values (see bench/runner.py for what is stored per kind)."""
-    if metric not in BOOTSTRAP_METRICS.get(kind, ()):
-        raise BenchError(f"metric {metric!r} of a {kind} task cannot be recomputed from stored "
-                         f"predictions; supported: {BOOTSTRAP_METRICS.get(kind, ())}")
-    if len(targets) != len(predictions) or not targets:
+def _check_aligned(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
+    if len(targets) != len(predictions) or not len(targets):
         raise BenchError(f"{len(targets)} stored targets but {len(predictions)} predictions")
-    if kind == "classification":
-        proba = np.asarray(predictions, dtype=float)
-        if proba.ndim != 2 or proba.shape[1] < 2:
-            raise BenchError(f"classification predictions must be (n, K>=2) probabilities, got "
-                             f"shape {proba.shape}")
-        order = class_order([str(t) for t in targets], proba.shape[1], classes)
-        index = {c: i for i, c in enumerate(order)}
-        return Scorer(kind, metric, np.array([index[str(t)] for t in targets]), proba)
-    if kind == "regression":
-        return Scorer(kind, metric, np.asarray(targets, dtype=float),
-                      np.asarray(predictions, dtype=float).reshape(-1))
+
+
+def classification_scorer(metric: str, targets: Sequence[Any], predictions: Sequence[Any],
+                          classes: Sequence[str] = ()) -> Scorer:
+    """Stored class labels and (n, K) probability vectors (columns in sorted class order)."""
+    _check_aligned(targets, predictions)
+    proba = np.asarray(predictions, dtype=float)
+    if proba.ndim != 2 or proba.shape[1] < 2:
+        raise BenchError(f"classification predictions must be (n, K>=2) probabilities, got "
+                         f"shape {proba.shape}")
+    order = class_order([str(t) for t in targets], proba.shape[1], classes)
+    index = {c: i for i, c in enumerate(order)}
+    return Scorer("classification", metric, np.array([index[str(t)] for t in targets]), proba)
+
+
+def regression_scorer(metric: str, targets: Sequence[Any], predictions: Sequence[Any],
+                      classes: Sequence[str] = ()) -> Scorer:
+    """Stored target values and predicted values (``classes`` is ignored)."""
+    _check_aligned(targets, predictions)
+    return Scorer("regression", metric, np.asarray(targets, dtype=float),
+                  np.asarray(predictions, dtype=float).reshape(-1))
+
+
+def survival_scorer(metric: str, targets: Sequence[Any], predictions: Sequence[Any],
+                    classes: Sequence[str] = ()) -> Scorer:
+    """Stored [time, event] pairs and risk scores (higher = earlier event; ``classes`` is
+    ignored)."""
+    _check_aligned(targets, predictions)
     pairs = np.asarray(targets, dtype=float)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         raise BenchError("survival targets must be stored as [time, event] pairs")
-    return Scorer(kind, metric, (pairs[:, 0], pairs[:, 1].astype(bool)),
+    return Scorer("survival", metric, (pairs[:, 0], pairs[:, 1].astype(bool)),
                   np.asarray(predictions, dtype=float).reshape(-1))
+
+
+def make_scorer(kind: str, metric: str, targets: Sequence[Any], predictions: Sequence[Any],
+                classes: Sequence[str] = ()) -> Scorer:
+    """A Scorer from stored JSON values; the task kind picks the builder above."""
+    return get_kind(kind).scorer(metric, targets, predictions, classes)
 
 
 # --------------------------------------------------------------------------- tests
@@ -346,3 +367,33 @@ def mcnemar_over_seeds(results: Sequence[McNemarResult], alpha: float = 0.05) ->
     return McNemarSummary(sum(r.only_a_correct for r in results),
                           sum(r.only_b_correct for r in results), float(np.median(p)),
                           int((p < alpha).sum()), len(results), alpha, tuple(results))
+
+
+def mcnemar_cells(store: Any, cell_a: str, cell_b: str) -> McNemarResult:
+    """McNemar between two stored classification cells (same task, same test split).
+
+    ``store`` is a `brainbench.store.ResultStore`. Stored predictions are probability vectors
+    in sorted-class order (every head's ``classes_`` is np.unique of the training labels, and
+    the fixed split puts every class in each subset), so the hard label is the argmax over the
+    sorted test labels.
+    """
+    stored = store.predictions([cell_a, cell_b])
+    for cell in (cell_a, cell_b):
+        if not stored.get(cell):
+            raise BenchError(f"no stored predictions for cell {cell} in {store.url}")
+    a = {sid: (t, p) for sid, t, p in stored[cell_a]}
+    b = {sid: (t, p) for sid, t, p in stored[cell_b]}
+    classes = sorted({str(t) for t, _ in a.values()})
+
+    def hard(rows: dict[str, tuple[Any, Any]], cell: str) -> dict[str, str]:
+        out = {}
+        for sid, (_, prob) in rows.items():
+            if not isinstance(prob, list) or len(prob) != len(classes):
+                raise BenchError(f"cell {cell}: prediction for {sid} is not a probability vector "
+                                 f"over the {len(classes)} classes {classes}; McNemar needs a "
+                                 "classification cell")
+            out[sid] = classes[int(np.argmax(prob))]
+        return out
+
+    return mcnemar_between(hard(a, cell_a), hard(b, cell_b),
+                           {sid: str(t) for sid, (t, _) in a.items()})

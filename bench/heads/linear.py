@@ -1,4 +1,4 @@
-"""Lightweight probe heads on frozen features, fitted on the label-fraction subset ONLY.
+"""`linear`: the default probe heads on frozen features, fitted on the label-fraction subset ONLY.
 
 Features are fixed numpy arrays (n x d, d ~ 768, n from 2 to a few hundred). Every head is a
 scikit-learn / scikit-survival pipeline whose single hyperparameter is chosen by an inner
@@ -13,8 +13,8 @@ Heads (all linear in the features):
   `CLASSIFICATION_C_GRID` by inner stratified K-fold CV, K = min(5, smallest class count),
   maximising ROC AUC (macro one-vs-rest for K > 2). Smallest class count < 2: C = 1.0.
 - regression: StandardScaler -> RidgeCV, alpha from `REGRESSION_ALPHA_GRID` by efficient
-  leave-one-out; ``target_transform="log1p"`` fits log1p(y) and predicts expm1 (within the training range). n < 3:
-  alpha = 1.0.
+  leave-one-out (squared error: RidgeCV's closed form; kept so stored linear results stay
+  valid); ``target_transform="log1p"`` uses the shared `Log1pTransform`. n < 3: alpha = 1.0.
 - survival: StandardScaler -> PCA -> ridge-penalised Cox (see `CoxSurvivalProbe` for why).
 
 Randomness comes only from ``seed`` (the inner fold assignment); the solvers are deterministic,
@@ -24,14 +24,21 @@ so the same input and seed give identical predictions.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
 from brainbench.errors import BenchError
+from brainbench.heads.base import Head, Monitor, make_target_transform, register_head
+from brainbench.heads.validation import (
+    check_features,
+    classification_targets,
+    regression_targets,
+    survival_targets,
+)
 
 __all__ = [
     "CLASSIFICATION_C_GRID",
@@ -40,8 +47,6 @@ __all__ = [
     "REGRESSION_ALPHA_GRID",
     "CoxSurvivalProbe",
     "LinearClassificationProbe",
-    "Probe",
-    "ProbeFit",
     "RidgeRegressionProbe",
     "make_probe",
 ]
@@ -59,68 +64,6 @@ COX_MAX_COMPONENTS = 32
 MAX_FOLDS = 5
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ProbeFit:
-    """What the runner stores next to the metric rows."""
-
-    head: str  # "linear"
-    hyperparameters: dict = field(default_factory=dict)  # chosen C / alpha (+ PCA components)
-    selection: str = ""  # how they were chosen, or which fallback was used and why
-    n_train: int = 0
-
-
-@runtime_checkable
-class Probe(Protocol):
-    """Estimator-like head: ``fit`` on the training subset, ``predict`` on any split.
-
-    predict returns class probabilities (n, K) in ``classes_`` order, regression values (n,),
-    or survival risk scores (n,) where higher means an earlier event.
-    """
-
-    fit_info: ProbeFit
-
-    def fit(self, X: Any, y: Any) -> "Probe": ...
-
-    def predict(self, X: Any) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------- shared checks
-
-
-def _check_features(X: Any, *, n_features: int | None = None) -> np.ndarray:
-    try:
-        array = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BenchError("features must be a numeric (n, d) array") from None
-    if array.ndim != 2:
-        raise BenchError(f"features must be a 2-D (n, d) array, got shape {array.shape}")
-    if n_features is not None and array.shape[1] != n_features:
-        raise BenchError(
-            f"features have {array.shape[1]} columns but the probe was fitted on {n_features}"
-        )
-    bad_rows = ~np.isfinite(array).all(axis=1)
-    if bad_rows.any():
-        raise BenchError(
-            f"features have non-finite values (NaN or inf) in {int(bad_rows.sum())} row(s), "
-            f"first at row {int(np.flatnonzero(bad_rows)[0])}"
-        )
-    return array
-
-
-def _check_training(X: Any, n_labels: int, what: str) -> np.ndarray:
-    array = _check_features(X)
-    if array.shape[0] != n_labels:
-        raise BenchError(f"{array.shape[0]} feature rows but {n_labels} {what} labels")
-    if array.shape[0] == 0:
-        raise BenchError(f"cannot fit a {what} probe on an empty training subset")
-    if array.shape[0] == 1:
-        raise BenchError(
-            f"cannot fit a {what} probe on a single training sample; "
-            "use a larger label fraction"
-        )
-    return array
 
 
 def _single_threaded_blas(method: Callable[..., T]) -> Callable[..., T]:
@@ -145,38 +88,39 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-class _FittedMixin:
-    _fit_info: ProbeFit | None = None
+class _LinearHead(Head):
+    """What the three linear heads share: one kind each, grids as constructor arguments."""
+
+    _model: Any = None
     _n_features: int | None = None
 
-    def _not_fitted(self) -> Exception:
-        from sklearn.exceptions import NotFittedError  # an AttributeError and a ValueError
-
-        return NotFittedError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
-
-    @property
-    def fit_info(self) -> ProbeFit:
-        if self._fit_info is None:
-            raise self._not_fitted()
-        return self._fit_info
+    @classmethod
+    def from_params(cls, kind: str, *, seed: int, params: Mapping[str, Any] | None = None,
+                    target_transform: str | None = None) -> "_LinearHead":
+        make_target_transform(target_transform, kind)  # its clear error, not a TypeError
+        accepted = set(inspect.signature(cls).parameters) - {"seed", "target_transform"}
+        own = {k: v for k, v in (params or {}).items() if k in accepted}  # the grids
+        extra = {"target_transform": target_transform} if target_transform else {}
+        return cls(seed=seed, **own, **extra)  # type: ignore[call-arg]
 
     def _features_for_predict(self, X: Any) -> np.ndarray:
-        if self._fit_info is None:
-            raise self._not_fitted()
-        return _check_features(X, n_features=self._n_features)
+        self.check_is_fitted()
+        return check_features(X, sample_shape=(self._n_features,))
+
+    def _training_features(self, X: Any) -> np.ndarray:
+        return check_features(X)
 
 
 # --------------------------------------------------------------------------- classification
 
 
-class LinearClassificationProbe(_FittedMixin):
+@register_head("linear", kinds=("classification",))
+class LinearClassificationProbe(_LinearHead):
     """StandardScaler + L2 logistic regression; C by inner stratified CV on ROC AUC."""
 
     def __init__(self, seed: int, c_grid: tuple[float, ...] = CLASSIFICATION_C_GRID) -> None:
-        self.seed = int(seed)
+        super().__init__("classification", seed=seed)
         self.c_grid = tuple(c_grid)
-        self.classes_: np.ndarray | None = None
-        self._model: Any = None
 
     @staticmethod
     def _pipeline(C: float) -> Any:
@@ -189,20 +133,12 @@ class LinearClassificationProbe(_FittedMixin):
         )
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any) -> "LinearClassificationProbe":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "LinearClassificationProbe":
         from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-        labels = np.asarray(y)
-        if labels.ndim != 1:
-            raise BenchError(f"classification labels must be 1-D, got shape {labels.shape}")
-        features = _check_training(X, labels.shape[0], "classification")
-        classes, counts = np.unique(labels, return_counts=True)
-        if classes.shape[0] < 2:
-            found = [c.item() if hasattr(c, "item") else c for c in classes]
-            raise BenchError(
-                f"classification training subset has only one class {found} "
-                f"({features.shape[0]} samples); a probe needs at least 2 classes"
-            )
+        features = self._training_features(X)
+        targets = classification_targets(y, features.shape[0], self.who)
+        labels, classes, counts = targets.labels, targets.classes, targets.counts
         smallest = int(counts.min())
         if smallest < 2:
             singles = [str(c) for c, k in zip(classes, counts) if k < 2]
@@ -235,12 +171,8 @@ class LinearClassificationProbe(_FittedMixin):
         self._model = model
         self.classes_ = np.asarray(model.classes_)
         self._n_features = features.shape[1]
-        self._fit_info = ProbeFit(
-            head="linear",
-            hyperparameters={"C": chosen},
-            selection=selection,
-            n_train=int(features.shape[0]),
-        )
+        self._record_fit({"C": chosen}, selection, features.shape[0])
+        self._report_once(monitor)
         return self
 
     @_single_threaded_blas
@@ -253,7 +185,8 @@ class LinearClassificationProbe(_FittedMixin):
 # --------------------------------------------------------------------------- regression
 
 
-class RidgeRegressionProbe(_FittedMixin):
+@register_head("linear", kinds=("regression",))
+class RidgeRegressionProbe(_LinearHead):
     """StandardScaler + ridge; alpha by efficient leave-one-out (RidgeCV) on the subset."""
 
     def __init__(
@@ -262,40 +195,19 @@ class RidgeRegressionProbe(_FittedMixin):
         target_transform: str | None = None,
         alpha_grid: tuple[float, ...] = REGRESSION_ALPHA_GRID,
     ) -> None:
-        if target_transform not in (None, "log1p"):
-            raise BenchError(
-                f"unknown target_transform {target_transform!r}; valid: None, 'log1p'"
-            )
-        self.seed = int(seed)  # unused: leave-one-out has no randomness; kept for the API
-        self.target_transform = target_transform
+        # seed is unused (leave-one-out has no randomness); kept for the API
+        super().__init__("regression", seed=seed, target_transform=target_transform)
         self.alpha_grid = tuple(alpha_grid)
-        self._model: Any = None
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any) -> "RidgeRegressionProbe":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "RidgeRegressionProbe":
         from sklearn.linear_model import Ridge, RidgeCV
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        try:
-            target = np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise BenchError("regression labels must be numeric") from None
-        if target.ndim != 1:
-            raise BenchError(f"regression labels must be 1-D, got shape {target.shape}")
-        features = _check_training(X, target.shape[0], "regression")
-        if not np.isfinite(target).all():
-            raise BenchError("regression labels contain NaN or inf")
-        if self.target_transform == "log1p":
-            if (target <= -1).any():
-                raise BenchError("target_transform='log1p' needs labels > -1")
-            target = np.log1p(target)
-        # expm1 turns a modest extrapolation on the log scale into an absurd one (a few
-        # subjects at 1-10%: 7,553 days for a 28-day stroke); predictions stay within the
-        # training targets' range, a bound learnt from the training subset only
-        self._log_range = (float(target.min()), float(target.max()))
-        transform_note = ("; fitted on log1p(y), predicts expm1, clipped to the training range"
-                          if self.target_transform else "")
+        features = self._training_features(X)
+        target = self._fit_target(regression_targets(y, features.shape[0], self.who))
+        transform_note = f"; {self.transform_.note}" if self.transform_ else ""
 
         n = features.shape[0]
         if n < 3:
@@ -320,35 +232,22 @@ class RidgeRegressionProbe(_FittedMixin):
             )
         self._model = model
         self._n_features = features.shape[1]
-        hyper: dict[str, Any] = {"alpha": chosen}
-        if self.target_transform:
-            hyper["target_transform"] = self.target_transform
-        self._fit_info = ProbeFit(
-            head="linear", hyperparameters=hyper, selection=selection, n_train=int(n)
-        )
+        self._record_fit({"alpha": chosen}, selection, n)
+        self._report_once(monitor)
         return self
 
     @_single_threaded_blas
     def predict(self, X: Any) -> np.ndarray:
         """Predicted values (n,) in the target's own units."""
         features = self._features_for_predict(X)
-        pred = np.asarray(self._model.predict(features), dtype=np.float64)
-        if self.target_transform == "log1p":
-            pred = np.expm1(np.clip(pred, *self._log_range))
-        return pred
+        return self._predict_target(np.asarray(self._model.predict(features), dtype=np.float64))
 
 
 # --------------------------------------------------------------------------- survival
 
 
-def _survival_arrays(y: Any) -> tuple[np.ndarray, np.ndarray]:
-    from brainbench.metrics import as_survival_array
-
-    structured = as_survival_array(y, "survival labels")
-    return structured["event"].astype(bool), structured["time"].astype(np.float64)
-
-
-class CoxSurvivalProbe(_FittedMixin):
+@register_head("linear", kinds=("survival",))
+class CoxSurvivalProbe(_LinearHead):
     """StandardScaler -> PCA(min(n-1, 32) components) -> ridge-penalised Cox (sksurv).
 
     Why this head (rather than `CoxnetSurvivalAnalysis` on all 768 features):
@@ -383,10 +282,9 @@ class CoxSurvivalProbe(_FittedMixin):
         alpha_grid: tuple[float, ...] = COX_ALPHA_GRID,
         max_components: int = COX_MAX_COMPONENTS,
     ) -> None:
-        self.seed = int(seed)
+        super().__init__("survival", seed=seed)
         self.alpha_grid = tuple(alpha_grid)
         self.max_components = int(max_components)
-        self._model: Any = None
 
     def _reducer(self, n: int, d: int) -> Any:
         """StandardScaler -> PCA; fitted on training rows only (inner fold or full subset)."""
@@ -458,17 +356,12 @@ class CoxSurvivalProbe(_FittedMixin):
         return self.alpha_grid[best], float(means[best])
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any) -> "CoxSurvivalProbe":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "CoxSurvivalProbe":
         from sksurv.util import Surv
 
-        event, time = _survival_arrays(y)
-        features = _check_training(X, event.shape[0], "survival")
+        features = self._training_features(X)
+        event, time = survival_targets(y, features.shape[0], self.who)
         n_events = int(event.sum())
-        if n_events == 0:
-            raise BenchError(
-                f"survival training subset ({features.shape[0]} subjects) has no events; "
-                "a Cox model needs at least one"
-            )
         structured = Surv.from_arrays(event=event, time=time)
         n, d = features.shape
         n_folds = min(MAX_FOLDS, n_events // 2)
@@ -498,12 +391,8 @@ class CoxSurvivalProbe(_FittedMixin):
         self._model = (reducer, cox)
         n_components = int(reducer[-1].n_components_)
         self._n_features = d
-        self._fit_info = ProbeFit(
-            head="linear",
-            hyperparameters={"alpha": chosen, "pca_components": n_components},
-            selection=selection,
-            n_train=int(n),
-        )
+        self._record_fit({"alpha": chosen, "pca_components": n_components}, selection, n)
+        self._report_once(monitor)
         return self
 
     @_single_threaded_blas
@@ -517,18 +406,12 @@ class CoxSurvivalProbe(_FittedMixin):
 # --------------------------------------------------------------------------- factory
 
 
-def make_probe(kind: str, *, seed: int, target_transform: str | None = None) -> Probe:
-    """A fresh, unfitted probe head for a task kind."""
-    if target_transform is not None and kind != "regression":
-        raise BenchError(
-            f"target_transform={target_transform!r} only applies to regression, not {kind!r}"
-        )
-    if kind == "classification":
-        return LinearClassificationProbe(seed=seed)
-    if kind == "regression":
-        return RidgeRegressionProbe(seed=seed, target_transform=target_transform)
-    if kind == "survival":
-        return CoxSurvivalProbe(seed=seed)
-    raise BenchError(
-        f"no probe head for task kind {kind!r}; valid kinds: classification, regression, survival"
-    )
+def make_probe(kind: str, *, seed: int, target_transform: str | None = None) -> Head:
+    """A fresh, unfitted linear probe head for a probe task kind."""
+    from brainbench.heads import make_head
+    from brainbench.kinds import probe_kinds
+
+    if kind not in probe_kinds():
+        raise BenchError(f"no probe head for task kind {kind!r}; valid kinds: "
+                         f"{', '.join(probe_kinds())}")
+    return make_head("linear", kind, seed=seed, target_transform=target_transform)

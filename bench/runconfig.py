@@ -1,0 +1,64 @@
+"""What a run is asked to do (`RunConfig`) and what it reports back (`RunReport`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from brainbench.features import ExtractionStats
+from brainbench.profiles import Profile
+from brainbench.search import DEFAULT_TRIALS
+from brainbench.taskspec import TaskSpec
+
+DEFAULT_PROTOCOL = "linear"  # see brainbench.protocols.PROTOCOLS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    fractions: tuple[float, ...]
+    profile: Profile
+    cache_dir: Path
+    results_dir: Path
+    tasks: tuple[str, ...] | None = None  # None: every task
+    seeds: tuple[int, ...] | None = None  # None: each task's default seeds
+    weights: Path | None = None
+    require_weights: bool = False
+    data_dir: Path | None = None  # None: the phantom cohorts (or brainbench.toml / env, see datasets.locations)
+    datasets: tuple[str, ...] | None = None  # alternate datasets: "task=dataset" or "dataset"
+    db_url: str | None = None
+    force: bool = False
+    progress: bool = True
+    protocol: str = DEFAULT_PROTOCOL
+    trials: int = DEFAULT_TRIALS  # optuna budget per cell for searched protocols
+
+    def seeds_for(self, task: TaskSpec) -> tuple[int, ...]:
+        return self.seeds or task.seeds
+
+
+@dataclass
+class CellOutcome:
+    task: str
+    fraction: float
+    seed: int
+    cell_id: str
+    computed: bool
+
+
+@dataclass
+class RunReport:
+    backbone: str
+    weights_status: str
+    weights_source: str
+    data_source: str
+    store_url: str
+    cells: list[CellOutcome] = field(default_factory=list)
+    pending: list[TaskSpec] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extraction: ExtractionStats = field(default_factory=ExtractionStats)
+    unavailable: list[str] = field(default_factory=list)  # tasks whose dataset is not under DATA
+
+    def note(self, text: str) -> None:
+        """Add a note once (tasks sharing a cohort report its notes once)."""
+        if text not in self.notes:
+            self.notes.append(text)
