@@ -4,9 +4,14 @@
 Architecture: timm ``vit_base_patch14_dinov2`` / ``vit_base_patch14_reg4_dinov2`` (dim 768,
 depth 12, LayerScale, LayerNorm eps 1e-6), built at the pretraining grid (518 px, 37x37
 patches) with ``dynamic_img_size``: the checkpoint's position embedding loads unchanged and is
-resampled to each input's patch grid at run time (timm: bicubic, antialiased; the DINOv2
-reference interpolates bicubic with a 0.1 scale offset and no antialias, so features differ
-slightly from the reference at sizes other than 518).
+resampled to each input's patch grid at run time exactly as the DINOv2 hub models do
+(facebookresearch/dinov2 ``DinoVisionTransformer.interpolate_pos_encoding``):
+- ``dinov2`` / ``random2d`` (hub ``dinov2_vitb14``): bicubic, antialias off, scale factors
+  ``(n + 0.1) / 37`` (the "interpolate_offset" kludge). timm's own resampling (antialiased, exact
+  output size) gave features 0.4-2.4% off the hub model at 112 and 224 px; this one is exact.
+- ``dinov2_reg`` (hub ``dinov2_vitb14_reg``): bicubic, antialiased, exact output size, which is
+  timm's resampling unchanged.
+At 518 px no resampling happens. tests/test_parity.py checks both against the hub code.
 
 Input size: a multiple of the patch size 14. Profile sizes map to the nearest multiple
 (112 -> 112, 224 -> 224, 32 -> 28); the contract states the size actually used.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from brainbench.backbone import InputContract, register_backbone
 from brainbench.baselines._frozen import (
@@ -81,13 +87,73 @@ def spec(name: str, registers: bool) -> WeightsSpec:
     )
 
 
+# How each variant's position embedding follows the input grid (part of architecture(), so of
+# the feature cache key: features made with timm's antialiased resampling are not reused).
+POS_EMBED_RESAMPLE = {
+    False: "DINOv2 hub dinov2_vitb14: bicubic, no antialias, scale (n+0.1)/grid",
+    True: "DINOv2 hub dinov2_vitb14_reg: bicubic, antialias, exact size (= timm)",
+}
+INTERPOLATE_OFFSET = 0.1
+
+
+def hub_resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int],
+                           new: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """The DINOv2 hub's resampling of (1, prefix + g*g, D) to an (h, w) patch grid: bicubic
+    with scale factors ((h + 0.1) / g, (w + 0.1) / g), antialias off; unchanged when the grid
+    already matches."""
+    if tuple(new) == tuple(grid):
+        return pos_embed
+    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    dim = pos_embed.shape[-1]
+    dtype = patches.dtype
+    img = patches.float().reshape(1, grid[0], grid[1], dim).permute(0, 3, 1, 2)
+    scale = ((new[0] + INTERPOLATE_OFFSET) / grid[0], (new[1] + INTERPOLATE_OFFSET) / grid[1])
+    img = F.interpolate(img, scale_factor=scale, mode="bicubic", antialias=False)
+    if tuple(img.shape[-2:]) != tuple(new):  # pragma: no cover - the offset guards against it
+        raise RuntimeError(f"position embedding resampled to {tuple(img.shape[-2:])}, "
+                           f"expected {tuple(new)}")
+    img = img.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
+    return torch.cat([prefix, img], dim=1)
+
+
+def _hub_pos_embed(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm VisionTransformer._pos_embed (class token inside pos_embed, dynamic size) with the
+    hub's resampling."""
+    b, h, w, c = x.shape
+    pos = hub_resample_pos_embed(self.pos_embed, tuple(self.patch_embed.grid_size), (h, w),
+                                 self.num_prefix_tokens)
+    x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, -1, c)], dim=1)
+    return self.pos_drop(x + pos)
+
+
+_HUB_CLASSES: dict[type, type] = {}
+
+
+def _with_hub_resampling(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch a timm no-register DINOv2 ViT to the hub's position resampling (a subclass
+    overriding ``_pos_embed`` only; state dict and everything else unchanged)."""
+    if model.reg_token is not None or model.no_embed_class or not model.dynamic_img_size:
+        raise RuntimeError("hub resampling applies to the no-register DINOv2 layout only")
+    base = type(model)
+    cls = _HUB_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Hub{base.__name__}", (base,), {"_pos_embed": _hub_pos_embed,
+                                                    "__module__": __name__})
+        _HUB_CLASSES[base] = cls
+        globals()[cls.__name__] = cls  # picklable by name
+    model.__class__ = cls
+    return model
+
+
 def build_dinov2(registers: bool = False, **overrides: Any) -> torch.nn.Module:
-    """timm's DINOv2 ViT-B/14 at the pretraining grid, resampling positions per input."""
+    """timm's DINOv2 ViT-B/14 at the pretraining grid, resampling positions per input as the
+    DINOv2 hub model of that variant does."""
     import timm
 
     kwargs = {"img_size": PRETRAIN_SIZE, **overrides}
-    return timm.create_model(MODELS[registers], pretrained=False, num_classes=0,
-                             dynamic_img_size=True, **kwargs)
+    model = timm.create_model(MODELS[registers], pretrained=False, num_classes=0,
+                              dynamic_img_size=True, **kwargs)
+    return model if registers else _with_hub_resampling(model)
 
 
 def load_dinov2_weights(model: torch.nn.Module, ckpt: Mapping[str, Any], source: str
@@ -135,7 +201,7 @@ def _architecture(registers: bool, model: torch.nn.Module, size: int) -> dict[st
         "model": MODELS[registers], "implementation": f"timm {timm.__version__}",
         "embed_dim": FEATURE_DIM, "depth": len(model.blocks), "patch_size": PATCH_SIZE,
         "norm_eps": model.norm.eps, "pos_embed_grid": PRETRAIN_SIZE // PATCH_SIZE,
-        "pos_embed_resample": "timm dynamic_img_size (bicubic, antialias)", "img_size": size,
+        "pos_embed_resample": POS_EMBED_RESAMPLE[registers], "img_size": size,
         "num_prefix_tokens": model.num_prefix_tokens,
         "features": "final-norm CLS token; mean of final-norm patch tokens",
     }

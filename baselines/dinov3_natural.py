@@ -129,7 +129,27 @@ def _convert_release(state: dict[str, Any], model: torch.nn.Module, source: str
                             "(checked equal)")
         else:
             out[key] = value
+    # every model key gets its release name, so a key missing from the file is reported under
+    # the name the file should have had (blocks.2.ls1.gamma, not timm's blocks.2.gamma_1)
+    for key in model.state_dict():
+        names.setdefault(key, release_name(key, dim))
     return out, reasons, names
+
+
+_TIMM_GAMMA = re.compile(r"^(blocks\.\d+)\.gamma_([12])$")
+_TIMM_QV = re.compile(r"^(blocks\.\d+\.attn)\.([qv])_bias$")
+
+
+def release_name(key: str, dim: int = FEATURE_DIM) -> str:
+    """The DINOv3 release's name for a timm key (the key itself where they agree)."""
+    if key == "reg_token":
+        return "storage_tokens"
+    if m := _TIMM_GAMMA.match(key):
+        return f"{m[1]}.ls{m[2]}.gamma"
+    if m := _TIMM_QV.match(key):
+        part = f"[:{dim}]" if m[2] == "q" else f"[{2 * dim}:]"
+        return f"{m[1]}.qkv.bias{part}"
+    return key
 
 
 def load_dinov3_weights(model: torch.nn.Module, ckpt: Mapping[str, Any], source: str

@@ -3,7 +3,15 @@
 
 Architecture: MONAI ``SwinTransformer`` exactly as ``SwinUNETR(feature_size=48)`` builds its
 ``swinViT``: patch 2, window 7, depths (2, 2, 2, 2), heads (3, 6, 12, 24), qkv bias, merging
-downsample, v1 blocks. Input: the whole volume resized to 96^3 (the pretraining used 96^3 crops
+downsample, v1 blocks.
+
+Patch merging: the released weights were trained with MONAI's 3-D ``PatchMerging`` as it was
+before MONAI 1.5 (the pretraining code pins MONAI commit a23c7f54; 1.3.2 and 1.4 are the same):
+it concatenates the eight 2x2x2 neighbours in the (d, h, w) offset order 000, 100, 010, 001,
+101, 010, 001, 111, i.e. two neighbours twice and 110 / 011 never. MONAI 1.5 (PR 8285)
+changed this to the eight distinct offsets, which changes every feature of these weights (0.3
+relative). ``LegacyPatchMerging`` here implements the old order, so features do not depend on
+the installed MONAI version; tests/test_parity.py checks it against MONAI 1.3.2's output. Input: the whole volume resized to 96^3 (the pretraining used 96^3 crops
 at 1.5 mm; a whole brain resized to 96^3 is ~2 mm, so spacing is not matched), z-score of
 nonzero voxels (the CT pretraining scaled HU -1000..1000 to 0..1; MRI has no such scale).
 
@@ -55,6 +63,10 @@ SWIN_CONFIG: dict[str, Any] = {
     "mlp_ratio": 4.0, "qkv_bias": True, "spatial_dims": 3, "downsample": "merging",
     "use_v2": False,
 }
+# (d, h, w) offsets of the eight 2x2x2 neighbours, in the order MONAI < 1.5 concatenated them
+LEGACY_MERGE_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1),
+                      (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+PATCH_MERGING = "MONAI < 1.5 (a23c7f54) order: offsets 000,100,010,001,101,010,001,111"
 _MLP = re.compile(r"^(layers\d\.0\.blocks\.\d+\.mlp\.)fc([12])(?=\.)")
 PREFIXES = ("module.", "swinViT.", "swin_vit.", "module.swinViT.")
 
@@ -72,10 +84,41 @@ IGNORED = {
 }
 
 
+class LegacyPatchMerging(torch.nn.Module):
+    """3-D patch merging with MONAI's parameters (``norm`` over 8*dim, ``reduction`` Linear
+    8*dim -> 2*dim without bias, so state-dict keys are unchanged) and the pre-1.5
+    concatenation order LEGACY_MERGE_ORDER. Built by MONAI's BasicLayer as
+    ``downsample(dim=, norm_layer=, spatial_dims=)``."""
+
+    def __init__(self, dim: int, norm_layer: type[torch.nn.Module] = torch.nn.LayerNorm,
+                 spatial_dims: int = 3) -> None:
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError("LegacyPatchMerging is the 3-D merging only")
+        self.dim = dim
+        self.reduction = torch.nn.Linear(8 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(8 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"LegacyPatchMerging expects (B, D, H, W, C), got {tuple(x.shape)}")
+        _, d, h, w, _ = x.shape
+        if d % 2 or h % 2 or w % 2:
+            x = torch.nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in LEGACY_MERGE_ORDER], -1)
+        return self.reduction(self.norm(x))
+
+
 def build_swin_encoder(**overrides: Any) -> torch.nn.Module:
+    """MONAI's SwinTransformer with the merging order the released weights were trained with.
+    ``downsample="merging"`` in SWIN_CONFIG names the module family; it is replaced by the
+    legacy-order class (pass ``downsample=...`` in overrides to use another)."""
     from monai.networks.nets.swin_unetr import SwinTransformer
 
-    return SwinTransformer(**{**SWIN_CONFIG, **overrides})
+    config = {**SWIN_CONFIG, **overrides}
+    if config["downsample"] == "merging" and config["spatial_dims"] == 3:
+        config["downsample"] = LegacyPatchMerging
+    return SwinTransformer(**config)
 
 
 def load_swin_weights(model: torch.nn.Module, ckpt: Mapping[str, Any], source: str
@@ -127,6 +170,7 @@ def make_swinunetr_ssl(*, weights: Path | None = None, require_weights: bool = F
         "model": "monai SwinTransformer (SwinUNETR swinViT, feature_size 48)",
         "implementation": f"monai {monai.__version__}",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_CONFIG.items()},
+        "patch_merging": PATCH_MERGING,
         "img_size": IMAGE_SIZE,
         "input_spacing": "none: whole volume resized to 96^3 (pretraining: 1.5 mm crops)",
         "features": "cls: mean over the layer-normed last stage; patch_mean: the same before "

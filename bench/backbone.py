@@ -18,7 +18,8 @@ from brainbench.registry import Registry
 
 Dims = Literal["2d", "3d"]
 Intensity = str  # a name in brainbench.preprocess.NORMALISATIONS, where the names are declared
-WeightStatus = Literal["pretrained", "random-init"]
+WeightStatus = Literal["pretrained", "random-init", "control"]  # control: no learned weights
+# by design (hand-crafted features, ground truth); shown as such wherever results are shown
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class WeightsInfo:
     @property
     def is_random(self) -> bool:
         return self.status == "random-init"
+
+    @property
+    def is_control(self) -> bool:
+        return self.status == "control"
 
 
 class Backbone(abc.ABC):

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from brainbench.errors import BenchError
 from brainbench.search import DEFAULT_TRIALS
+from brainbench.stats import DEFAULT_RESAMPLING, RESAMPLING
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -31,9 +32,19 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if not text:
         return None
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise BenchError(f"{what}={text!r}: expected integers separated by commas") from None
+    if what == "SEEDS":
+        bad = [v for v in values if not 0 <= v <= MAX_SEED]
+        if bad:
+            raise BenchError(f"{what}={text!r}: seed {bad[0]} is out of range; expected "
+                             f"integers from 0 to {MAX_SEED} (2**32 - 1)")
+    return values
+
+
+#: numpy / scikit-learn random states take seeds below 2**32
+MAX_SEED = 2**32 - 1
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -172,13 +183,13 @@ def _analysis(args: argparse.Namespace, fractions=None):
                          fractions=fractions, profile=args.profile,
                          data_source=args.data_source, reference=args.reference,
                          n_boot=args.bootstrap, seed=args.bootstrap_seed,
-                         protocol=args.protocol)
+                         protocol=args.protocol, resampling=args.resample)
 
 
 # Where each statistics command writes unless --out says: (environment variable or None,
 # folder under the results folder). Generated files never land in the source tree.
 OUTPUTS = {"table": (None, "reports"), "curves": (None, "figures"),
-           "leaderboard": ("BRAINBENCH_SITE", "site")}
+           "leaderboard": ("BRAINBENCH_SITE", "site"), "export": (None, "export")}
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -229,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from brainbench.store import ResultStore, default_url
 
     store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
-    for path in export_results(store, Path(args.out), list(_names(args.models) or []),
+    for path in export_results(store, _out_dir(args), list(_names(args.models) or []),
                                list(_names(args.tasks) or [])):
         print(f"written: {path}")
 
@@ -415,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "of --models); with several protocols, its full row label")
         p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
         p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument("--resample", choices=RESAMPLING, default=DEFAULT_RESAMPLING,
+                       help="people+seeds: two-level bootstrap over training subsets and test "
+                            "people (default); people: test people only, heads held fixed "
+                            "(the first release's intervals)")
         p.add_argument("--out", default=None, help="output folder (default: "
                        + (f"${env}, else " if env else "") + f"{folder}/ in the results folder)")
         p.add_argument("--results", default=None,
@@ -440,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one versioned JSON results file per (backbone, task)")
     p.add_argument("--models", default=None)
     p.add_argument("--tasks", default=None)
-    p.add_argument("--out", default="results/export")
+    p.add_argument("--out", default=None, help="folder for the files (default: export/ in "
+                   "--results)")
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_export)
@@ -503,14 +519,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usable_folder(path: Path, what: str) -> None:
+    """A folder a command writes into: absent (created later), or a writable directory."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise BenchError(f"{what} {path}: {existing} is a file, expected a folder; pass "
+                         "another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"{what} {path}: {existing} is read-only; pass a writable folder")
+
+
+#: commands that write into the results folder (store, split manifests)
+WRITES_RESULTS = ("cmd_run", "cmd_import", "cmd_submit", "cmd_import_bundle")
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """Before any work: the cache and results folders a command will write must be usable."""
+    from brainbench.paths import cache_dir, results_dir
+
+    if getattr(args, "cache", "absent") != "absent":
+        _usable_folder(Path(args.cache or cache_dir()), "cache folder (--cache / BRAINBENCH_CACHE)")
+    if getattr(args, "results", "absent") != "absent" and not getattr(args, "db", None) \
+            and getattr(args.func, "__name__", "") in WRITES_RESULTS:
+        _usable_folder(Path(args.results or results_dir()),
+                       "results folder (--results / BRAINBENCH_RESULTS)")
+
+
+def _environment_error(exc: BaseException) -> str | None:
+    """The message for an environment failure that escaped its own handler (None: not one)."""
+    import json
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError
+
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        name = exc.filename if not exc.filename2 else f"{exc.filename} -> {exc.filename2}"
+        return (f"cannot use {name}: {exc.strerror or exc} (check that the folder exists, is "
+                "a folder and is writable)")
+    if isinstance(exc, (sqlite3.DatabaseError, DatabaseError)):
+        return (f"the results store is not a usable database ({getattr(exc, 'orig', exc)}); "
+                "use another results folder (--results DIR or --db URL)")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"a JSON file is malformed ({exc}); delete or restore it"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import json
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError
+
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
+        _check_folders(args)
         args.func(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (OSError, sqlite3.DatabaseError, DatabaseError, json.JSONDecodeError) as exc:
+        message = _environment_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return BenchError.exit_code
     except KeyboardInterrupt:
         print("interrupted; caches and results hold only complete entries", file=sys.stderr)
         return 130

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from brainbench.errors import BenchError
 from brainbench.kinds import get_kind
 from brainbench.leakage import HashCache
 from brainbench.pipeline import load_samples, manifest_path, prepare_task
+from brainbench.splits import read_manifest
 from brainbench.taskspec import Sample, TaskSpec
 
 # Plausible geometry of a brain MRI volume; outside these the file is mislabelled or damaged.
@@ -120,32 +120,11 @@ def image_info(path: Path) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
 
 
 def length_problem(path: Path) -> str | None:
-    """Without decompressing: does the stored data length match what the header promises?"""
-    try:
-        img = nib.load(str(path))
-        header = img.header
-        expected = int(np.prod(img.shape)) * np.dtype(header.get_data_dtype()).itemsize
-        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
-        if not Path(path).name.endswith((".img", ".hdr")) and hasattr(header, "extensions"):
-            # single-file NIfTI: the data follow the header and its extensions (vox_offset may be 0)
-            minimum = int(header.sizeof_hdr) + 4 + int(header.extensions.get_sizeondisk())
-            offset = max(offset, minimum)
-    except Exception:
-        return None  # the header check reports unreadable headers
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        with open(path, "rb") as fh:
-            fh.seek(-4, 2)
-            isize = struct.unpack("<I", fh.read(4))[0]  # uncompressed length mod 2**32
-        if isize != (offset + expected) % 2**32:
-            return (f"truncated or damaged: the gzip stream ends at {isize} bytes, the header "
-                    f"implies {offset + expected}")
-        return None
-    data_file = path if path.suffix != ".hdr" else path.with_suffix(".img")
-    size = data_file.stat().st_size
-    if size < offset + expected:
-        return f"truncated: {size} bytes on disk, the header implies {offset + expected}"
-    return None
+    """Without decompressing: does the stored data length match what the header promises?
+    (The same check every voxel read runs first: brainbench.preprocess.size_problem.)"""
+    from brainbench.preprocess import size_problem
+
+    return size_problem(Path(path))
 
 
 def _readable_gzip(path: Path) -> str | None:  # used only when voxels are not read
@@ -260,10 +239,16 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
             report.split["stored"] = "none yet (the first run writes it)"
         else:
             try:
-                stored = json.loads(manifest.read_text()).get("hash")
-            except (OSError, ValueError):
-                stored = None
-            if stored == split.hash:
+                content = read_manifest(manifest)
+            except BenchError as exc:  # unreadable or edited: verified by content, not trusted
+                report.split["stored"] = "DOES NOT VERIFY"
+                report.findings.append(Finding("error", str(manifest), str(exc).replace(
+                    f"split manifest {manifest}: ", "") + " (a run would stop)"))
+                return
+            same = (content["hash"] == split.hash and content["train"] == sorted(split.train_groups)
+                    and content["test"] == sorted(split.test_groups))
+            stored = content["hash"]
+            if same:
                 report.split["stored"] = "matches"
             else:
                 report.split["stored"] = f"DIFFERS (stored {str(stored)[:12]})"

@@ -10,6 +10,7 @@ and the same encoding loop (`encode_volumes`), keyed also by slice indices and l
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import tempfile
@@ -33,11 +34,33 @@ from brainbench.preprocess import (
 )
 from brainbench.splits import digest
 
+log = logging.getLogger("brainbench")
+
 FEATURE_SCHEMA = 1
 TOKEN_SCHEMA = 1  # patch-token entries
 TOKEN_DTYPE = np.float16
 
 Tokens = dict[str, np.ndarray]  # token name -> (n_items, feature_dim) float32
+
+
+def _entry_problem(tokens: Tokens, contract: Any) -> str | None:
+    """Why a cached entry does not fit the backbone's contract (None: it fits)."""
+    expected = set(contract.tokens)
+    if set(tokens) != expected:
+        return f"holds tokens {sorted(tokens)}, the contract declares {sorted(expected)}"
+    items = set()
+    for name, value in tokens.items():
+        if value.ndim != 2 or value.shape[1] != contract.feature_dim or value.shape[0] < 1:
+            return (f"holds {name} of shape {value.shape}, expected (n, "
+                    f"{contract.feature_dim})")
+        if not np.issubdtype(value.dtype, np.floating):
+            return f"holds {name} of dtype {value.dtype}, expected floating point"
+        if not np.isfinite(value).all():
+            return f"holds non-finite values in {name}"
+        items.add(value.shape[0])
+    if len(items) > 1:
+        return f"holds tokens with different item counts {sorted(items)}"
+    return None
 
 
 class FeatureCache:
@@ -57,15 +80,27 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
 
-    def load(self, key: str) -> Tokens | None:
+    def load(self, key: str, contract: Any = None) -> Tokens | None:
+        """The entry, or None (a miss) when it is absent or damaged. With the backbone's
+        ``contract`` a hit is also validated (token names, 2-D (n, feature_dim) floating
+        arrays, one item count, finite values): a bad entry is a miss, recomputed and
+        rewritten atomically, with a logged note naming the file."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
-            with np.load(path) as archive:
-                return {name: archive[name] for name in archive.files}
-        except Exception:  # a damaged entry is a miss; it is rewritten atomically
+            with np.load(path, allow_pickle=False) as archive:
+                tokens = {name: archive[name] for name in archive.files}
+        except Exception as exc:  # numpy/zipfile raise many types for a damaged entry
+            log.warning("feature cache entry %s is unreadable (%s: %s); recomputing it",
+                        path, type(exc).__name__, exc)
             return None
+        problem = _entry_problem(tokens, contract) if contract is not None else None
+        if problem:
+            log.warning("feature cache entry %s %s; treating it as a miss and recomputing it",
+                        path, problem)
+            return None
+        return tokens
 
     def save(self, key: str, tokens: Tokens) -> None:
         path = self.path(key)
@@ -245,7 +280,7 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
     todo: list[EncodeJob] = []
     copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
     for path, key in keys.items():
-        hit = cache.load(key)
+        hit = cache.load(key, backbone.contract)
         if hit is None:
             if key not in copies:
                 todo.append(EncodeJob(path, key))

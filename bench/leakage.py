@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ import numpy as np
 from brainbench.errors import BenchError
 from brainbench.preprocess import read_voxels
 from brainbench.taskspec import Sample
+
+log = logging.getLogger("brainbench")
 
 HASH_SCHEMA = 2  # 2: voxels read through preprocess.read_voxels
 
@@ -53,14 +56,37 @@ class HashCache:
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, str] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                stored = json.loads(self.path.read_text())
-                if stored.get("schema") == HASH_SCHEMA:
-                    self.entries = dict(stored.get("entries", {}))
-            except (OSError, ValueError):
-                self.entries = {}  # a damaged cache is only a cache: rebuild it
+        if self.path is not None and self.path.exists():
+            self.entries = self._load(self.path)
         self.computed = 0
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, str]:
+        """The stored entries; a damaged cache is only a cache: it is rebuilt (with a note
+        naming the file), never half-trusted."""
+        if path.is_dir():
+            raise BenchError(f"voxel hash cache {path} is a folder, expected a JSON file; "
+                             "remove it or pass another cache folder (--cache)")
+        try:
+            stored = json.loads(path.read_text())
+        except PermissionError as exc:
+            raise BenchError(f"voxel hash cache {path} is not readable ({exc.strerror}); fix "
+                             "its permissions or pass another cache folder (--cache)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("voxel hash cache %s is malformed (%s); rebuilding it", path, exc)
+            return {}
+        entries = stored.get("entries") if isinstance(stored, dict) else None
+        if not isinstance(stored, dict) or stored.get("schema") != HASH_SCHEMA:
+            if not (isinstance(stored, dict) and isinstance(stored.get("schema"), int)):
+                log.warning("voxel hash cache %s is not a brainbench hash cache; rebuilding it",
+                            path)
+            return {}  # an older schema is simply rebuilt
+        if not isinstance(entries, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                for k, v in entries.items()):
+            log.warning("voxel hash cache %s holds malformed entries; rebuilding it", path)
+            return {}
+        return dict(entries)
 
     def hashes(self, paths: Iterable[Path], workers: int = 2) -> dict[Path, str]:
         """Hash of every path (reading only files not cached); raises on the first bad file."""
@@ -108,7 +134,12 @@ class HashCache:
     def _save(self) -> None:
         from brainbench.splits import write_json_atomic
 
-        write_json_atomic(self.path, {"schema": HASH_SCHEMA, "entries": self.entries})
+        try:
+            write_json_atomic(self.path, {"schema": HASH_SCHEMA, "entries": self.entries})
+        except OSError as exc:
+            raise BenchError(f"cannot write the voxel hash cache {self.path}: "
+                             f"{exc.strerror or exc} ({exc.filename or self.path.parent}); "
+                             "pass a writable cache folder (--cache / BRAINBENCH_CACHE)") from None
 
 
 @dataclass(frozen=True)

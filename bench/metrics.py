@@ -36,6 +36,7 @@ from brainbench.targets import SegmentationTarget
 __all__ = [
     "PRIMARY_METRIC",
     "PRIMARY_METRIC_DIRECTION",
+    "METRIC_RANGE",
     "REGION_METRIC_DIRECTION",
     "SurvivalReference",
     "as_survival_array",
@@ -74,6 +75,16 @@ PRIMARY_METRIC_DIRECTION: dict[str, str] = {
     **{region_metric(family, region): direction
        for family, direction in REGION_METRIC_DIRECTION.items()
        for region in SegmentationTarget().regions},
+}
+
+#: The values a metric can take (bootstrap replicates are kept inside them); unbounded above
+#: for errors and distances.
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    "auc": (0.0, 1.0), "balanced_accuracy": (0.0, 1.0), "accuracy": (0.0, 1.0),
+    "mae": (0.0, float("inf")), "rmse": (0.0, float("inf")), "pearson_r": (-1.0, 1.0),
+    "c_harrell": (0.0, 1.0), "c_uno": (0.0, 1.0), "logrank_p": (0.0, 1.0),
+    **{region_metric(family, region): (0.0, 1.0) if family == "dice" else (0.0, float("inf"))
+       for family in REGION_METRIC_DIRECTION for region in SegmentationTarget().regions},
 }
 
 #: The headline metric of each kind (the task card may still name its own).

@@ -83,6 +83,11 @@ class PreparedTask:
         groups = set(self.split.test_groups)
         return [s for s in self.samples if s.group in groups]
 
+    @cached_property
+    def test_persons(self) -> dict[str, str]:
+        """Test sample id -> person (split group), stored so statistics resample people."""
+        return {s.id: s.group for s in self.test}
+
     def members(self, groups: Iterable[str]) -> list[Sample]:
         """The samples of the given training groups (persons), in cohort order."""
         wanted = set(groups)

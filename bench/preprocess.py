@@ -27,13 +27,85 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+#: most bytes deflate can expand one compressed byte into (zlib's documented bound ~1032:1)
+_MAX_DEFLATE_RATIO = 1032
+
+
+def size_problem(path: Path, img=None) -> str | None:
+    """Without reading voxels: does the file hold the bytes its header promises?
+
+    The header's implied size (voxel offset + shape x item size) is compared with the data
+    file's length, or for a ``.gz`` with the gzip trailer's uncompressed length (ISIZE, mod
+    2**32) and with what the compressed bytes could possibly expand to. Returns the problem
+    (naming both sizes) or None; an unreadable header is left to the reader's own message.
+    """
+    path = Path(path)
+    try:
+        img = img if img is not None else nib.load(str(path))
+        header = img.header
+        implied = int(np.prod([int(n) for n in img.shape], dtype=object)) * \
+            int(np.dtype(header.get_data_dtype()).itemsize)
+        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
+        if not path.name.endswith((".img", ".hdr")) and hasattr(header, "extensions"):
+            # single-file NIfTI: the data follow the header and its extensions (vox_offset
+            # may be 0)
+            minimum = int(header.sizeof_hdr) + 4 + int(header.extensions.get_sizeondisk())
+            offset = max(offset, minimum)
+    except Exception:  # nibabel raises many types for damaged headers
+        return None
+    needed = offset + implied
+    if path.name.endswith(".gz"):
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                compressed = fh.tell()
+                if compressed < 18:
+                    return f"truncated: {compressed} bytes is no gzip stream"
+                fh.seek(-4, 2)
+                isize = int.from_bytes(fh.read(4), "little")  # uncompressed length mod 2**32
+        except OSError as exc:
+            return f"not readable ({exc})"
+        if needed > compressed * _MAX_DEFLATE_RATIO + 1024:
+            return (f"the header promises {needed} bytes (shape {tuple(img.shape)}, "
+                    f"{header.get_data_dtype()}) but the file holds {compressed} compressed "
+                    f"bytes, which expand to at most {compressed * _MAX_DEFLATE_RATIO}")
+        if isize != needed % 2**32:
+            return (f"truncated or damaged: the gzip stream ends at {isize} bytes, the header "
+                    f"implies {needed}")
+        return None
+    data_file = path if path.suffix != ".hdr" else path.with_suffix(".img")
+    try:
+        size = data_file.stat().st_size
+    except OSError:
+        return None  # the reader names a missing file
+    if size < needed:
+        return (f"truncated: {size} bytes on disk, the header implies {needed} (shape "
+                f"{tuple(img.shape)}, {header.get_data_dtype()})")
+    return None
+
+
 def read_voxels(path: Path) -> np.ndarray:
     """Voxels as stored (scaled, float32, a trailing singleton 4th axis dropped); damaged or
-    missing files raise a BenchError naming the file. Shared by preprocessing and hashing."""
+    missing files raise a BenchError naming the file. Shared by preprocessing and hashing.
+    A header promising more bytes than the file holds is refused before anything is
+    allocated."""
     try:
-        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        img = nib.load(str(path))
     except FileNotFoundError:
         raise BenchError(f"image file not found: {path}") from None
+    except Exception as exc:  # nibabel raises many types for damaged headers
+        raise BenchError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
+                         "(corrupt or truncated file?)") from None
+    problem = size_problem(Path(path), img)
+    if problem:
+        raise BenchError(f"cannot read image {path}: {problem}")
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise BenchError(f"image file not found: {path}") from None
+    except MemoryError:
+        raise BenchError(f"cannot read image {path}: shape {tuple(img.shape)} does not fit in "
+                         "memory") from None
     except Exception as exc:  # nibabel/gzip/zlib raise many types for damaged files
         raise BenchError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
                          "(corrupt or truncated file?)") from None

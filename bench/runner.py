@@ -148,6 +148,6 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
     if not todo:
         return
     for done in evaluator.evaluate(prepared, todo, backbone, config, store.url, report):
-        store.write_cell(done.cell, done.metrics, done.predictions)
+        store.write_cell(done.cell, done.metrics, done.predictions, done.persons)
         report.cells.append(CellOutcome(task.id, done.cell.fraction, done.cell.seed,
                                         done.cell.cell_id, True))

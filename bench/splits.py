@@ -156,24 +156,70 @@ def write_json_atomic(path: Path, payload: object) -> None:
         raise
 
 
+def read_manifest(manifest: Path) -> dict:
+    """A split manifest, verified by content: well-formed JSON with string lists ``train`` and
+    ``test`` (sorted, disjoint, no repeats) and a ``hash`` equal to the hash recomputed from
+    those lists. A manifest edited by hand (lists changed, hash kept) is refused, naming the
+    file and the field that does not verify."""
+    manifest = Path(manifest)
+    try:
+        stored = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"split manifest {manifest} is unreadable ({exc}); delete it to "
+                         "re-create it") from None
+    if not isinstance(stored, dict):
+        raise BenchError(f"split manifest {manifest}: expected a JSON object, got "
+                         f"{type(stored).__name__}; delete it to re-create it")
+    for key in ("train", "test"):
+        groups = stored.get(key)
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise BenchError(f"split manifest {manifest}: field {key!r} must be a list of "
+                             f"group ids, got {str(groups)[:60]}; delete it to re-create it")
+        if len(set(groups)) != len(groups):
+            raise BenchError(f"split manifest {manifest}: field {key!r} lists a group twice; "
+                             "the file was edited: restore it or delete it to start a new split")
+        if groups != sorted(groups):
+            raise BenchError(f"split manifest {manifest}: field {key!r} is not sorted as "
+                             "brainbench writes it; the file was edited: restore it or delete "
+                             "it to start a new split")
+    both = sorted(set(stored["train"]) & set(stored["test"]))
+    if both:
+        raise BenchError(f"split manifest {manifest}: group(s) {both[:5]} are in both 'train' "
+                         "and 'test'; the file was edited: restore it or delete it to start a "
+                         "new split")
+    if not isinstance(stored.get("hash"), str):
+        raise BenchError(f"split manifest {manifest}: field 'hash' must be a string, got "
+                         f"{stored.get('hash')!r}; delete it to re-create it")
+    recomputed = digest({"schema": SPLIT_SCHEMA, "train": sorted(stored["train"]),
+                         "test": sorted(stored["test"])})
+    if recomputed != stored["hash"]:
+        raise BenchError(f"split manifest {manifest}: field 'hash' ({stored['hash'][:12]}) does "
+                         f"not verify: its 'train' and 'test' lists hash to {recomputed[:12]}; "
+                         "the file was edited: restore it or delete it to start a new split")
+    return stored
+
+
 def record_split(split: Split, manifest: Path) -> None:
-    """Write the manifest on first use; on later runs verify the split is unchanged."""
+    """Write the manifest on first use; on later runs verify the split is unchanged: the
+    manifest's lists (not only its stored hash) must equal the recomputed split."""
     if manifest.exists():
-        try:
-            stored = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BenchError(f"split manifest {manifest} is unreadable ({exc}); delete it to "
-                             "re-create it") from None
-        if stored.get("hash") != split.hash:
-            added = sorted(set(split.train_groups + split.test_groups)
-                           - set(stored.get("train", []) + stored.get("test", [])))
-            removed = sorted(set(stored.get("train", []) + stored.get("test", []))
-                             - set(split.train_groups + split.test_groups))
+        stored = read_manifest(manifest)
+        train, test = sorted(split.train_groups), sorted(split.test_groups)
+        if stored["hash"] != split.hash or stored["train"] != train or stored["test"] != test:
+            added = sorted(set(train + test) - set(stored["train"] + stored["test"]))
+            removed = sorted(set(stored["train"] + stored["test"]) - set(train + test))
+            moved = sorted((set(stored["train"]) & set(test)) | (set(stored["test"]) & set(train)))
             raise BenchError(
                 f"split of task {split.task} differs from its manifest {manifest} (stored hash "
                 f"{str(stored.get('hash'))[:12]}, now {split.hash[:12]}; people added: "
-                f"{added[:5]}, removed: {removed[:5]}). The cohort changed; results would not be "
+                f"{added[:5]}, removed: {removed[:5]}, moved between train and test: "
+                f"{moved[:5]}). The cohort changed; results would not be "
                 "comparable. Restore the data or delete the manifest to start a new split."
             )
         return
-    write_json_atomic(manifest, split.to_manifest())
+    try:
+        write_json_atomic(manifest, split.to_manifest())
+    except OSError as exc:
+        raise BenchError(f"cannot write the split manifest {manifest}: {exc.strerror or exc} "
+                         f"({exc.filename or manifest.parent}); pass a writable results folder "
+                         "(--results / BRAINBENCH_RESULTS)") from None

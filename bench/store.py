@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 from brainbench.errors import BenchError
 
 #: The schema version this code reads and writes (see the module docstring).
-STORE_SCHEMA = 2
+STORE_SCHEMA = 3
 SCHEMA_ROW = "store"
 PREDICTIONS_CHUNK = 500  # cell ids per IN query (SQLite allows 999 bound parameters)
 _OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then see it done
@@ -89,6 +89,9 @@ predictions_table = Table(
     Column("sample_id", String(256), nullable=False),
     Column("target", Text, nullable=False),
     Column("prediction", Text, nullable=False),
+    # the person (split group) the sample belongs to: statistics resample people, not samples
+    # (ADNI visits, the four sequences of one BraTS subject). NULL in stores before schema 3.
+    Column("person", String(256), nullable=True),
 )
 
 DATA_TABLES = (results_table, predictions_table)
@@ -146,6 +149,7 @@ class StoredCell:
     predictions: Sequence[Prediction] = ()
     created_at: str | None = None
     cell_id: str = ""
+    persons: Mapping[str, str] | None = None  # sample id -> person; None: unknown
 
 
 # --------------------------------------------------------------------------- migrations
@@ -179,9 +183,19 @@ def _unique_cell_metric(conn: Connection, url: str) -> None:
     cell_metric_index.create(conn, checkfirst=True)
 
 
+def _person_column(conn: Connection, url: str) -> None:
+    """v2 -> v3: predictions.person (nullable; older predictions keep NULL = person unknown,
+    and are resampled per sample as before)."""
+    column = predictions_table.c.person
+    type_ = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN person {type_}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "unique index ux_results_cell_metric on results(cell_id, metric)",
               _unique_cell_metric),
+    Migration(2, "column predictions.person (the split group each test sample belongs to)",
+              _person_column, adds={"predictions": ("person",)}),
 )
 assert [m.source for m in MIGRATIONS] == list(range(1, STORE_SCHEMA)), "one step per version"
 
@@ -222,7 +236,8 @@ def _number(value: Any) -> float | None:
 
 
 def _cell_rows(cell: Cell, metrics: Mapping[str, Any], predictions: Iterable[Prediction],
-               created_at: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+               created_at: str, persons: Mapping[str, str] | None = None
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The result rows and prediction rows of one cell (shared by every writer)."""
     cell_id = cell.cell_id
     base = asdict(cell)
@@ -232,9 +247,11 @@ def _cell_rows(cell: Cell, metrics: Mapping[str, Any], predictions: Iterable[Pre
     if not rows:
         raise BenchError(f"cell {cell_id[:12]} ({cell.backbone}, {cell.task}, fraction "
                          f"{cell.fraction:g}, seed {cell.seed}): no metrics to store")
+    persons = persons or {}
     preds = [{"cell_id": cell_id, "sample_id": sample_id,
               "target": json.dumps(target, default=str),
-              "prediction": json.dumps(prediction, default=float)}
+              "prediction": json.dumps(prediction, default=float),
+              "person": persons.get(sample_id)}
              for sample_id, target, prediction in predictions]
     return rows, preds
 
@@ -356,16 +373,17 @@ class ResultStore:
     # ------------------------------------------------------------------ writes
 
     def write_cell(self, cell: Cell, metrics: Mapping[str, float | None],
-                   predictions: Iterable[Prediction]) -> None:
+                   predictions: Iterable[Prediction],
+                   persons: Mapping[str, str] | None = None) -> None:
         """Replace the cell's rows and predictions atomically (timestamped now)."""
-        self.write_cells([StoredCell(cell, metrics, list(predictions))])
+        self.write_cells([StoredCell(cell, metrics, list(predictions), persons=persons)])
 
     def write_cells(self, cells: Iterable[StoredCell]) -> None:
         """Replace each cell's rows and predictions, all cells in ONE transaction: a failure
         writes none of them. Each keeps its ``created_at`` (None: now)."""
         now = _now()
         batches = [(item.cell.cell_id, *_cell_rows(item.cell, item.metrics, item.predictions,
-                                                   item.created_at or now))
+                                                   item.created_at or now, item.persons))
                    for item in cells]
         try:
             with self.engine.begin() as conn:
@@ -422,6 +440,7 @@ class ResultStore:
                 _, metrics = grouped.setdefault(row["cell_id"], (dict(row), {}))
                 metrics[row["metric"]] = row["value"]
         preds = self.predictions(grouped) if with_predictions else {}
+        persons = self.persons(grouped) if with_predictions else {}
         out = []
         for cell_id in sorted(grouped):
             first, metrics = grouped[cell_id]
@@ -434,7 +453,7 @@ class ResultStore:
             values["fraction"], values["seed"] = float(values["fraction"]), int(values["seed"])
             values["n_train"], values["n_test"] = int(values["n_train"]), int(values["n_test"])
             out.append(StoredCell(Cell(**values), metrics, preds.get(cell_id, []),
-                                  first["created_at"], cell_id))
+                                  first["created_at"], cell_id, persons.get(cell_id)))
         return out
 
     def predictions(self, cell_ids: Iterable[str]) -> dict[str, list[Prediction]]:
@@ -456,4 +475,18 @@ class ResultStore:
                                          f"{sample_id}: stored target/prediction is not JSON "
                                          f"({target!r}, {prediction!r})") from None
                     out.setdefault(cell_id, []).append(decoded)
+        return out
+
+    def persons(self, cell_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """{cell id: {sample id: person}} for the predictions that record their person."""
+        ids = list(dict.fromkeys(cell_ids))
+        out: dict[str, dict[str, str]] = {}
+        t = predictions_table
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), PREDICTIONS_CHUNK):
+                query = (select(t.c.cell_id, t.c.sample_id, t.c.person)
+                         .where(t.c.cell_id.in_(ids[start:start + PREDICTIONS_CHUNK]))
+                         .where(t.c.person.is_not(None)))
+                for cell_id, sample_id, person in conn.execute(query):
+                    out.setdefault(cell_id, {})[sample_id] = person
         return out

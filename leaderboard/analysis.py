@@ -28,13 +28,16 @@ from brainbench import stats
 from brainbench.errors import BenchError
 from brainbench.kinds import get_kind
 from brainbench.leaderboard.tables import protocol_labels, recovered_budgets
-from brainbench.metrics import PRIMARY_METRIC_DIRECTION
+from brainbench.metrics import METRIC_RANGE, PRIMARY_METRIC_DIRECTION
+from brainbench.results_io import unverified_fields
 from brainbench.store import ResultStore
 from brainbench.taskspec import TaskSpec, get_task
 
 LEVEL = 0.95
 ALPHA = 0.05
 RANDOM_SUFFIX = " [random-init]"
+CONTROL_SUFFIX = " [control]"
+UNVERIFIED_SUFFIX = " [unverified]"
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,33 @@ class Entry:
     weights_status: str
     label: str
     protocol: str = ""  # protocol label, e.g. "linear" or "paper[20 trials]"
+    #: provenance fields an import could not verify, over the entry's cells (empty: every
+    #: cell was computed here or fully verified; see brainbench.results_io)
+    unverified: tuple[str, ...] = ()
 
     @property
     def is_random(self) -> bool:
         return self.weights_status == "random-init"
 
     @property
+    def is_control(self) -> bool:
+        """A control (hand-crafted features, ground truth): a reference point, not a model."""
+        return self.weights_status == "control"
+
+    @property
+    def is_reference_point(self) -> bool:
+        """Random-init or control: shown on every table, never the default reference."""
+        return self.is_random or self.is_control
+
+    @property
+    def is_unverified(self) -> bool:
+        return bool(self.unverified)
+
+    @property
     def display(self) -> str:
-        return self.label + (RANDOM_SUFFIX if self.is_random else "")
+        return (self.label + (RANDOM_SUFFIX if self.is_random else "")
+                + (CONTROL_SUFFIX if self.is_control else "")
+                + (UNVERIFIED_SUFFIX if self.is_unverified else ""))
 
 
 @dataclass(frozen=True)
@@ -66,6 +88,7 @@ class CellRecord:
     provenance: dict[str, Any]
     sample_ids: tuple[str, ...]
     scorer: stats.Scorer | None  # None: the metric cannot be recomputed from predictions
+    persons: tuple[str, ...] = ()  # person of each sample (stores before schema 3: the sample)
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,7 @@ class Analysis:
     n_boot: int = 1000
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    resampling: str = stats.DEFAULT_RESAMPLING  # see brainbench.stats.RESAMPLING
     flags: dict[str, list[str]] = field(default_factory=dict)  # backbone -> submission flags
     _reps: dict = field(default_factory=dict, repr=False)
 
@@ -148,9 +172,14 @@ class Analysis:
 
     # ------------------------------------------------------------------ bootstrap
 
-    def _indices(self, task: str, sample_ids: tuple[str, ...]) -> np.ndarray:
-        key = f"{task}|{'|'.join(sample_ids)}"
-        return _cached_indices(len(sample_ids), self.n_boot, self.seed, key)
+    def _resample(self, task: str, record: CellRecord) -> stats.PersonResample:
+        key = f"{task}|{'|'.join(record.sample_ids)}"
+        return _cached_resample(record.persons or record.sample_ids, self.n_boot, self.seed, key)
+
+    def people(self, entry: Entry, task: str, fraction: float) -> int:
+        """Test people of a cell (each resampled with all of their samples)."""
+        recs = self.records(entry, task, fraction)
+        return len(set(recs[0].persons or recs[0].sample_ids)) if recs else 0
 
     def replicates(self, entry: Entry, task: str, fraction: float) -> np.ndarray:
         """(n_boot,) seed-mean metric on each subject resample (computed once, then cached)."""
@@ -165,11 +194,47 @@ class Analysis:
             raise BenchError(f"no cells for {entry.display} on {task} at fraction {fraction:g}")
         if any(r.scorer is None for r in recs):
             return np.full(self.n_boot, np.nan)
-        idx = self._indices(task, recs[0].sample_ids)
-        per_seed = np.stack([r.scorer(idx) for r in recs])
-        with warnings.catch_warnings():  # a resample undefined for every seed stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(per_seed, axis=0) if per_seed.shape[0] > 1 else per_seed[0]
+        resample = self._resample(task, recs[0])
+        per_seed = np.stack([resample.score(r.scorer) for r in recs])
+        draws = None
+        if self.resampling == "people+seeds" and len(recs) > 1:
+            # the same seed draw for every backbone at this (task, fraction, seeds): paired
+            draws = stats.seed_draws(len(recs), self.n_boot, self.seed,
+                                     f"{task}|{fraction!r}|{len(recs)}")
+        return stats.two_level(per_seed, draws,
+                               METRIC_RANGE.get(self.metric(task), (-np.inf, np.inf)))
+
+    @property
+    def interval_description(self) -> str:
+        """How the intervals and paired tests resample, for every table and page."""
+        how = ("two-level bootstrap over training subsets (seeds) and test people"
+               if self.resampling == "people+seeds"
+               else "bootstrap over test people, each seed's fitted head held fixed")
+        return f"95% {how}, {self.n_boot} resamples, seed {self.seed}"
+
+    def detectable_differences(self, fraction: float) -> dict[str, tuple[float, int]]:
+        """task -> (minimum detectable difference, test people) for the tasks with intervals."""
+        out = {}
+        for task in self.tasks:
+            mdd = self.detectable_difference(task.id, fraction)
+            if not np.isnan(mdd):
+                entry = self.reference or self.entries[0]
+                out[task.id] = (mdd, self.people(entry, task.id, fraction))
+        return out
+
+    def detectable_difference(self, task: str, fraction: float) -> float:
+        """Minimum detectable difference (alpha 0.05, power 0.8) of the table's paired test on
+        this task: from the reference's own replicates as the spread of a difference between
+        two independent backbones of its quality (sqrt 2 x its standard error)."""
+        entry = self.reference or (self.entries[0] if self.entries else None)
+        if entry is None or not self.has(entry, task, fraction):
+            return float("nan")
+        reps = self.replicates(entry, task, fraction)
+        if not np.isfinite(reps).any():
+            return float("nan")
+        mdd = stats.minimum_detectable_difference(np.sqrt(2.0) * (reps - np.nanmean(reps)))
+        low, high = METRIC_RANGE.get(self.metric(task), (-np.inf, np.inf))
+        return float("inf") if mdd >= high - low else mdd  # inf: nothing is detectable
 
     def summary(self, entry: Entry, task: str, fraction: float) -> Summary | None:
         recs = self.records(entry, task, fraction)
@@ -325,8 +390,9 @@ def mcnemar_records(a: CellRecord, b: CellRecord) -> stats.McNemarResult:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_indices(n: int, n_boot: int, seed: int, key: str) -> np.ndarray:
-    return stats.bootstrap_indices(n, n_boot, seed, key)
+def _cached_resample(persons: tuple[str, ...], n_boot: int, seed: int,
+                     key: str) -> stats.PersonResample:
+    return stats.person_bootstrap(persons, n_boot, seed, key)
 
 
 def _discrete_interval(values: np.ndarray) -> tuple[float, float]:
@@ -351,6 +417,11 @@ def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str], Entry]:
     """One entry per (backbone, weights, protocol label); the protocol is in the label when the
     selection holds more than one."""
     pairs = frame[["backbone", "weights_id", "weights_status", "protocol"]].drop_duplicates()
+    unverified: dict[tuple[str, str, str], set[str]] = {}
+    if "unverified" in frame:
+        for key, fields_ in zip(zip(frame["backbone"], frame["weights_id"], frame["protocol"]),
+                                frame["unverified"]):
+            unverified.setdefault(key, set()).update(fields_)
     per_name = pairs.groupby("backbone")["weights_id"].nunique()
     several = pairs["protocol"].nunique() > 1
     out = {}
@@ -360,8 +431,9 @@ def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str], Entry]:
             label = f"{row.backbone} ({row.weights_id.split(':')[-1][:8]})"
         if several:
             label = f"{label} {{{row.protocol}}}"
-        out[(row.backbone, row.weights_id, row.protocol)] = Entry(
-            row.backbone, row.weights_id, row.weights_status, label, row.protocol)
+        key = (row.backbone, row.weights_id, row.protocol)
+        out[key] = Entry(row.backbone, row.weights_id, row.weights_status, label, row.protocol,
+                         tuple(sorted(unverified.get(key, ()))))
     return out
 
 
@@ -369,13 +441,17 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                   tasks: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
                   profile: str | None = None, data_source: str | None = None,
                   head: str | None = None, reference: str | None = None,
-                  n_boot: int = 1000, seed: int = 0, protocol: str | None = None) -> Analysis:
+                  n_boot: int = 1000, seed: int = 0, protocol: str | None = None,
+                  resampling: str = stats.DEFAULT_RESAMPLING) -> Analysis:
     """Read the selected cells (primary metric + predictions) and set up the statistics.
 
     reference: a backbone name (or entry label); default the first pretrained entry in the
     order of ``models`` (else by name), else the first entry; none with a single entry.
     protocol: keep one protocol (``paper``) or one protocol and budget (``paper[20 trials]``).
+    resampling: ``people+seeds`` (two-level bootstrap, default) or ``people`` (heads fixed).
     """
+    if resampling not in stats.RESAMPLING:
+        raise BenchError(f"resampling {resampling!r} is not one of {list(stats.RESAMPLING)}")
     task_specs = [get_task(t) for t in tasks] if tasks else None
     frame = store.frame(backbone=list(models) if models else None,
                         task=[t.id for t in task_specs] if task_specs else None,
@@ -407,8 +483,11 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     frame = (frame.sort_values("created_at")
              .drop_duplicates(["backbone", "weights_id", "protocol", "task", "fraction", "seed"],
                               keep="last"))
+    frame = frame.assign(unverified=[unverified_fields(h) for h in frame["hyperparameters"]])
     entries = _entries(frame)
     preds = store.predictions(frame["cell_id"])
+    persons = store.persons(frame["cell_id"])
+    unknown_persons: set[str] = set()
     cells: dict[tuple[Entry, str, float, int], CellRecord] = {}
     notes: list[str] = []
     for row in frame.to_dict("records"):
@@ -421,6 +500,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                                           "protocol", "n_train", "n_test", "selection",
                                           "dataset")}
         provenance["trials"] = None if pd.isna(row["trials"]) else int(row["trials"])
+        provenance["unverified"] = dict(row["unverified"])
         key = (entry, row["task"], float(row["fraction"]), int(row["seed"]))
         kind = get_kind(spec.kind)
         if spec.primary_metric not in kind.bootstrap_metrics:
@@ -443,17 +523,26 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
             raise BenchError(f"cell {row['cell_id'][:12]} ({row['backbone']}, {row['task']}): "
                              f"stored {spec.primary_metric}={row['value']:.6g} but its stored "
                              f"predictions give {recomputed:.6g}; the store is inconsistent")
+        known = persons.get(row["cell_id"], {})
+        if not known:
+            unknown_persons.add(spec.id)
         cells[key] = CellRecord(
             entry, row["task"], float(row["fraction"]), int(row["seed"]), float(row["value"]),
-            provenance, tuple(r[0] for r in rows), scorer)
-    ordered = sorted(entries.values(), key=lambda e: (e.is_random, e.label))
+            provenance, tuple(r[0] for r in rows), scorer,
+            tuple(known.get(r[0], r[0]) for r in rows))
+    if unknown_persons:
+        notes.append(f"{', '.join(sorted(unknown_persons))}: some cells were stored without the "
+                     "person of each test sample (an earlier release) and are resampled per "
+                     "sample, which narrows intervals where a person has several samples")
+    ordered = sorted(entries.values(), key=lambda e: (e.is_reference_point, e.label))
     if models:  # keep the user's order
         rank = {m: i for i, m in enumerate(models)}
-        ordered.sort(key=lambda e: (rank.get(e.backbone, len(rank)), e.is_random, e.label))
+        ordered.sort(key=lambda e: (rank.get(e.backbone, len(rank)), e.is_reference_point,
+                                    e.label))
     task_list = task_specs or sorted(spec_of.values(), key=lambda t: t.id)
     task_list = [t for t in task_list if t.id in set(frame["task"])]
     return Analysis(ordered, task_list, cells, _reference(ordered, reference), n_boot, seed,
-                    notes)
+                    notes, resampling=resampling)
 
 
 def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
@@ -472,6 +561,6 @@ def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
                          f"({', '.join(e.label for e in entries)})")
     if len(entries) < 2:
         return None
-    pretrained = [e for e in entries if not e.is_random]
+    pretrained = [e for e in entries if not e.is_reference_point]
     return (pretrained or entries)[0]
 

@@ -1,8 +1,9 @@
 """Label-scarcity curves: primary metric vs label fraction (log axis), one panel per task.
 
-One line per backbone (mean over seeds) with its 95% subject-level bootstrap band. Random-init
-entries are drawn dashed with hollow markers and labelled "[random-init]", so an untrained
-architecture can never pass for a trained encoder in a figure.
+One line per backbone (mean over seeds) with its 95% bootstrap band (see the analysis's
+resampling). Random-init entries are drawn dashed with hollow markers and labelled
+"[random-init]", controls dotted with hollow squares and labelled "[control]", so neither can
+pass for a trained encoder in a figure.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ def draw_task(ax, analysis: Analysis, task: str) -> int:
             continue
         summaries = [analysis.summary(entry, task, f) for f in fractions]
         colour = colours[i % len(colours)]
-        style = dict(linestyle="--", marker="o", markerfacecolor="white") if entry.is_random \
-            else dict(linestyle="-", marker="o")
+        style = (dict(linestyle="--", marker="o", markerfacecolor="white") if entry.is_random
+                 else dict(linestyle=":", marker="s", markerfacecolor="white")
+                 if entry.is_control else dict(linestyle="-", marker="o"))
         ax.plot(fractions, [s.mean for s in summaries], color=colour, label=entry.display,
                 **style)
         ax.fill_between(fractions, [s.ci_low for s in summaries],
                         [s.ci_high for s in summaries], color=colour,
-                        alpha=0.10 if entry.is_random else 0.20, linewidth=0)
+                        alpha=0.10 if entry.is_reference_point else 0.20, linewidth=0)
         lines += 1
     arrow = "↑" if analysis.direction(task) == "higher" else "↓"
     ax.set_xscale("log")
@@ -72,8 +74,8 @@ def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Fig
                 handles.append(h)
                 labels.append(label)
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    fig.suptitle(f"label-scarcity curves: mean over seeds, band = 95% bootstrap interval "
-                 f"({analysis.n_boot} subject resamples)", fontsize=10)
+    fig.suptitle(f"label-scarcity curves: mean over seeds, band = "
+                 f"{analysis.interval_description}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return fig
 

@@ -31,7 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from brainbench.errors import BenchError  # noqa: E402
 from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
-from brainbench.leaderboard.tables import (MCNEMAR_TITLE, RANDOM_NOTE, best_entries,  # noqa: E402
+from brainbench.leaderboard.tables import (CONTROL_NOTE, MCNEMAR_TITLE, RANDOM_NOTE,  # noqa: E402
+                                           UNVERIFIED_NOTE, best_entries,
                                            mcnemar_note, protocol_note)
 
 e = html.escape
@@ -48,6 +49,7 @@ table.sortable th[data-key]{cursor:pointer;user-select:none}
 table.sortable th[data-key]::after{content:" \\2195";color:#888}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2";color:#000}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:#000}
+.badge.unverified{background:#8a1c1c}
 tr.random td{background:repeating-linear-gradient(135deg,#fff,#fff 6px,#fff4e5 6px,#fff4e5 12px)}
 .badge{display:inline-block;padding:0 0.35rem;border-radius:3px;font-size:0.75rem;
  font-weight:600;background:#b45309;color:#fff;margin-left:0.3rem}
@@ -122,12 +124,16 @@ def _num(value: float) -> str:
 
 
 def _entry_cell(entry: Entry, flags: tuple[str, ...] | list[str] = ()) -> str:
-    badge = '<span class="badge">RANDOM-INIT</span>' if entry.is_random else ""
+    badge = ('<span class="badge">RANDOM-INIT</span>' if entry.is_random else
+             '<span class="badge">CONTROL</span>' if entry.is_control else "")
+    if entry.is_unverified:  # imported, some provenance unchecked (brainbench.results_io)
+        badge += (f'<span class="badge unverified" title="not verified: '
+                  f'{e(", ".join(entry.unverified))}">UNVERIFIED</span>')
     # submission bundles' flags (brainbench.submission): SUBMISSION, PARTIAL: ..., RANDOM-INIT
     badge += "".join(f'<span class="badge" title="{e(f)}">{e(f.split(":")[0])}</span>'
                      for f in flags if f != "RANDOM-INIT" or not entry.is_random)
     return (f'<td data-value="{e(entry.label)}">{e(entry.label)}{badge}</td>'
-            f'<td>{"random-init" if entry.is_random else "pretrained"}<br>'
+            f'<td>{entry.weights_status}<br>'
             f'<code>{e(entry.weights_id)}</code></td>')
 
 
@@ -217,9 +223,8 @@ def _classification(analysis: Analysis, fraction: float) -> list[tuple[str, str,
 
 def legend(analysis: Analysis) -> str:
     ref = analysis.reference
-    items = [f"Cells: mean of the primary metric over seeds (k seeds, ± sd), with its 95% "
-             f"subject-level bootstrap interval ({analysis.n_boot} resamples of the test "
-             f"subjects, seed {analysis.seed}). Bold = best in the column."]
+    items = [f"Cells: mean of the primary metric over seeds (k seeds, ± sd), with its "
+             f"{e(analysis.interval_description)}. Bold = best in the column."]
     if ref is not None:
         items.append(f"<span class=\"win\">▲</span> / <span class=\"loss\">▼</span>: "
                      f"significantly better / worse than the reference <b>{e(ref.display)}</b> "
@@ -235,6 +240,10 @@ def legend(analysis: Analysis) -> str:
         items.append(e(protocol_note(analysis)))
     if any(en.is_random for en in analysis.entries):
         items.append('<span class="badge">RANDOM-INIT</span> ' + e(RANDOM_NOTE))
+    if any(en.is_control for en in analysis.entries):
+        items.append('<span class="badge">CONTROL</span> ' + e(CONTROL_NOTE))
+    if any(en.is_unverified for en in analysis.entries):
+        items.append('<span class="badge unverified">UNVERIFIED</span> ' + e(UNVERIFIED_NOTE))
     if any(t.target.kind == "survival" for t in analysis.tasks):
         items.append("Survival intervals and tests use Harrell's C (Uno's C and the log-rank "
                      "test need training-set quantities the store does not keep).")
@@ -262,6 +271,15 @@ def reproduce_command(record: CellRecord) -> str:
     return " ".join(parts)
 
 
+def _verification(provenance: dict) -> str:
+    """Computed here / imported with every claim verified, or the fields that were not."""
+    unverified = provenance.get("unverified") or {}
+    if not unverified:
+        return "yes"
+    return ('<span class="badge unverified">UNVERIFIED</span> ' + "; ".join(
+        f"<code>{e(k)}</code>: {e(str(v))}" for k, v in sorted(unverified.items())))
+
+
 def _provenance_table(analysis: Analysis, task: str) -> str:
     rows = []
     for key in sorted((k for k in analysis.cells if k[1] == task),
@@ -277,11 +295,12 @@ def _provenance_table(analysis: Analysis, task: str) -> str:
             f"{e(str(p['weights_sha256'])[:16])}…</code></td>"
             f"<td><code title=\"{e(str(p['split_hash']))}\">{e(str(p['split_hash'])[:12])}…"
             f"</code></td><td>{e(str(p['created_at']))}</td>"
+            f"<td>{_verification(p)}</td>"
             f"<td><code>{e(reproduce_command(r))}</code></td></tr>")
     head = ("<tr><th>backbone</th><th>fraction</th><th>seed</th>"
             f"<th>{e(analysis.metric(task))}</th><th>n train / test</th><th>code version</th>"
             "<th>weights sha256</th><th>split hash</th><th>date (UTC)</th>"
-            "<th>reproduce</th></tr>")
+            "<th>verified</th><th>reproduce</th></tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -18,12 +19,18 @@ from brainbench.metrics import PRIMARY_METRIC_DIRECTION
 from brainbench.protocols import budget_of, is_searched, protocol_label
 from brainbench.taskspec import TaskSpec
 
+UNVERIFIED_NOTE = ("UNVERIFIED = imported results (brainbench import) whose provenance could "
+                   "not all be checked against the predictions, the split manifest or the "
+                   "weights; the unchecked fields are listed on the site's task pages.")
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
                "deliberate reference point); its numbers measure the untrained architecture.")
+CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design (`intensity`: "
+                "hand-crafted intensity histograms and brain-size proxies): what a task gives "
+                "away without any representation learning.")
 
 
 def column_label(backbone: str, weights_status: str, weights_id: str) -> str:
-    marker = " [RANDOM-INIT]" if weights_status == "random-init" else ""
+    marker = {"random-init": " [RANDOM-INIT]", "control": " [CONTROL]"}.get(weights_status, "")
     return f"{backbone}{marker} ({weights_id.split(':')[-1][:8]})"
 
 
@@ -131,6 +138,8 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
                      "subset was too small for inner selection (the row's `selection` says why).")
     if any("RANDOM-INIT" in c for c in columns):
         notes.append(RANDOM_NOTE)
+    if any("[CONTROL]" in c for c in columns):
+        notes.append(CONTROL_NOTE)
     return table + "\n" + "\n".join(notes)
 
 
@@ -191,7 +200,10 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
     headers.append(esc("mean rank [95% CI]"))
     rows = []
     for entry in analysis.entries:
-        weights = "RANDOM-INIT" if entry.is_random else "pretrained"
+        weights = ("RANDOM-INIT" if entry.is_random else "CONTROL" if entry.is_control
+                   else "pretrained")
+        if entry.is_unverified:
+            weights += ", UNVERIFIED"
         row = [esc(entry.display), weights]
         for task in tasks:
             summary = analysis.summary(entry, task, fraction)
@@ -226,18 +238,30 @@ def protocol_note(analysis) -> str | None:
 def stats_table_notes(analysis, fraction: float) -> list[str]:
     ref = analysis.reference.display if analysis.reference else None
     notes = [f"Label fraction {fraction:g}. Cells: mean of the primary metric over seeds "
-             f"[95% subject-level bootstrap interval, {analysis.n_boot} resamples, seed "
-             f"{analysis.seed}]; bold = best in the column."]
+             f"[{analysis.interval_description}]; bold = best in the column."]
+    detectable = analysis.detectable_differences(fraction)
+    if detectable:
+        notes.append("Minimum detectable difference of the paired test (alpha 0.05, power 0.8) "
+                     "for these test sets: " + "; ".join(
+                         f"{task} {analysis.metric(task)} "
+                         + (f"{mdd:.3g}" if np.isfinite(mdd) else "none within its range")
+                         + f" ({people} test people)"
+                         for task, (mdd, people) in detectable.items())
+                     + ". Smaller true differences are likely to go unmarked.")
     if protocol_note(analysis):
         notes.append(protocol_note(analysis))
     if ref:
         notes.append(f"▲ / ▼: significantly better / worse than the reference {ref} (paired "
-                     "bootstrap of the difference on the same test subjects, Holm-adjusted "
+                     "bootstrap of the difference on the same resamples, Holm-adjusted "
                      "across this table's tasks, alpha 0.05); unmarked = not significant.")
     notes.append("Mean rank: over the tasks where every row has a result (1 = best), with its "
                  "bootstrap interval.")
     if any(e.is_random for e in analysis.entries):
         notes.append(RANDOM_NOTE)
+    if any(e.is_control for e in analysis.entries):
+        notes.append(CONTROL_NOTE)
+    if any(getattr(e, "is_unverified", False) for e in analysis.entries):
+        notes.append(UNVERIFIED_NOTE)
     if any(t.kind == "survival" for t in analysis.tasks):
         notes.append("Survival intervals and tests are for Harrell's C (Uno's C and the "
                      "log-rank test need training-set quantities the store does not keep).")

@@ -382,3 +382,35 @@ def test_every_backbone_encodes_a_phantom_volume(tmp_path, phantom, name):
     if contract.dims == "2d":
         assert contract.image_size[0] % backbone.architecture()["patch_size"] == 0
     assert backbone.weights.is_random  # no weights on this machine: marked, never hidden
+
+
+def test_dinov3_missing_keys_are_named_as_in_the_release_file(tmp_path):
+    state = dinov3_release_state()
+    for key in ("blocks.0.ls1.gamma", "blocks.0.attn.qkv.bias", "storage_tokens"):
+        if key != "storage_tokens":
+            del state[key]
+    path = _save(tmp_path / "dinov3.pth", state)
+    with pytest.raises(BenchError, match="missing key") as err:
+        _load(dinov3_natural.SPEC, path, tiny_dinov3, dinov3_natural.load_dinov3_weights)
+    message = str(err.value)
+    assert "blocks.0.ls1.gamma" in message and "blocks.0.attn.qkv.bias" in message
+
+
+def test_swin_patch_merging_uses_the_pre_monai_15_order():
+    """The released SwinUNETR SSL weights were trained with MONAI < 1.5's 3-D merging order
+    (offsets 000,100,010,001,101,010,001,111); features must not follow the installed MONAI."""
+    merge = swinunetr_ssl.LegacyPatchMerging(dim=1)
+    with torch.no_grad():
+        merge.norm = torch.nn.Identity()
+        merge.reduction = torch.nn.Identity()
+    x = torch.zeros(1, 2, 2, 2, 1)
+    for d in range(2):
+        for h in range(2):
+            for w in range(2):
+                x[0, d, h, w, 0] = 100 * d + 10 * h + w
+    got = merge(x).flatten().tolist()
+    assert got == [100 * d + 10 * h + w for d, h, w in swinunetr_ssl.LEGACY_MERGE_ORDER]
+    assert got == [0, 100, 10, 1, 101, 10, 1, 111]
+    model = tiny_swin()
+    assert all(isinstance(layer[0].downsample, swinunetr_ssl.LegacyPatchMerging)
+               for layer in (model.layers1, model.layers2, model.layers3, model.layers4))

@@ -14,7 +14,10 @@ import pytest
 
 from brainbench.cli import main
 from brainbench.datacheck import check_task, image_info, length_problem
+from brainbench.errors import BenchError
 from brainbench.leakage import HashCache
+from brainbench.pipeline import load_samples, prepare_task
+from brainbench.splits import Split
 from brainbench.runner import manifest_path, resolve_tasks
 
 from .helpers import random_brain, write_nifti
@@ -56,12 +59,34 @@ def test_report_shows_quirks_strata_and_the_stored_manifest(phantoms, tmp_path):
     text = first.render()
     assert "without an image skipped" in text  # ABIDE label rows without images
     assert any("|" in s for s in first.strata)  # label x site strata
+    # the manifest a run writes (the run's own preparation, hashing the voxels)
+    hashes, _ = HashCache(None).try_hashes(load_samples(task, phantoms).image_paths())
+    split = prepare_task(task, phantoms, SOURCE, hashes=hashes).split
+    good = split.to_manifest()
+    assert good["hash"] == first.split["hash"]
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"hash": first.split["hash"]}))
+    manifest.write_text(json.dumps(good))
     assert check(task, phantoms, results_dir=tmp_path).split["stored"] == "matches"
-    manifest.write_text(json.dumps({"hash": "0" * 64}))
+    # another split with its own (consistent) hash: the cohort changed
+    moved = dict(good, train=sorted(good["train"][1:] + good["test"][:1]),
+                 test=sorted(good["test"][1:] + good["train"][:1]))
+    moved["hash"] = Split(task.id, task.dataset, "", 0.0, tuple(moved["train"]),
+                          tuple(moved["test"])).hash
+    manifest.write_text(json.dumps(moved))
     changed = check(task, phantoms, results_dir=tmp_path)
     assert not changed.ok and "differs from the stored manifest" in changed.render()
+    # lists edited, hash kept: verified by content, so refused by the check and by a run
+    manifest.write_text(json.dumps(dict(moved, hash=good["hash"])))
+    forged = check(task, phantoms, results_dir=tmp_path)
+    assert not forged.ok and forged.split["stored"] == "DOES NOT VERIFY"
+    assert "field 'hash'" in forged.render() and "does not verify" in forged.render()
+    with pytest.raises(BenchError, match="field 'hash'.*does not verify"):
+        prepare_task(task, phantoms, SOURCE, hashes=hashes, manifest=manifest)
+    # only a hash (no lists) is not a manifest either
+    manifest.write_text(json.dumps({"hash": good["hash"]}))
+    assert "field 'train' must be a list" in check(task, phantoms, results_dir=tmp_path).render()
+    manifest.write_text("{not json")
+    assert "is unreadable" in check(task, phantoms, results_dir=tmp_path).render()
 
 
 # ------------------------------------------------------------------------------ bad label files

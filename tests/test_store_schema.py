@@ -47,7 +47,7 @@ def indexes(path: Path) -> set[str]:
 
 def test_fixture_is_a_first_release_store():
     assert tables(FIXTURE / "results.db") == {"results", "predictions"}
-    assert STORE_SCHEMA == 2 and len(MIGRATIONS) == STORE_SCHEMA - 1
+    assert STORE_SCHEMA == 3 and len(MIGRATIONS) == STORE_SCHEMA - 1
 
 
 def test_v1_store_migrates_and_keeps_every_row(v1_copy):
@@ -59,7 +59,9 @@ def test_v1_store_migrates_and_keeps_every_row(v1_copy):
                                                                             STORE_SCHEMA)]
     assert "ux_results_cell_metric" in indexes(v1_copy)  # the 1 -> 2 step
     assert rows(v1_copy, "SELECT * FROM results ORDER BY id") == before_results
-    assert rows(v1_copy, "SELECT * FROM predictions ORDER BY id") == before_preds
+    # the 2 -> 3 step adds predictions.person, NULL (unknown) for every earlier prediction
+    assert rows(v1_copy, "SELECT * FROM predictions ORDER BY id") == [
+        (*row, None) for row in before_preds]
     frame = store.frame()
     assert len(frame) == RESULT_ROWS and frame["cell_id"].nunique() == CELLS
     cells = store.cells(with_predictions=True)
@@ -75,14 +77,58 @@ def test_v1_store_migrates_and_keeps_every_row(v1_copy):
     assert v1_copy.read_bytes() == stamped
 
 
-def test_table_of_a_v1_store_is_what_the_first_release_printed(v1_copy, tmp_path, capsys):
+def _table(v1_copy: Path, tmp_path: Path, capsys, *options: str) -> list[str]:
     code = main(["table", "--fraction", "0.5", "--profile", "tiny", "--db", url(v1_copy),
-                 "--out", str(tmp_path / "reports")])
+                 "--out", str(tmp_path / "reports"), *options])
     out = capsys.readouterr().out
     assert code == 0
-    printed = [line for line in out.splitlines() if not line.startswith("written: ")]
+    return [line for line in out.splitlines() if not line.startswith("written: ")]
+
+
+def test_table_of_a_v1_store_is_what_the_first_release_printed(v1_copy, tmp_path, capsys):
+    """With the first release's resampling (people only, heads fixed), every table row -
+    means, intervals, marks, ranks, McNemar - is what it printed; the notes say more now
+    (the resampling, the minimum detectable difference, the per-sample fallback)."""
+    printed = _table(v1_copy, tmp_path, capsys, "--resample", "people")
     expected = (FIXTURE / "table_f0.5.md").read_text().splitlines()
-    assert printed == expected
+
+    def cells(lines):
+        return [[c.strip().strip("*").strip() for c in line.strip("|").split("|")]
+                for line in lines if line.startswith("|") and not line.startswith("|--")]
+
+    now, then = cells(printed), cells(expected)
+    assert len(now) == len(then) and now[0] == then[0]
+    for row_now, row_then in zip(now, then):
+        for column, (a, b) in enumerate(zip(row_now, row_then)):
+            if then[0][column] == "tumor_seg dice_wt ↑" and b not in ("–", ""):
+                # segmentation now stores per-subject scores: the same mean, with an interval
+                assert a.startswith(b.split(" ")[0] + " [") or a == b, (a, b)
+            else:
+                assert a == b, (then[0][column], a, b)
+    assert {line for line in expected if not line.startswith("|")} - set(printed) <= {
+        # the notes that were reworded, nothing else
+        line for line in expected if "subject-level bootstrap interval" in line
+        or "on the same test subjects, Holm" in line or "dice_wt cannot be recomputed" in line}
+    notes = "\n".join(printed)
+    assert "Minimum detectable difference" in notes and "resampled per sample" in notes
+
+
+def test_two_level_bootstrap_widens_intervals_and_keeps_the_means(v1_copy, tmp_path, capsys):
+    people = _table(v1_copy, tmp_path, capsys, "--resample", "people")
+    both = _table(v1_copy, tmp_path, capsys)  # default: seeds and people
+    assert "two-level bootstrap over training subsets (seeds) and test people" in "\n".join(both)
+    rows_p = [line for line in people if line.startswith("| braindino {linear}")]
+    rows_b = [line for line in both if line.startswith("| braindino {linear}")]
+    assert rows_p != rows_b
+    import re
+
+    def cells(line):
+        return re.findall(r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", line)
+
+    pairs = list(zip(cells(rows_p[0]), cells(rows_b[0])))
+    assert len(pairs) >= 7 and all(m1 == m2 for (m1, *_), (m2, *_) in pairs)  # same means
+    width = [sum(float(hi) - float(lo) for _, lo, hi in side) for side in zip(*pairs)]
+    assert width[1] > width[0]  # seed variation widens the intervals
 
 
 def test_newer_store_is_refused_and_left_alone(v1_copy, capsys):
@@ -164,7 +210,19 @@ def test_export_import_round_trip_writes_identical_rows(v1_copy, tmp_path):
     results_sql = f"SELECT {columns} FROM results ORDER BY cell_id, metric"
     preds_sql = ("SELECT cell_id, sample_id, target, prediction FROM predictions "
                  "ORDER BY cell_id, id")
-    assert rows(target_db, results_sql) == rows(v1_copy, results_sql)
+    # an import records what it could verify under hyperparameters["import_verification"]
+    # (brainbench.results_io); everything else is identical
+    def without_verification(table):
+        out = []
+        for row in table:
+            hyper = json.loads(row[16])
+            assert hyper.pop("import_verification", None) is not None or table is source_rows
+            out.append((*row[:16], json.dumps(hyper, sort_keys=True), *row[17:]))
+        return out
+
+    source_rows = rows(v1_copy, results_sql)
+    assert without_verification(rows(target_db, results_sql)) == without_verification(
+        source_rows)
 
     def decoded(path):  # the results file sorts JSON object keys (segmentation predictions)
         return [(c, s, json.loads(t), json.loads(p)) for c, s, t, p in rows(path, preds_sql)]
@@ -174,4 +232,16 @@ def test_export_import_round_trip_writes_identical_rows(v1_copy, tmp_path):
     # importing again replaces every cell with the same rows
     again = [import_results(target, p) for p in paths]
     assert sum(r.replaced for r in again) == CELLS
-    assert rows(target_db, results_sql) == rows(v1_copy, results_sql)
+    # an import records what it could verify under hyperparameters["import_verification"]
+    # (brainbench.results_io); everything else is identical
+    def without_verification(table):
+        out = []
+        for row in table:
+            hyper = json.loads(row[16])
+            assert hyper.pop("import_verification", None) is not None or table is source_rows
+            out.append((*row[:16], json.dumps(hyper, sort_keys=True), *row[17:]))
+        return out
+
+    source_rows = rows(v1_copy, results_sql)
+    assert without_verification(rows(target_db, results_sql)) == without_verification(
+        source_rows)

@@ -26,6 +26,7 @@ class EvaluatedCell:
     cell: Cell
     metrics: dict[str, float]
     predictions: list[tuple[str, Any, Any]]
+    persons: dict[str, str]  # sample id -> person (split group): statistics resample people
 
 
 class Evaluator(ABC):

@@ -137,7 +137,7 @@ class ProbeEvaluator(Evaluator):
                             selection=info.selection, cache_key=cache_digest)
             yield EvaluatedCell(final, metrics, list(zip(
                 [s.id for s in test], [kind.stored_target(s.target) for s in test],
-                _json_rows(prediction))))
+                _json_rows(prediction))), prepared.test_persons)
 
 
 EVALUATORS.register(ProbeEvaluator.name, ProbeEvaluator)

@@ -192,7 +192,7 @@ class SegmentationEvaluator(Evaluator):
             final = replace(plan.cell, hyperparameters=hyper, cache_key=cache_digest)
             yield EvaluatedCell(final, metrics, list(zip(
                 [s.id for s in test], [prepared.kind.stored_target(s.target) for s in test],
-                per_subject)))
+                per_subject)), prepared.test_persons)
 
         by_head: dict[str, list] = {}
         for plan, _, info, n_params in trained:

@@ -281,8 +281,8 @@ def import_bundle(bundle: Path, store, out_root: Path | None = None) -> tuple[in
     files = _check_consistency(bundle, manifest)
     with tempfile.TemporaryDirectory() as scratch:  # all files must pass before any is written
         trial = ResultStore(f"sqlite:///{Path(scratch) / 'check.db'}")
-        for path in files:
-            import_results(trial, path)
+        for path in files:  # checked against the real store's records and split manifests
+            import_results(trial, path, reference=store)
         trial.engine.dispose()
     cells = sum(import_results(store, path).cells for path in files)
     out_root = Path(out_root or submissions_dir())

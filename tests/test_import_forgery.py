@@ -1,0 +1,251 @@
+"""Imported results files are verified, never trusted: each forgery is refused naming the
+field that did not verify, nothing is written, and the honest round trip records what an
+import could not check (shown as UNVERIFIED on the leaderboard)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brainbench.errors import BenchError
+from brainbench.leaderboard.analysis import load_analysis
+from brainbench.leaderboard.site import build_site
+from brainbench.leaderboard.tables import stats_table
+from brainbench.pipeline import manifest_path
+from brainbench.results_io import (VERIFICATION_KEY, export_results, import_results,
+                                   unverified_fields)
+from brainbench.splits import Split
+from brainbench.store import Cell, ResultStore
+from brainbench.taskspec import get_task
+from tests.test_stats import build_store
+
+TASKS = ("idh_status", "brain_age", "survival_cox")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forgery")
+    store = build_store(root / "source" / "results.db", backbones=("strong", "rand"), tasks=TASKS)
+    paths = export_results(store, root / "export")
+    return store, {p.name: p for p in paths}
+
+
+def _target(tmp_path: Path, name: str = "target") -> ResultStore:
+    return ResultStore(f"sqlite:///{tmp_path / name / 'results.db'}")
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(data))  # json writes inf as Infinity, as a hand edit would
+    return path
+
+
+def _refused(tmp_path, source: Path, change, match: str, store: ResultStore | None = None):
+    data = json.loads(source.read_text())
+    change(data)
+    target = store or _target(tmp_path)
+    before = len(target.frame())
+    with pytest.raises(BenchError, match=match) as info:
+        import_results(target, _write(tmp_path, data))
+    assert len(target.frame()) == before  # nothing half-imported
+    return str(info.value)
+
+
+def _recompute_id(cell_item: dict) -> None:
+    cell = dict(cell_item["cell"])
+    cell["fraction"] = float(cell["fraction"])
+    cell_item["cell_id"] = Cell(**cell).cell_id
+
+
+def test_weights_status_flip_is_refused(exported, tmp_path):
+    _, files = exported
+    source = files["rand__brain_age.json"]
+
+    def flip(data):
+        for item in data["cells"]:
+            item["cell"]["weights_status"] = "pretrained"
+
+    message = _refused(tmp_path, source, flip, r"field 'weights_status' does not verify")
+    assert "cells[0]" in message and "random-init" in message
+
+    # a thorough forger also rewrites the weights id and the cell id: the sha256 the store
+    # already records as random-init gives it away
+    target = _target(tmp_path, "known")
+    import_results(target, source)
+
+    def flip_all(data):
+        for item in data["cells"]:
+            item["cell"]["weights_status"] = "pretrained"
+            item["cell"]["weights_id"] = item["cell"]["weights_id"].replace("random-init",
+                                                                            "pretrained")
+            _recompute_id(item)
+
+    _refused(tmp_path, source, flip_all, r"field 'weights_status' does not verify.*recorded "
+                                         r"as random-init", store=target)
+
+    def one_flipped(data):  # the file itself says the sha is random-init elsewhere
+        flip_all({"cells": data["cells"][:1]})
+
+    _refused(tmp_path, source, one_flipped, "recorded as random-init")
+
+
+def test_random_by_definition_backbone_cannot_claim_pretrained(exported, tmp_path):
+    _, files = exported
+
+    def rename(data):
+        data["backbone"] = "random"
+        for item in data["cells"]:
+            item["cell"].update(backbone="random", weights_status="pretrained",
+                                weights_id=item["cell"]["weights_id"].replace("random-init",
+                                                                              "pretrained"))
+            _recompute_id(item)
+
+    _refused(tmp_path, files["rand__brain_age.json"], rename,
+             "backbone 'random' is random-init by definition")
+
+
+def test_empty_predictions_are_refused_naming_the_cell(exported, tmp_path):
+    _, files = exported
+    message = _refused(tmp_path, files["strong__brain_age.json"],
+                       lambda d: d["cells"][2].update(predictions=[]), "has no predictions")
+    assert "cells[2]" in message and "strong, brain_age" in message
+
+
+@pytest.mark.parametrize("value, match", [
+    (float("inf"), r"field 'metrics.mae' is inf; expected a finite number"),
+    (float("-inf"), r"field 'metrics.mae' is -inf"),
+    ("Infinity", r"field metrics.mae must be a finite number or null, got 'Infinity'"),
+    ("NaN", r"must be a finite number or null, got 'NaN'"),
+])
+def test_non_finite_metrics_are_refused(exported, tmp_path, value, match):
+    _, files = exported
+    _refused(tmp_path, files["strong__brain_age.json"],
+             lambda d: d["cells"][0]["metrics"].update(mae=value), match)
+
+
+def test_infinite_prediction_is_refused(exported, tmp_path):
+    _, files = exported
+    _refused(tmp_path, files["strong__brain_age.json"],
+             lambda d: d["cells"][0]["predictions"][4].update(prediction=float("inf")),
+             r"predictions\[4\]: field 'prediction' holds an infinite number")
+
+
+@pytest.mark.parametrize("name, task, metric", [
+    ("strong__brain_age.json", "brain_age", "r2"),  # not a bootstrap metric: still recomputed
+    ("strong__brain_age.json", "brain_age", "pearson_r"),
+    ("strong__brain_age.json", "brain_age", "mae"),
+    ("strong__idh_status.json", "idh_status", "balanced_accuracy"),
+    ("strong__idh_status.json", "idh_status", "auc"),
+    ("strong__survival_cox.json", "survival_cox", "c_harrell"),
+])
+def test_edited_metric_value_is_refused(exported, tmp_path, name, task, metric):
+    _, files = exported
+
+    def edit(data):
+        metrics = data["cells"][1]["metrics"]
+        metrics[metric] = round(metrics[metric] * 0.9 + 0.01, 4)
+
+    _refused(tmp_path, files[name], edit,
+             rf"field metrics\.{metric} does not verify: {metric}=.* but the predictions give")
+
+
+def test_invented_metric_is_refused(exported, tmp_path):
+    _, files = exported
+    _refused(tmp_path, files["strong__idh_status.json"],
+             lambda d: d["cells"][0]["metrics"].update(sensitivity=0.99),
+             r"metrics\.sensitivity'\] are not metrics of a classification task")
+
+
+def test_edited_n_test_is_refused(exported, tmp_path):
+    _, files = exported
+    _refused(tmp_path, files["strong__brain_age.json"],
+             lambda d: d["cells"][0]["cell"].update(n_test=39),
+             r"field 'n_test' does not verify: 40 predictions but n_test=39")
+
+
+def _write_manifest(results_dir: Path, task_id: str) -> str:
+    spec = get_task(task_id)
+    split = Split(task_id, spec.dataset, spec.split_salt, 0.2,
+                  tuple(f"sub-{i:03d}" for i in range(40, 140)),
+                  tuple(f"sub-{i:03d}" for i in range(40)))
+    path = manifest_path(results_dir, "phantom:test", spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(split.to_manifest()))
+    return split.hash
+
+
+def test_split_hash_is_checked_against_the_manifest(exported, tmp_path):
+    _, files = exported
+    source = files["strong__brain_age.json"]
+    target = _target(tmp_path)
+    real = _write_manifest(tmp_path / "target", "brain_age")
+    data = json.loads(source.read_text())
+    for item in data["cells"]:
+        item["cell"]["split_hash"] = real  # the honest file: results of the manifest's split
+    honest = tmp_path / "honest.json"
+    honest.write_text(json.dumps(data))
+    import_results(target, honest)
+    cells = target.cells(task="brain_age")
+    assert cells and all("split_hash" not in unverified_fields(c.cell.hyperparameters)
+                         for c in cells)
+    assert all("split_hash" in c.cell.hyperparameters[VERIFICATION_KEY]["verified"]
+               for c in cells)
+    # the same results claiming another split
+    forged = _refused(tmp_path, honest,
+                      lambda d: d["cells"][3]["cell"].update(split_hash="ab" * 32),
+                      r"cells\[3\]\.cell: field 'split_hash' does not verify", store=target)
+    assert "abababababab" in forged and real[:12] in forged
+    # n_train at fraction 1 below the manifest's training people
+    full = next(i for i, item in enumerate(data["cells"]) if item["cell"]["fraction"] == 1.0)
+    _refused(tmp_path, honest, lambda d: d["cells"][full]["cell"].update(n_train=3),
+             r"field 'n_train' does not verify", store=target)
+    # a manifest edited by hand is not a reference either
+    manifest = manifest_path(tmp_path / "target", "phantom:test", get_task("brain_age"))
+    stored = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(dict(stored, test=stored["test"][1:])))
+    _refused(tmp_path, honest, lambda d: None, r"field 'hash'.*does not verify", store=target)
+
+
+def test_honest_round_trip_records_what_could_not_be_verified(exported, tmp_path):
+    store, files = exported
+    target = _target(tmp_path)
+    for path in files.values():
+        import_results(target, path)
+    # metrics and predictions arrive unchanged
+    cols = ["cell_id", "metric", "value", "created_at"]
+    a = store.frame()[cols].sort_values(cols[:2]).reset_index(drop=True)
+    b = target.frame()[cols].sort_values(cols[:2]).reset_index(drop=True)
+    assert a.equals(b)
+    by_task = {c.cell.task: c.cell for c in target.cells(backbone="strong")}
+    regression = by_task["brain_age"].hyperparameters[VERIFICATION_KEY]
+    assert {"metrics.mae", "metrics.rmse", "metrics.r2", "metrics.pearson_r"} <= set(
+        regression["verified"])
+    assert set(regression["unverified"]) == {"n_train", "subset_hash", "split_hash",
+                                             "weights_sha256"}
+    survival = unverified_fields(by_task["survival_cox"].hyperparameters)
+    assert "metrics.c_harrell" not in survival and "metrics.c_uno" in survival
+    assert by_task["brain_age"].hyperparameters["C"] == 1.0  # the real ones are kept
+    # a claim of verification in the file is never trusted: re-export, forge, re-import
+    again = export_results(target, tmp_path / "again", ["strong"], ["brain_age"])[0]
+    data = json.loads(again.read_text())
+    for item in data["cells"]:
+        item["cell"]["hyperparameters"][VERIFICATION_KEY] = {"verified": ["everything"],
+                                                             "unverified": {}}
+    fresh = _target(tmp_path, "fresh")
+    import_results(fresh, _write(tmp_path, data))
+    assert all(unverified_fields(c.cell.hyperparameters) for c in fresh.cells())
+
+    # the leaderboard marks imported rows; rows computed here are not marked
+    analysis = load_analysis(target, models=["strong", "rand"], tasks=["brain_age"], n_boot=20)
+    assert all(e.is_unverified for e in analysis.entries)
+    text = stats_table(analysis, 1.0, "markdown")
+    assert "[unverified]" in text and "UNVERIFIED = imported results" in text
+    index = build_site(analysis, tmp_path / "site")
+    assert "UNVERIFIED" in index.read_text()
+    task_page = (tmp_path / "site" / "task-brain_age.html").read_text()
+    assert "subset_hash" in task_page
+    local = load_analysis(store, models=["strong"], tasks=["brain_age"], n_boot=20)
+    assert not any(e.is_unverified for e in local.entries)
+    assert "UNVERIFIED" not in stats_table(local, 1.0, "markdown")
