@@ -1,26 +1,22 @@
 """`data check`: validate a dataset for a task before any compute, and say why it is (un)usable.
 
 It runs the run's own preparation (brainbench.pipeline: adapter, samples, duplicate merge,
-split, leakage guard) and, before it, reads every
-image the task would use: headers for shape, voxel size and orientation, and (by default) the
-voxels themselves, hashed for the leakage guard so a truncated file is found now rather than
-an hour into feature extraction. ``headers_only`` skips the voxel read and instead compares the
+split, leakage guard) and, before it, the run's own image validation (brainbench.validation)
+on every image the task would use: headers for shape, voxel size and orientation, and (by
+default) the voxels themselves, hashed for the leakage guard and checked for NaN/inf, empty
+and constant volumes, so a bad file is found now rather than an hour into feature
+extraction; where the run stops at the first unusable file set, the check lists them all. ``headers_only`` skips the voxel read and instead compares the
 gzip trailer's length (or the file size) with what the header promises: cheap, catches
 truncation, not bit rot. Nothing is written except the voxel-hash cache.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-import nibabel as nib
-import numpy as np
 
 from brainbench.errors import BenchError
 from brainbench.kinds import get_kind
@@ -28,24 +24,14 @@ from brainbench.leakage import HashCache
 from brainbench.pipeline import load_samples, manifest_path, prepare_task
 from brainbench.splits import read_manifest
 from brainbench.taskspec import Sample, TaskSpec
-
-# Plausible geometry of a brain MRI volume; outside these the file is mislabelled or damaged.
-MIN_DIM, MAX_DIM = 8, 2048
-MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 10.0
-
+from brainbench.validation import (MAX_DIM, MAX_VOXEL_MM, MIN_DIM, MIN_VOXEL_MM,  # noqa: F401
+                                   ImageInfo, check_images, image_info, length_problem)
 
 @dataclass(frozen=True)
 class Finding:
     level: str  # "error": the dataset cannot be used as is; "warning": usable, worth a look
     where: str  # file or subject
     message: str
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    shape: tuple[int, ...]
-    voxel_mm: tuple[float, ...]
-    orientation: str
 
 
 @dataclass
@@ -84,58 +70,6 @@ class DataCheckReport:
         return render(self)
 
 
-# ------------------------------------------------------------------------------------- images
-
-
-def image_info(path: Path) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
-    """Header-only look at one image: (info, [(level, problem)])."""
-    if not Path(path).is_file():
-        return None, [("error", "missing file")]
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(n) for n in img.shape)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        affine = np.asarray(img.affine, dtype=float)
-    except Exception as exc:  # nibabel raises many types for damaged headers
-        return None, [("error", f"unreadable header ({type(exc).__name__}: {exc})")]
-    problems: list[tuple[str, str]] = []
-    spatial = shape[:3]
-    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-        return None, [("error", f"expected a 3D volume, got shape {shape}")]
-    if any(not MIN_DIM <= n <= MAX_DIM for n in spatial):
-        problems.append(("error", f"implausible shape {shape} (each axis {MIN_DIM}-{MAX_DIM} voxels)"))
-    if any(not (np.isfinite(z) and MIN_VOXEL_MM <= z <= MAX_VOXEL_MM) for z in zooms):
-        problems.append(("error", f"implausible voxel size {tuple(round(z, 4) for z in zooms)} mm "
-                                  f"(expected {MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm per axis)"))
-    orientation = "?"
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        problems.append(("error", "degenerate affine (orientation cannot be determined)"))
-    else:
-        codes = nib.aff2axcodes(affine)
-        if None in codes or len(set(codes)) < 3:
-            problems.append(("error", f"implausible orientation {codes}"))
-        else:
-            orientation = "".join(codes)
-    return ImageInfo(shape, tuple(round(z, 3) for z in zooms), orientation), problems
-
-
-def length_problem(path: Path) -> str | None:
-    """Without decompressing: does the stored data length match what the header promises?
-    (The same check every voxel read runs first: brainbench.preprocess.size_problem.)"""
-    from brainbench.preprocess import size_problem
-
-    return size_problem(Path(path))
-
-
-def _readable_gzip(path: Path) -> str | None:  # used only when voxels are not read
-    try:
-        with gzip.open(path, "rb") as fh:
-            fh.read(352)
-    except (OSError, EOFError) as exc:
-        return f"not a readable gzip file ({exc})"
-    return None
-
-
 # ------------------------------------------------------------------------------------- check
 
 
@@ -171,27 +105,14 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
     report.adapter_notes = list(loaded.cohort.notes)
     report.excluded = list(loaded.excluded)
 
-    # every image (and segmentation label) the task would read
-    paths: dict[Path, str] = {}
-    for s in samples:
-        for _, p in s.images:
-            paths.setdefault(Path(p), s.id)
-        if hasattr(s.target, "path"):
-            paths.setdefault(Path(s.target.path), s.id)
-    infos: dict[Path, ImageInfo] = {}
-    bad: set[Path] = set()
-    for path, sid in paths.items():
-        info, problems = image_info(path)
-        if info is not None:
-            infos[path] = info
-        if headers_only and info is not None and not problems:
-            problem = length_problem(path) or (_readable_gzip(path) if path.name.endswith(".gz") else None)
-            problems += [("error", problem)] if problem else []
-        for level, message in problems:
-            report.findings.append(Finding(level, f"{sid}: {path}", message))
-            if level == "error":
-                bad.add(path)
-    report.images_checked = len(paths)
+    # every image (and segmentation label) the task would read: the run's own validation
+    images = check_images(loaded, None if headers_only else hash_cache, headers_only=headers_only,
+                          workers=workers)
+    infos = images.infos
+    for path, found in images.problems.items():
+        for level, message in found:
+            report.findings.append(Finding(level, f"{images.owners.get(path, '?')}: {path}", message))
+    report.images_checked = len(images.owners)
     report.orientations = dict(Counter(i.orientation for i in infos.values()).most_common())
     report.voxel_sizes = dict(Counter("x".join(f"{z:g}" for z in i.voxel_mm) for i in infos.values()).most_common(5))
     report.shapes = dict(Counter("x".join(map(str, i.shape)) for i in infos.values()).most_common(5))
@@ -204,14 +125,8 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
         if len(grids) > 1:
             report.findings.append(Finding("warning", s.id, f"modalities on different grids {sorted(grids)}"))
 
-    hashes: dict[Path, str] | None = None
-    if not headers_only:
-        hashes, errors = hash_cache.try_hashes([p for s in samples for _, p in s.images if Path(p) not in bad],
-                                               workers=workers)
-        report.voxels_read = hash_cache.computed
-        for path, message in errors.items():
-            report.findings.append(Finding("error", f"{paths.get(path, '?')}: {path}",
-                                           message.replace(f" {path}", "")))
+    hashes = images.usable_hashes()  # samples reading an unusable image are left out
+    report.voxels_read = images.voxels_read
     report.n_samples = len(samples)
     report.n_people = len({s.group for s in samples})
     report.labels = dict(sorted(Counter(s.fraction_stratum for s in samples).items()))

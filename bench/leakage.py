@@ -8,7 +8,10 @@ matches. Samples whose images share a hash are merged into one group *before* th
 they land on the same side; the merge is reported.
 
 Hashes are cached per file by (resolved path, size, mtime) in one JSON file, so only new or
-changed files are read again.
+changed files are read again. The same read yields the voxel statistics validation needs
+(brainbench.validation: non-finite, empty, constant volumes); they are cached beside the hash
+(an entry ``{"hash": ..., "stats": {...}}``; an older entry holding only the hash is read again
+once), so a warm rerun validates without reading a voxel.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from brainbench.errors import BenchError
-from brainbench.preprocess import read_voxels
+from brainbench.preprocess import read_voxels, voxel_stats
 from brainbench.taskspec import Sample
 
 log = logging.getLogger("brainbench")
@@ -35,10 +38,31 @@ HASH_SCHEMA = 2  # 2: voxels read through preprocess.read_voxels
 
 def voxel_hash(path: Path) -> str:
     """sha256 of (shape, float32 voxel values); a trailing singleton 4th axis is dropped."""
+    return voxel_hash_and_stats(path)[0]
+
+
+def voxel_hash_and_stats(path: Path) -> tuple[str, dict]:
+    """The voxel hash and `preprocess.voxel_stats` from one read of the file."""
     data = read_voxels(path)
     digest = hashlib.sha256(f"voxels-v{HASH_SCHEMA}:{data.shape}".encode())
     digest.update(np.ascontiguousarray(data, dtype="<f4").tobytes())
-    return digest.hexdigest()
+    return digest.hexdigest(), voxel_stats(data)
+
+
+_STAT_INTS = ("n", "nonfinite", "nonzero")
+
+
+def _valid_stats(stats: object) -> bool:
+    if not isinstance(stats, dict) or set(stats) != {*_STAT_INTS, "min", "max"}:
+        return False
+    if not all(isinstance(stats[k], int) and not isinstance(stats[k], bool) and stats[k] >= 0
+               for k in _STAT_INTS):
+        return False
+    bounds = [stats["min"], stats["max"]]
+    if stats["nonzero"] == 0:
+        return bounds == [None, None]
+    return all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b)
+               for b in bounds)
 
 
 def _stat_key(path: Path) -> str:
@@ -55,13 +79,15 @@ class HashCache:
 
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path is not None else None
-        self.entries: dict[str, str] = {}
+        self.entries: dict[str, str] = {}  # file version -> voxel hash
+        self.entry_stats: dict[str, dict] = {}  # file version -> voxel statistics
         if self.path is not None and self.path.exists():
-            self.entries = self._load(self.path)
+            self.entries, self.entry_stats = self._load(self.path)
         self.computed = 0
+        self.stats: dict[Path, dict] = {}  # path -> voxel statistics of what was hashed
 
     @staticmethod
-    def _load(path: Path) -> dict[str, str]:
+    def _load(path: Path) -> tuple[dict[str, str], dict[str, dict]]:
         """The stored entries; a damaged cache is only a cache: it is rebuilt (with a note
         naming the file), never half-trusted."""
         if path.is_dir():
@@ -74,19 +100,25 @@ class HashCache:
                              "its permissions or pass another cache folder (--cache)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             log.warning("voxel hash cache %s is malformed (%s); rebuilding it", path, exc)
-            return {}
+            return {}, {}
         entries = stored.get("entries") if isinstance(stored, dict) else None
         if not isinstance(stored, dict) or stored.get("schema") != HASH_SCHEMA:
             if not (isinstance(stored, dict) and isinstance(stored.get("schema"), int)):
                 log.warning("voxel hash cache %s is not a brainbench hash cache; rebuilding it",
                             path)
-            return {}  # an older schema is simply rebuilt
+            return {}, {}  # an older schema is simply rebuilt
+
+        def hash_of(value: object) -> object:  # "hash" (older entries) or {"hash", "stats"}
+            return value.get("hash") if isinstance(value, dict) else value
+
         if not isinstance(entries, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                isinstance(k, str) and isinstance(hash_of(v), str) and len(hash_of(v)) == 64
                 for k, v in entries.items()):
             log.warning("voxel hash cache %s holds malformed entries; rebuilding it", path)
-            return {}
-        return dict(entries)
+            return {}, {}
+        stats = {k: v["stats"] for k, v in entries.items()
+                 if isinstance(v, dict) and _valid_stats(v.get("stats"))}  # others: read again
+        return {k: hash_of(v) for k, v in entries.items()}, stats
 
     def hashes(self, paths: Iterable[Path], workers: int = 2) -> dict[Path, str]:
         """Hash of every path (reading only files not cached); raises on the first bad file."""
@@ -108,15 +140,16 @@ class HashCache:
             except FileNotFoundError:
                 errors[path] = f"image file not found: {path}"
                 continue
-            if key in self.entries:
+            if key in self.entries and key in self.entry_stats:
                 hashes[path] = self.entries[key]
+                self.stats[path] = self.entry_stats[key]
             else:
                 todo.append((path, key))
 
-        def one(item: tuple[Path, str]) -> tuple[Path, str, str | None, str | None]:
+        def one(item: tuple[Path, str]) -> tuple[Path, str, tuple[str, dict] | None, str | None]:
             path, key = item
             try:
-                return path, key, voxel_hash(path), None
+                return path, key, voxel_hash_and_stats(path), None
             except BenchError as exc:
                 return path, key, None, str(exc)
 
@@ -125,7 +158,8 @@ class HashCache:
                 if error is not None:
                     errors[path] = error
                 else:
-                    hashes[path] = self.entries[key] = value
+                    hashes[path] = self.entries[key] = value[0]
+                    self.stats[path] = self.entry_stats[key] = value[1]
                     self.computed += 1
         if todo and self.path is not None and len(errors) < len(todo):
             self._save()
@@ -135,7 +169,9 @@ class HashCache:
         from brainbench.splits import write_json_atomic
 
         try:
-            write_json_atomic(self.path, {"schema": HASH_SCHEMA, "entries": self.entries})
+            entries = {k: {"hash": v, "stats": self.entry_stats[k]} if k in self.entry_stats else v
+                       for k, v in self.entries.items()}
+            write_json_atomic(self.path, {"schema": HASH_SCHEMA, "entries": entries})
         except OSError as exc:
             raise BenchError(f"cannot write the voxel hash cache {self.path}: "
                              f"{exc.strerror or exc} ({exc.filename or self.path.parent}); "

@@ -24,6 +24,7 @@ from brainbench.splits import Split, fraction_subset, make_split, record_split, 
 from brainbench.store import Cell
 from brainbench.subjects import Cohort
 from brainbench.taskspec import Sample, TaskSpec, build_samples
+from brainbench.validation import validate_images
 
 
 def _slug(text: str) -> str:
@@ -108,7 +109,7 @@ def prepare_task(task: TaskSpec, root: Path, data_source: str, *,
     loaded = loaded or load_samples(task, root)
     samples = loaded.samples
     if hashes is None and hash_cache is not None:
-        hashes = hash_cache.hashes(loaded.image_paths())
+        hashes = validate_images(loaded, hash_cache)  # headers and voxels, as the data check
     duplicates: list[str] = []
     if hashes:
         samples = [s for s in samples if all(Path(p) in hashes for _, p in s.images)]

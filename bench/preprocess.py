@@ -114,6 +114,19 @@ def read_voxels(path: Path) -> np.ndarray:
     return data
 
 
+def voxel_stats(data: np.ndarray) -> dict:
+    """What validation needs to know about a volume's values, computed from the read the voxel
+    hash makes anyway (brainbench.leakage): voxel count ``n``, non-finite count, count of finite
+    nonzero voxels and their minimum / maximum (None without any: nothing but background).
+    JSON-serialisable."""
+    finite = np.isfinite(data)
+    nonfinite = int(data.size - np.count_nonzero(finite))
+    values = data[finite & (data != 0)]
+    return {"n": int(data.size), "nonfinite": nonfinite, "nonzero": int(values.size),
+            "min": float(values.min()) if values.size else None,
+            "max": float(values.max()) if values.size else None}
+
+
 def image_files(path: Path) -> tuple[Path, ...]:
     """The files one image is stored in: an Analyze/NIfTI pair (OASIS-1 ``.img``) is read
     through its ``.hdr`` too (orientation, scaling), so both belong to the image's identity."""
@@ -144,7 +157,7 @@ def load_volume(path: Path) -> np.ndarray:
     finite = np.isfinite(data)
     if not finite.any():
         raise BenchError(f"{path}: volume has no finite voxels (all NaN/inf)")
-    if not finite.all():
+    if not finite.all():  # counted and reported before any compute (brainbench.validation)
         data = np.where(finite, data, 0.0).astype(np.float32)
     if not np.any(data != 0):
         raise BenchError(f"{path}: volume is all zeros")

@@ -8,7 +8,9 @@ and the best parameters are refitted on the whole subset. The study lives in the
 as the results store (`storage_url`), named per cell, with ``load_if_exists=True``: a rerun
 after an interruption resumes it and only runs the missing trials. ``fresh=True`` (the runner's
 ``--force``) deletes the cell's old study first, so a forced rerun searches again instead of
-replaying the stored trials. The inner split and the validation score (ROC AUC, -MAE in the
+replaying the stored trials. Concurrent runs of one cell share its study and its budget: trials
+running or finished count against it (optuna's MaxTrialsCallback, and a trial started past the
+budget ends as FAIL unscored), so N trials means N across runs. The inner split and the validation score (ROC AUC, -MAE in the
 target's units, Harrell's C) are the task kind's (`brainbench.kinds`), the same score the heads'
 own selection steps maximise; heads come from `brainbench.heads.make_head` only.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,9 +58,40 @@ def _delete_study(storage_url: str, study_name: str) -> None:
     import optuna
 
     try:
-        optuna.delete_study(study_name=study_name, storage=storage_url)
+        optuna.delete_study(study_name=study_name, storage=_storage(storage_url))
     except KeyError:  # no such study: nothing to discard
         pass
+
+
+class _OverBudget(Exception):
+    """A trial another run's trials left no budget for (recorded as FAIL, not scored)."""
+
+
+def _storage(storage_url: str | None) -> Any:
+    """The study's storage: SQLite waits for another process's lock instead of failing, and
+    trials carry a heartbeat so one left RUNNING by a killed run is failed (and no longer
+    counts against the budget) after a minute."""
+    if storage_url is None:
+        return None
+    import optuna
+
+    import warnings
+
+    from sqlalchemy.exc import OperationalError
+
+    kwargs = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
+    for attempt in range(1, 6):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in optuna 3-5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs or None,
+                                                  heartbeat_interval=10, grace_period=60)
+        except OperationalError as exc:  # two runs creating optuna's tables at once
+            if "already exists" not in str(exc) or attempt == 5:
+                raise BenchError(f"optuna storage {storage_url}: cannot open it "
+                                 f"({getattr(exc, 'orig', exc)})") from None
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: int,
@@ -93,7 +127,17 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     tr, va = split
     X_tr, X_va, y_tr, y_va = X[tr], X[va], y[tr], y[va]
 
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+               optuna.trial.TrialState.RUNNING)
+
     def objective(trial: Any) -> float:
+        # concurrent runs of one cell share the study: a trial numbered after `trials` live
+        # (running or finished) ones is over the budget; it ends as FAIL, and the search stops
+        ahead = sum(t.number < trial.number and t.state in counted
+                    for t in trial.study.get_trials(deepcopy=False))
+        if ahead >= trials:
+            trial.study.stop()
+            raise _OverBudget(f"budget of {trials} trials already reached by other runs")
         params = {**protocol.defaults,
                   **{name: p.suggest(trial, name) for name, p in protocol.search_space.items()}}
         best = [-math.inf]
@@ -113,13 +157,14 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     if fresh and storage_url is not None and study_name is not None:
         _delete_study(storage_url, study_name)
     study = optuna.create_study(
-        storage=storage_url, study_name=study_name, direction="maximize", load_if_exists=True,
+        storage=_storage(storage_url), study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     if done < trials:
-        study.optimize(objective, n_trials=trials - done, catch=(BenchError,))
+        study.optimize(objective, n_trials=trials - done, catch=(BenchError, _OverBudget),
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
     states: dict[str, int] = {}
     for t in study.trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1

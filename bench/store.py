@@ -40,6 +40,12 @@ STORE_SCHEMA = 3
 SCHEMA_ROW = "store"
 PREDICTIONS_CHUNK = 500  # cell ids per IN query (SQLite allows 999 bound parameters)
 _OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then see it done
+#: SQLite between local processes: how long one statement waits for another process's write
+#: lock (sqlite3's busy timeout), and how often a write that still finds the store locked is
+#: retried (with backoff) before it is refused with a BenchError
+SQLITE_TIMEOUT_S = 30.0
+_WRITE_ATTEMPTS = 4
+_WRITE_BACKOFF_S = 0.5
 
 metadata = MetaData()
 
@@ -214,13 +220,41 @@ def default_url(results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'results.db'}"
 
 
+def _sqlite_file(engine: Engine) -> bool:
+    return engine.url.database not in (None, "", ":memory:") and \
+        not str(engine.url.database).startswith("file::memory:")
+
+
 def _sqlite_transactions(engine: Engine) -> None:
     """pysqlite runs DDL outside any transaction; let SQLAlchemy's BEGIN/COMMIT govern it, so
-    an interrupted migration rolls back whole (SQLAlchemy's documented recipe)."""
+    an interrupted migration rolls back whole (SQLAlchemy's documented recipe).
+
+    A file store gets a busy timeout, so a writer waits for another process's lock instead of
+    failing at once, and (`_sqlite_wal`) WAL journal mode, so runs read while one writes."""
+    wal = _sqlite_file(engine)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None
+        if wal:
+            import sqlite3
+
+            try:
+                dbapi_connection.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_S * 1000)}")
+            except sqlite3.Error:  # not a database: the first query says so
+                pass
+
+
+def _sqlite_wal(engine: Engine) -> None:
+    """Switch a file store to WAL (persistent in the file), once its schema is known good: a
+    store refused or left unmigrated keeps its bytes."""
+    if not _sqlite_file(engine):
+        return
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+    except SQLAlchemyError:  # read-only or busy: rollback journal still works, just waits more
+        pass
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
@@ -271,12 +305,17 @@ class ResultStore:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         try:
-            self.engine: Engine = create_engine(url, future=True)
+            sqlite = url.startswith("sqlite")
+            self.engine: Engine = create_engine(
+                url, future=True, **({"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+                                     if sqlite else {}))
         except Exception as exc:
             raise BenchError(f"cannot open results store {url}: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             _sqlite_transactions(self.engine)
         self.schema_version = self._open()
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_wal(self.engine)
 
     # ------------------------------------------------------------------ schema
 
@@ -386,14 +425,7 @@ class ResultStore:
                                                    item.created_at or now, item.persons))
                    for item in cells]
         try:
-            with self.engine.begin() as conn:
-                for cell_id, rows, preds in batches:
-                    conn.execute(delete(results_table).where(results_table.c.cell_id == cell_id))
-                    conn.execute(delete(predictions_table)
-                                 .where(predictions_table.c.cell_id == cell_id))
-                    conn.execute(results_table.insert(), rows)
-                    if preds:
-                        conn.execute(predictions_table.insert(), preds)
+            self._retry_locked(lambda: self._write(batches), batches)
         except IntegrityError as exc:
             ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
             if cell_metric_index.name in str(exc) or "unique" in str(exc).lower():
@@ -402,6 +434,36 @@ class ResultStore:
                                  "and nothing of this write was stored") from None
             raise BenchError(f"results store {self.url}: writing cell(s) {ids} failed "
                              f"({_reason(exc)}); nothing of this write was stored") from None
+
+    def _write(self, batches) -> None:
+        with self.engine.begin() as conn:
+            for cell_id, rows, preds in batches:
+                conn.execute(delete(results_table).where(results_table.c.cell_id == cell_id))
+                conn.execute(delete(predictions_table)
+                             .where(predictions_table.c.cell_id == cell_id))
+                conn.execute(results_table.insert(), rows)
+                if preds:
+                    conn.execute(predictions_table.insert(), preds)
+
+    def _retry_locked(self, write: Callable[[], None], batches) -> None:
+        """Run one write transaction; one that finds the store locked by another process
+        (after the busy timeout) is rolled back and retried with backoff, then refused."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                return write()
+            except OperationalError as exc:
+                reason = _reason(exc)
+                locked = "locked" in reason.lower() or "busy" in reason.lower()
+                ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
+                if not locked:
+                    raise BenchError(f"results store {self.url}: writing cell(s) {ids} failed "
+                                     f"({reason}); nothing of this write was stored") from None
+                if attempt == _WRITE_ATTEMPTS:
+                    raise BenchError(
+                        f"results store {self.url} stayed locked by another process through "
+                        f"{_WRITE_ATTEMPTS} attempts of {SQLITE_TIMEOUT_S:g} s; cell(s) {ids} "
+                        "were not stored (nothing half-written): rerun to store them") from None
+                time.sleep(_WRITE_BACKOFF_S * 2 ** (attempt - 1))
 
     # ------------------------------------------------------------------ reads
 

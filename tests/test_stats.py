@@ -221,7 +221,37 @@ def analysis(tmp_path_factory):
     return load_analysis(store, models=["base", "strong", "twin", "rand"], n_boot=300, seed=0)
 
 
-def test_summary_matches_independent_computation(analysis):
+@pytest.fixture(scope="module")
+def people_only(tmp_path_factory):
+    """The same store analysed with the first release's resampling (heads held fixed)."""
+    store = build_store(tmp_path_factory.mktemp("stats_people") / "r.db")
+    return load_analysis(store, models=["base", "strong", "twin", "rand"], n_boot=300, seed=0,
+                         resampling="people")
+
+
+def test_two_level_replicates_match_independent_computation(analysis, people_only):
+    """Default resampling: per replicate, the seeds drawn with replacement (one draw shared by
+    every backbone), their deviations widened by sqrt(k/(k-1)), on the same people."""
+    entry = {e.backbone: e for e in analysis.entries}["strong"]
+    records = analysis.records(entry, "idh_status", 0.3)
+    ids = records[0].sample_ids
+    idx = stats.bootstrap_indices(N_TEST, 300, 0, "idh_status|" + "|".join(ids))
+    per_seed = np.stack([r.scorer(idx) for r in records])  # (k, B)
+    k = per_seed.shape[0]
+    draws = stats.bootstrap_indices(k, 300, 0, f"seeds|idh_status|{0.3!r}|{k}")
+    centre = np.nanmean(per_seed, axis=0)
+    widened = centre + (per_seed - centre) * np.sqrt(k / (k - 1))
+    expected = np.clip([np.nanmean(widened[draws[b], b]) for b in range(300)], 0, 1)
+    np.testing.assert_allclose(analysis.replicates(entry, "idh_status", 0.3), expected)
+    # the seeds' spread widens the interval around the same mean
+    both, fixed = analysis.summary(entry, "idh_status", 0.3), people_only.summary(
+        entry, "idh_status", 0.3)
+    assert both.mean == fixed.mean
+    assert both.ci_high - both.ci_low > fixed.ci_high - fixed.ci_low
+
+
+def test_summary_matches_independent_computation(people_only):
+    analysis = people_only
     entry = {e.backbone: e for e in analysis.entries}["strong"]
     store_values, replicate_rows = [], []
     ids = None
@@ -289,18 +319,30 @@ def test_inconsistent_store_is_refused(tmp_path):
         load_analysis(store, models=["nope"])
 
 
-def test_metric_without_stored_predictions_is_shown_without_interval(tmp_path):
+def test_segmentation_gets_intervals_and_tests_from_per_subject_scores(tmp_path):
     store = build_store(tmp_path / "r.db", backbones=("base", "strong"), tasks=("brain_age",))
     seg = get_task("tumor_seg")
+    rng = np.random.default_rng(0)
+    subjects = [f"BraTS2021_{i:05d}" for i in range(N_TEST)]
     for backbone, dice in (("base", 0.6), ("strong", 0.7)):
         for seed in (0, 1):
+            scores = np.clip(dice + 0.01 * seed + 0.05 * rng.standard_normal(N_TEST), 0, 1)
+            per_subject = [{"dice_wt": float(v), "hd95_wt": 10.0} for v in scores]
             store.write_cell(synthetic_cell(backbone, seg.id, 1.0, seed),
-                             {seg.primary_metric: dice + 0.01 * seed}, [])
-    analysis = load_analysis(store, n_boot=50)
+                             {"dice_wt": float(scores.mean()), "hd95_wt": 10.0},
+                             [(sid, f"{sid}_seg.nii.gz (brats2021)", p)
+                              for sid, p in zip(subjects, per_subject)])
+    analysis = load_analysis(store, n_boot=200)
     strong = {e.backbone: e for e in analysis.entries}["strong"]
     summary = analysis.summary(strong, seg.id, 1.0)
-    assert summary.mean == pytest.approx(0.705) and np.isnan(summary.ci_low)
-    assert (strong, seg.id) not in analysis.comparisons(1.0)
-    assert (strong, "brain_age") in analysis.comparisons(1.0)
-    assert any("cannot be recomputed" in n for n in analysis.notes)
+    assert summary.ci_low < summary.mean < summary.ci_high <= 1.0
+    assert analysis.comparisons(1.0)[(strong, seg.id)].verdict == "win"
     assert analysis.mean_ranks(1.0)[strong].n_tasks == 2
+
+
+def test_a_cell_without_stored_predictions_is_refused_clearly(tmp_path):
+    store = build_store(tmp_path / "r.db", backbones=("base",), tasks=("brain_age",))
+    seg = get_task("tumor_seg")
+    store.write_cell(synthetic_cell("base", seg.id, 1.0, 0), {seg.primary_metric: 0.6}, [])
+    with pytest.raises(BenchError, match="has no stored test predictions; re-run it with FORCE"):
+        load_analysis(store, n_boot=50)

@@ -232,16 +232,5 @@ def test_export_import_round_trip_writes_identical_rows(v1_copy, tmp_path):
     # importing again replaces every cell with the same rows
     again = [import_results(target, p) for p in paths]
     assert sum(r.replaced for r in again) == CELLS
-    # an import records what it could verify under hyperparameters["import_verification"]
-    # (brainbench.results_io); everything else is identical
-    def without_verification(table):
-        out = []
-        for row in table:
-            hyper = json.loads(row[16])
-            assert hyper.pop("import_verification", None) is not None or table is source_rows
-            out.append((*row[:16], json.dumps(hyper, sort_keys=True), *row[17:]))
-        return out
-
-    source_rows = rows(v1_copy, results_sql)
     assert without_verification(rows(target_db, results_sql)) == without_verification(
         source_rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -118,6 +119,44 @@ def _install(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+#: what a generation stages under the root (and TRUTH_DIR) while it runs, named by its pid:
+#: ``.<folder>.tmp.<pid>``, ``.<folder>.old.<pid>``, ``.<file>.<pid>.tmp``
+_STAGING = re.compile(r"^\..+\.(?:tmp|old)\.(\d+)$|^\..+\.(\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process: a generation still running in another thread
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove what a killed generation (its pid no longer alive) left staged under ``root``;
+    returns what was removed. Staging of a live process is left alone."""
+    removed = []
+    for folder in (Path(root), Path(root) / TRUTH_DIR):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _STAGING.match(entry.name)
+            if match is None or _pid_alive(int(match.group(1) or match.group(2))):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 0, workers: int = 2,
                       datasets: Sequence[str] = DATASETS, progress: bool = True) -> Path:
     """Generate (once) phantom cohorts under ``root``; returns ``root``.
@@ -130,6 +169,7 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
     sizes = _resolve_sizes(n_subjects, datasets)
     manifest = _read_manifest(root)
     todo = [d for d, n in sizes.items() if not _is_done(root, manifest, d, n, seed)]
+    remove_stale_staging(root)
     if not todo:
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -181,7 +221,13 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
                     if bar is not None:
                         bar.update(1)
             except BaseException:
-                ex.shutdown(wait=True, cancel_futures=True)  # do not finish a doomed cohort
+                # do not finish a doomed cohort; no worker outlives an interruption
+                workers_alive = list((getattr(ex, "_processes", None) or {}).values())
+                ex.shutdown(wait=False, cancel_futures=True)
+                for proc in workers_alive:
+                    proc.terminate()
+                for proc in workers_alive:
+                    proc.join(5)
                 raise
             ex.shutdown(wait=True)
         per_dataset: dict[str, dict[str, Any]] = {}
@@ -210,6 +256,8 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
         for p in tmp_dirs.values():
             if p.exists():
                 shutil.rmtree(p, ignore_errors=True)
+        for d in todo:  # a truth table staged but not yet moved into place
+            (root / TRUTH_DIR / f".{d}.csv.{os.getpid()}.tmp").unlink(missing_ok=True)
 
     new = {
         "version": PHANTOM_VERSION,

@@ -18,6 +18,11 @@ unexpected key listed with its reason) and the input contract. No Python is need
     intensity = "robust_zscore"
     tokens = ["cls", "patch_mean"]
     feature_dim = 512
+    [parity]                           # optional: equality with the author's own code
+    reference = "ref.npz"              # arrays named like tokens, made by the author's code
+    input_seed = 7                     # numpy.random.default_rng(7).standard_normal(shape)
+    tolerance = 1e-5                   # norm-relative, per array
+    weights = "parity_weights.pth"     # the file the reference was made with (default: weights)
 
 Tokens a card can ask for: ``cls`` = the network's own pooled vector (timm: ``forward_head(...,
 pre_logits=True)``, i.e. the class token of a ViT or global average pooling of a CNN;
@@ -34,6 +39,7 @@ is reported as unsupported for them.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -53,10 +59,86 @@ FAMILY_TOKENS = {"timm": ("cls", "patch_mean"), "open_clip": ("cls",),
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 TOP_FIELDS = {"name", "family", "architecture", "weights", "sha256", "checkpoint_key",
               "prefix", "description", "kwargs", "contract", "allowed_missing",
-              "allowed_unexpected"}
+              "allowed_unexpected", "parity"}
 CONTRACT_FIELDS = ("dims", "in_channels", "image_size", "num_slices", "intensity", "tokens",
                    "feature_dim")
 RANDOM_SEED = 0
+PARITY_FIELDS = ("reference", "input_seed", "tolerance", "weights", "image_size", "batch")
+PARITY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Parity:
+    """A submitted backbone's reference output (SUBMITTING.md, "Parity with your own upstream
+    code"): `reference` (.npz, one array per token) was computed by the author's own code, with
+    the weights file `weights`, on ``numpy.random.default_rng(input_seed).standard_normal(shape)``
+    as float32, shape (batch, C, H, W) for 2d or (batch, C, D, H, W) for 3d from the contract
+    (2d: `image_size` replaces the contract's size when given). `where` names the source
+    file and `spelling` how its fields are spelled, for messages."""
+
+    reference: Path
+    input_seed: int
+    where: str
+    tolerance: float = PARITY_TOLERANCE
+    weights: Path | None = None
+    image_size: int | None = None
+    batch: int | None = None
+    spelling: str = "parity.{}"
+
+    def name(self, key: str) -> str:
+        return self.spelling.format(key)
+
+
+def parse_parity(table: Any, base: Path, where: str, spelling: str = "parity.{}",
+                 table_name: str = "[parity]") -> Parity:
+    """A [parity] table (card) or PARITY dict (Python file) -> Parity; paths are relative to
+    `base` (the folder of the card or file). Every problem names the field and what is
+    expected."""
+    def fail(text: str) -> BenchError:
+        return BenchError(f"{where}: {text}")
+
+    label = spelling.format
+    if not isinstance(table, Mapping):
+        raise fail(f"{table_name} must be a table with fields {list(PARITY_FIELDS)}, got "
+                   f"{type(table).__name__}")
+    unknown = sorted(map(str, set(table) - set(PARITY_FIELDS)))
+    if unknown:
+        raise fail(f"unknown {table_name} field(s) {unknown}; fields: {list(PARITY_FIELDS)}")
+
+    def get(key: str, kind, required: bool = False):
+        if key not in table:
+            if required:
+                raise fail(f"missing field {label(key)} (parity needs {want[key]})")
+            return None
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise fail(f"field {label(key)} must be {want[key]}, got {value!r}")
+        return value
+
+    want = {"reference": "the .npz file of reference arrays, relative to this file",
+            "input_seed": "an integer >= 0 (numpy.random.default_rng(seed))",
+            "tolerance": "a positive number (norm-relative error per array, e.g. 1e-5)",
+            "weights": "the weights file the reference was made with, relative to this file",
+            "image_size": "a positive integer (2d: the square slice size of the reference)",
+            "batch": "a positive integer (inputs in the reference batch)"}
+    reference = get("reference", str, required=True)
+    if not reference.strip():
+        raise fail(f"field {label('reference')} must be {want['reference']}, got ''")
+    seed = get("input_seed", int, required=True)
+    if seed < 0:
+        raise fail(f"field {label('input_seed')} must be {want['input_seed']}, got {seed}")
+    tolerance = get("tolerance", (int, float))
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise fail(f"field {label('tolerance')} must be {want['tolerance']}, got {tolerance!r}")
+    weights = get("weights", str)
+    size, batch = get("image_size", int), get("batch", int)
+    for key, value in (("image_size", size), ("batch", batch)):
+        if value is not None and value <= 0:
+            raise fail(f"field {label(key)} must be {want[key]}, got {value}")
+    return Parity(reference=(base / reference).resolve(), input_seed=seed, where=where,
+                  tolerance=float(tolerance) if tolerance is not None else PARITY_TOLERANCE,
+                  weights=(base / weights).resolve() if weights else None, image_size=size,
+                  batch=batch, spelling=spelling)
 
 
 @dataclass(frozen=True)
@@ -76,6 +158,7 @@ class Card:
     description: str = ""
     allowed_missing: dict[str, str] = field(default_factory=dict)
     allowed_unexpected: dict[str, str] = field(default_factory=dict)
+    parity: Parity | None = None
 
 
 def _fail(path: Path, text: str) -> BenchError:
@@ -184,6 +267,12 @@ def read_card(path: str | Path) -> Card:
         raise _fail(path, f"sha256 must be 64 lower-case hex digits, got {sha!r}")
     if sha is not None and weights is None:
         raise _fail(path, "sha256 is given but weights is not")
+    parity = None
+    if "parity" in data:
+        parity = parse_parity(data["parity"], path.parent, f"card {path}")
+        if parity.image_size is not None and contract.dims != "2d":
+            raise _fail(path, "parity.image_size applies to 2d contracts only; a 3d reference "
+                              "uses contract.image_size")
     return Card(path=path, name=name, family=family,
                 architecture=_typed(path, data, "architecture", str), contract=contract,
                 kwargs=dict(kwargs),
@@ -192,7 +281,7 @@ def read_card(path: str | Path) -> Card:
                 prefix=_typed(path, data, "prefix", str, required=False),
                 description=_typed(path, data, "description", str, required=False) or "",
                 allowed_missing=_reasons(path, data, "allowed_missing"),
-                allowed_unexpected=_reasons(path, data, "allowed_unexpected"))
+                allowed_unexpected=_reasons(path, data, "allowed_unexpected"), parity=parity)
 
 
 # --------------------------------------------------------------------------- building

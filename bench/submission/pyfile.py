@@ -6,6 +6,10 @@ single Backbone subclass the file defines. It is called with the keyword argumen
 among ``weights`` (the --weights path or None), ``require_weights``, ``image_size`` and
 ``num_slices`` (profile overrides for 2d backbones).
 
+A module-level ``PARITY`` dict names a reference output made by the author's own code (the
+fields of a card's ``[parity]`` table, paths relative to the file); `brainbench validate`
+compares the backbone with it (SUBMITTING.md, "Parity with your own upstream code").
+
 The file's sha256 is added to the backbone's architecture, so editing the file changes the
 feature-cache key and the result cells: old features are never reused for new code.
 """
@@ -124,3 +128,17 @@ def pyfile_backbone(path: str | Path, **kwargs: Any) -> PyFileBackbone:
                          "choose another name so results never mix with the reference rows")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return PyFileBackbone(inner, path, sha)
+
+
+def read_parity(path: str | Path):
+    """The file's ``PARITY`` dict as a `brainbench.submission.card.Parity`, or None."""
+    from brainbench.submission.card import parse_parity
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise BenchError(f"backbone file {path} does not exist")
+    module = import_file(path)
+    if not hasattr(module, "PARITY"):
+        return None
+    return parse_parity(module.PARITY, path.parent, f"backbone file {path}",
+                        spelling="PARITY[{!r}]", table_name="PARITY")

@@ -48,6 +48,7 @@ class ValidationReport:
     architecture: dict[str, Any] | None = None
     parameters: int | None = None
     measures: dict[str, float] = field(default_factory=dict)
+    parity: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -237,6 +238,7 @@ def validate(model: str | Path, profile: Profile, weights: str | Path | None = N
     report.add("load", True, f"built {type(backbone).__name__} in "
                f"{report.measures['build_seconds']:.1f} s")
     _check_backbone(report, backbone)
+    _check_parity(report, model)
     report.measures["peak_rss_mb"] = _rss_mb()
     report.measures.setdefault("forward_rss_mb", max(0.0, report.measures["peak_rss_mb"] - rss0))
     return report
@@ -325,6 +327,159 @@ def _check_backbone(report: ValidationReport, backbone: Backbone) -> None:
                   "torch.inference_mode()" if grads else ""))
     _check_patch_tokens(report, backbone, batch)
     _measure(report, backbone, rss, cuda)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def parity_spec(model: str | Path):
+    """The `Parity` a card's [parity] table or a Python file's PARITY dict names, or None (also
+    for registered names). A card's parity weights default to the card's own weights file."""
+    from dataclasses import replace
+
+    from brainbench.submission.source import submission_kind
+
+    kind = submission_kind(model)
+    if kind == "card":
+        from brainbench.submission.card import read_card
+
+        card = read_card(model)
+        spec = card.parity
+        if spec is not None and spec.weights is None:
+            if card.weights is None:
+                raise BenchError(f"{spec.where}: [parity] needs the weights file the reference "
+                                 "was made with: set parity.weights (or the card's weights)")
+            spec = replace(spec, weights=card.weights)
+        return spec
+    if kind == "pyfile":
+        from brainbench.submission.pyfile import read_parity
+
+        return read_parity(model)
+    return None
+
+
+def parity_input(contract: InputContract, spec) -> torch.Tensor:
+    """``numpy.random.default_rng(input_seed).standard_normal(shape).astype(float32)``, shape
+    (batch, C, H, W) for 2d (batch 2 unless stated) or (batch, C, D, H, W) for 3d (batch 1)."""
+    batch = spec.batch or (2 if contract.dims == "2d" else 1)
+    shape = (batch, contract.in_channels, *contract.image_size)
+    return torch.from_numpy(np.random.default_rng(spec.input_seed).standard_normal(shape)
+                            .astype(np.float32))
+
+
+def load_reference(spec, tokens, batch: int, feature_dim: int) -> dict[str, np.ndarray]:
+    """The reference arrays, checked: a readable .npz, names among `tokens`, each float,
+    finite, non-zero and shaped (batch, feature_dim)."""
+    path = spec.reference
+    where = f"parity reference {path} ({spec.name('reference')} in {spec.where})"
+    if not path.is_file():
+        raise BenchError(f"{where} does not exist; save your own code's outputs there with "
+                         "numpy.savez(path, cls=..., patch_mean=...)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise BenchError(f"{where} is not a readable .npz of numeric arrays (numpy.savez): "
+                         f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise BenchError(f"{where} holds one unnamed array, not named arrays; save it with "
+                         "numpy.savez(path, cls=..., patch_mean=...) (one array per token)")
+    try:
+        with loaded:
+            arrays = {name: np.asarray(loaded[name]) for name in loaded.files}
+    except Exception as exc:
+        raise BenchError(f"{where} cannot be read: {type(exc).__name__}: {exc}") from None
+    if not arrays:
+        raise BenchError(f"{where} holds no arrays; expected one per token among "
+                         f"{list(tokens)}")
+    unknown = sorted(set(arrays) - set(tokens))
+    if unknown:
+        raise BenchError(f"{where}: array(s) {unknown} are not tokens of this backbone; name "
+                         f"each array like the token it holds, among {list(tokens)}")
+    expected = (batch, feature_dim)
+    for name, value in arrays.items():
+        if not np.issubdtype(value.dtype, np.floating):
+            raise BenchError(f"{where}: array {name!r} has dtype {value.dtype}; expected "
+                             "floating point (float32)")
+        if value.shape != expected:
+            raise BenchError(f"{where}: array {name!r} has shape {value.shape} but the parity "
+                             f"input and contract give {expected} (batch, feature_dim)")
+        if not np.isfinite(value).all():
+            raise BenchError(f"{where}: array {name!r} holds NaN or inf")
+        if not np.any(value):
+            raise BenchError(f"{where}: array {name!r} is all zeros; a relative error needs a "
+                             "non-zero reference")
+    return arrays
+
+
+def parity_error(ours: torch.Tensor, ref: np.ndarray) -> float:
+    """||ours - ref|| / ||ref||, in float64."""
+    ref64 = torch.from_numpy(np.asarray(ref, dtype=np.float64))
+    ours64 = ours.detach().to("cpu", torch.float64).reshape(ref64.shape)
+    return float((ours64 - ref64).norm() / ref64.norm())
+
+
+def check_parity(model: str | Path, spec) -> dict[str, Any]:
+    """Build the backbone with the reference's weights (`require_weights=True`), embed the
+    stated input and compare every reference array. Bad files raise BenchError naming them;
+    a comparison beyond the tolerance is returned with ``ok`` False, never raised."""
+    if spec.weights is not None and not spec.weights.is_file():
+        raise BenchError(f"{spec.where}: {spec.name('weights')} {spec.weights} does not exist; "
+                         "name the weights file the reference was made with")
+    backbone = create_backbone(str(model), weights=spec.weights, require_weights=True,
+                               image_size=spec.image_size)
+    weights = getattr(backbone, "weights", None)
+    if getattr(weights, "status", None) != "pretrained":
+        raise BenchError(f"{spec.where}: parity needs the weights the reference was made with, "
+                         f"but the backbone loaded {getattr(weights, 'status', None)!r} weights; "
+                         f"set {spec.name('weights')} (and load it when require_weights is set)")
+    contract = backbone.contract
+    x = parity_input(contract, spec)
+    refs = load_reference(spec, contract.tokens, x.shape[0], contract.feature_dim)
+    out = backbone.embed(x.clone())
+    missing = [t for t in refs if not isinstance(out, dict) or t not in out]
+    if missing:
+        raise BenchError(f"{spec.where}: embed() on the parity input returned no {missing}")
+    errors = {t: parity_error(out[t], refs[t]) for t in refs}
+    return {"reference": str(spec.reference), "weights": str(weights.source),
+            "weights_sha256": weights.sha256, "input_seed": spec.input_seed,
+            "input_shape": list(x.shape), "tolerance": spec.tolerance, "errors": errors,
+            "not_compared": [t for t in contract.tokens if t not in refs],
+            "ok": all(e <= spec.tolerance for e in errors.values())}
+
+
+def _check_parity(report: ValidationReport, model: str | Path) -> None:
+    try:
+        spec = parity_spec(model)
+        if spec is None:
+            report.notes.append("no parity reference: equality with your own code is not "
+                                "checked (add a [parity] table, SUBMITTING.md)")
+            return
+        result = check_parity(model, spec)
+    except BenchError as exc:
+        report.add("parity", False, str(exc))
+        return
+    except Exception as exc:  # the author's code failed on the parity input
+        report.add("parity", False, f"parity check raised {type(exc).__name__}: {exc}")
+        return
+    report.parity = result
+    for token, error in result["errors"].items():
+        report.measures[f"parity_error_{token}"] = error
+    tol = result["tolerance"]
+    figures = ", ".join(f"{t} {e:.3g}" + ("" if e <= tol else f" > {tol:g}")
+                        for t, e in result["errors"].items())
+    recipe = (f"input default_rng({result['input_seed']}).standard_normal("
+              f"{tuple(result['input_shape'])}) float32, weights "
+              f"{Path(result['weights']).name}")
+    skipped = (f"; not in the reference: {result['not_compared']}"
+               if result["not_compared"] else "")
+    name = Path(result["reference"]).name
+    report.add("parity", result["ok"], (
+        f"PASS: equals {name} within {tol:g} (norm-relative): {figures} ({recipe}){skipped}"
+        if result["ok"] else
+        f"FAIL: differs from {name} beyond the tolerance {tol:g} (norm-relative): {figures} "
+        f"({recipe}){skipped}; the backbone does not compute what your code computed: check "
+        "the architecture and kwargs, the weights file and that the reference was made on this "
+        "input without preprocessing"))
 
 
 def _check_patch_tokens(report: ValidationReport, backbone: Backbone, batch: torch.Tensor
