@@ -118,7 +118,7 @@ WEIGHT_STATUSES = ("pretrained", "random-init", "control")  # brainbench.backbon
 #: backbones that are random-init by definition (brainbench.baselines.random_init)
 ALWAYS_RANDOM = frozenset({"random"})
 #: built-in controls (no learned weights; their "weights" sha256 is of the feature definition)
-CONTROLS = frozenset({"intensity"})
+CONTROLS = frozenset({"intensity", "oracle"})
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -244,21 +244,26 @@ def _sqlite_transactions(engine: Engine) -> None:
             except sqlite3.Error:  # not a database: the first query says so
                 pass
 
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
 
 def _sqlite_wal(engine: Engine) -> None:
     """Switch a file store to WAL (persistent in the file), once its schema is known good: a
     store refused or left unmigrated keeps its bytes."""
     if not _sqlite_file(engine):
         return
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-    except SQLAlchemyError:  # read-only or busy: rollback journal still works, just waits more
-        pass
+    import sqlite3
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN")
+    try:  # outside any transaction (SQLAlchemy's connections BEGIN first)
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA journal_mode = WAL")
+        finally:
+            raw.close()
+    except (SQLAlchemyError, sqlite3.Error):  # read-only or busy: the rollback journal works
+        pass
 
 
 def _number(value: Any) -> float | None:

@@ -24,9 +24,10 @@ UNVERIFIED_NOTE = ("UNVERIFIED = imported results (brainbench import) whose prov
                    "weights; the unchecked fields are listed on the site's task pages.")
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
                "deliberate reference point); its numbers measure the untrained architecture.")
-CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design (`intensity`: "
-                "hand-crafted intensity histograms and brain-size proxies): what a task gives "
-                "away without any representation learning.")
+CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design: `intensity` "
+                "(hand-crafted intensity histograms and brain-size proxies: what a task gives "
+                "away without representation learning) and `oracle` (phantoms only: the latent "
+                "ground truth that generated each image, the ceiling an encoder could reach).")
 
 
 def column_label(backbone: str, weights_status: str, weights_id: str) -> str:

@@ -79,3 +79,29 @@ def test_control_results_and_persons_survive_export_and_import(tmp_path):
     import_results(target, path)
     assert target.persons(cell_ids) == persons
     assert set(target.frame().weights_status) == {"control"}
+
+
+def test_oracle_reads_the_phantom_truth_and_tops_random_features(tmp_path):
+    config = RunConfig(model="oracle", fractions=(1.0,), seeds=(0,),
+                       profile=PROFILES.get("tiny"), cache_dir=tmp_path / "cache",
+                       results_dir=tmp_path / "results",
+                       tasks=("brain_age", "sequence_cls", "tumor_seg"), progress=False)
+    report = run(config)
+    assert report.weights_status == "control"
+    assert [t.id for t in report.pending] == ["tumor_seg"]  # no patch tokens: reported, not run
+    assert "reads ground truth" in report.pending[0].pending_reason
+    frame = ResultStore(default_url(tmp_path / "results")).frame()
+    score = {(r.task, r.metric): r.value for r in frame.itertuples()}
+    assert score[("sequence_cls", "auc")] == pytest.approx(1.0)  # the true contrast
+    assert score[("brain_age", "mae")] < 10  # ageing latents predict age (chance is ~18 y)
+
+
+def test_oracle_refuses_real_data(tmp_path):
+    from .helpers import random_brain, write_nifti
+
+    image = write_nifti(tmp_path / "IXI" / "IXI-T1" / "IXI002-Guys-0482-T1.nii.gz",
+                        random_brain(0))
+    backbone = create_backbone("oracle")
+    with pytest.raises(BenchError, match="phantom cohorts only"):
+        extract_features(backbone, [image], FeatureCache(tmp_path / "cache"), progress=False)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npz"))

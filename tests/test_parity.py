@@ -1,11 +1,11 @@
 """Every built-in backbone equals its upstream code (issue 13).
 
 The fixtures in tests/fixtures/parity/ were made by running the upstream projects' own code
-(facebookresearch/dinov2 and dinov3 hub models, open_clip, MONAI 1.3.2's SwinTransformer) with
-deterministic weights drawn by the recipe below and a fixed input; see
-tests/fixtures/parity/README.md. Here the same weights are rebuilt from the recipe, saved in
-the release file format, loaded through ``create_backbone(..., require_weights=True)`` and the
-features compared. fp32 throughout; every error is norm-relative, ||ours - ref|| / ||ref||.
+(facebookresearch/dinov2 and dinov3 hub models, open_clip, MONAI 1.3.2's SwinTransformer,
+BrainIAC's ViTBackboneNet) with deterministic weights drawn by the recipe below and a fixed
+input; see tests/fixtures/parity/README.md. Here the same weights are rebuilt from the recipe,
+saved in the release file format, loaded through ``create_backbone(..., require_weights=True)``
+and the features compared. fp32 throughout; every error is norm-relative, ||ours - ref|| / ||ref||.
 """
 
 from __future__ import annotations
@@ -198,3 +198,28 @@ def test_clip_equals_open_clip(clip_file, size, monkeypatch):
     check(vit_errors(backbone, x, ref))
     proj = torch.load(clip_file, weights_only=True)["visual.proj"]
     assert rel(backbone.embed(x)["cls"] @ proj, ref["embedding"]) <= TOLERANCE
+
+
+# -------------------------------------------------------------------------------- brainiac
+
+
+def test_brainiac_equals_brainiac_vit_backbone_net():
+    """Reference: BrainIAC's own ``ViTBackboneNet`` (src/model.py, MONAI 1.3.2 as its
+    requirements pin) loading the release checkpoint strictly, ``features[0][:, 0]``.
+    Release layout: a Lightning checkpoint {"state_dict": {"backbone.<MONAI ViT key>"}}."""
+    import tempfile
+
+    ckpt = {"state_dict": upstream_state("brainiac", no_buffers)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "BrainIAC.ckpt"
+        torch.save(ckpt, path)
+        backbone = create_backbone("brainiac", weights=path, require_weights=True)
+    x = torch.from_numpy(np.random.default_rng(7).standard_normal((1, 1, 96, 96, 96))
+                         .astype(np.float32))
+    ref = np.load(FIXTURES / "brainiac_96.npz")
+    out = backbone.embed(x)
+    with torch.inference_mode():
+        tokens = backbone.model(x)[0]
+    check({"cls": rel(out["cls"], ref["cls"]), "patch_mean": rel(out["patch_mean"],
+                                                                 ref["patch_mean"]),
+           "tokens_first4": rel(tokens[:, :4], ref["tokens_first4"])})

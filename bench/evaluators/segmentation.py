@@ -68,6 +68,9 @@ class SegmentationConfig:
 
 def unsupported_reason(backbone: Backbone) -> str:
     """Why this backbone cannot be segmented with (empty if it can)."""
+    if getattr(backbone, "reads_files", False):
+        return (f"backbone {backbone.name} is a control that reads ground truth, not images: "
+                "it has no patch tokens to segment from")
     if backbone.contract.dims != "2d":
         return (f"backbone {backbone.name} is a 3d encoder (whole volume in, no per-slice "
                 "patch grid out); tumor_seg segments slice by slice from 2d patch tokens, so "

@@ -51,46 +51,80 @@ def _imaged(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["has_image"].astype(bool)].reset_index(drop=True)
 
 
+Covariate = tuple[str, Callable[[pd.DataFrame], np.ndarray]]  # (name, rows -> values)
+
+
+def _col(name: str) -> list[Covariate]:
+    return [(name, lambda d: d[name].astype(float).to_numpy())]
+
+
+def _log1p(*names: str) -> list[Covariate]:
+    return [(f"log1p({'+'.join(names)})",
+             lambda d: np.log1p(sum(d[n].astype(float) for n in names)).to_numpy())]
+
+
+def _onehot(name: str, levels: range) -> list[Covariate]:
+    return [(f"{name}={v}", lambda d, v=v: (d[name].astype(str) == str(v)).to_numpy(float))
+            for v in levels]
+
+
+_TUMOUR = [*_log1p("vol_label1_ml"), *_log1p("vol_label2_ml"), *_log1p("vol_label4_ml"),
+           *_col("tumour_y_mm"), *_col("age")]
+
+#: The latent truths that generate each phantom dataset's images and labels: what an ideal
+#: encoder could read from an image. One declaration for the learnability check below and the
+#: `oracle` control backbone (brainbench.baselines.oracle).
+COVARIATES: dict[str, list[Covariate]] = {
+    "adni": [*_col("mtl_gm_change"), *_col("parietal_gm_change"), *_col("gm_change"),
+             *_col("age")],
+    "abide1": [*_col("frontal_gm_change"), *_col("age"), *_onehot("site", range(8))],
+    "ixi": [*_col("gm_fraction"), *_col("ventricle_ml"), *_col("wmh_ml")],
+    "atlas2": [*(c for stage in ("acute", "oedema", "enhance", "cavity", "gliosis", "shrink")
+                 for c in _col(f"stage_{stage}")), *_col("lesion_ml")],
+    "ucsf_pdgm": _TUMOUR,
+    "brats2021": _TUMOUR,
+    "upenn_gbm": [*_col("age"), *_col("idh_mutant"), *_log1p("vol_label1_ml", "vol_label4_ml")],
+}
+
+
+def covariate_matrix(dataset: str, rows: pd.DataFrame) -> np.ndarray:
+    """(n, k) covariates of ``rows`` of the dataset's truth table."""
+    return np.column_stack([values(rows) for _, values in COVARIATES[dataset]])
+
+
 def _adni(df):
     d = _imaged(df)
-    X = np.c_[d["mtl_gm_change"], d["parietal_gm_change"], d["gm_change"], d["age"]]
     y = d["DX"].map({"CN": 0, "MCI": 1, "Dementia": 2}).to_numpy()
-    return X, y, d["subject_id"].astype(str).to_numpy()
+    return covariate_matrix("adni", d), y, d["subject_id"].astype(str).to_numpy()
 
 
 def _abide(df):
     d = _imaged(df)
-    X = np.c_[d["frontal_gm_change"], d["age"], pd.get_dummies(d["site"].astype(str)).to_numpy(float)]
-    return X, d["asd"].astype(bool).astype(int).to_numpy(), d["subject_id"].astype(str).to_numpy()
+    return (covariate_matrix("abide1", d), d["asd"].astype(bool).astype(int).to_numpy(),
+            d["subject_id"].astype(str).to_numpy())
 
 
 def _ixi(df):
     d = _imaged(df)
-    X = np.c_[d["gm_fraction"], d["ventricle_ml"], d["wmh_ml"]]
-    return X, d["age"].to_numpy(float), d["subject_id"].astype(str).to_numpy()
+    return covariate_matrix("ixi", d), d["age"].to_numpy(float), d["subject_id"].astype(str).to_numpy()
 
 
 def _atlas(df):
     d = _imaged(df)
-    cols = ["stage_acute", "stage_oedema", "stage_enhance", "stage_cavity", "stage_gliosis", "stage_shrink", "lesion_ml"]
-    return d[cols].to_numpy(float), d["days"].to_numpy(float), d["subject_id"].astype(str).to_numpy()
-
-
-def _tumour_features(d: pd.DataFrame) -> np.ndarray:
-    return np.c_[np.log1p(d["vol_label1_ml"]), np.log1p(d["vol_label2_ml"]), np.log1p(d["vol_label4_ml"]),
-                 d["tumour_y_mm"], d["age"]]
+    return (covariate_matrix("atlas2", d), d["days"].to_numpy(float),
+            d["subject_id"].astype(str).to_numpy())
 
 
 def _ucsf(df):
     d = _imaged(df)
-    return _tumour_features(d), d["idh_mutant"].astype(bool).astype(int).to_numpy(), d["subject_id"].astype(str).to_numpy()
+    return (covariate_matrix("ucsf_pdgm", d), d["idh_mutant"].astype(bool).astype(int).to_numpy(),
+            d["subject_id"].astype(str).to_numpy())
 
 
 def _upenn_base(df):
     d = _imaged(df)
     d = d[(d["session"].astype(str) == "11") & ~d["os_missing"].astype(bool)].reset_index(drop=True)
-    X = np.c_[d["age"], d["idh_mutant"].astype(float), np.log1p(d["vol_label1_ml"] + d["vol_label4_ml"])]
-    return d, X
+    return d, covariate_matrix("upenn_gbm", d)
 
 
 def _upenn_1yr(df):
