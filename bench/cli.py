@@ -551,15 +551,14 @@ def _check_folders(args: argparse.Namespace) -> None:
 def _environment_error(exc: BaseException) -> str | None:
     """The message for an environment failure that escaped its own handler (None: not one)."""
     import json
-    import sqlite3
 
-    from sqlalchemy.exc import DatabaseError
+    from brainbench.store import DATABASE_ERRORS
 
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         name = exc.filename if not exc.filename2 else f"{exc.filename} -> {exc.filename2}"
         return (f"cannot use {name}: {exc.strerror or exc} (check that the folder exists, is "
                 "a folder and is writable)")
-    if isinstance(exc, (sqlite3.DatabaseError, DatabaseError)):
+    if isinstance(exc, DATABASE_ERRORS):
         return (f"the results store is not a usable database ({getattr(exc, 'orig', exc)}); "
                 "use another results folder (--results DIR or --db URL)")
     if isinstance(exc, json.JSONDecodeError):
@@ -569,9 +568,8 @@ def _environment_error(exc: BaseException) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import json
-    import sqlite3
 
-    from sqlalchemy.exc import DatabaseError
+    from brainbench.store import DATABASE_ERRORS
 
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
@@ -581,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (OSError, sqlite3.DatabaseError, DatabaseError, json.JSONDecodeError) as exc:
+    except (OSError, *DATABASE_ERRORS, json.JSONDecodeError) as exc:
         message = _environment_error(exc)
         if message is None:
             raise

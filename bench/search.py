@@ -34,6 +34,7 @@ from brainbench.errors import BenchError
 from brainbench.heads import Head, ProbeFit, make_head
 from brainbench.kinds import get_kind
 from brainbench.protocols import Protocol
+from brainbench.store import optuna_storage
 
 DEFAULT_TRIALS = 20
 
@@ -58,40 +59,13 @@ def _delete_study(storage_url: str, study_name: str) -> None:
     import optuna
 
     try:
-        optuna.delete_study(study_name=study_name, storage=_storage(storage_url))
+        optuna.delete_study(study_name=study_name, storage=optuna_storage(storage_url))
     except KeyError:  # no such study: nothing to discard
         pass
 
 
 class _OverBudget(Exception):
     """A trial another run's trials left no budget for (recorded as FAIL, not scored)."""
-
-
-def _storage(storage_url: str | None) -> Any:
-    """The study's storage: SQLite waits for another process's lock instead of failing, and
-    trials carry a heartbeat so one left RUNNING by a killed run is failed (and no longer
-    counts against the budget) after a minute."""
-    if storage_url is None:
-        return None
-    import optuna
-
-    import warnings
-
-    from sqlalchemy.exc import OperationalError
-
-    kwargs = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
-    for attempt in range(1, 6):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in optuna 3-5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs or None,
-                                                  heartbeat_interval=10, grace_period=60)
-        except OperationalError as exc:  # two runs creating optuna's tables at once
-            if "already exists" not in str(exc) or attempt == 5:
-                raise BenchError(f"optuna storage {storage_url}: cannot open it "
-                                 f"({getattr(exc, 'orig', exc)})") from None
-            time.sleep(0.2 * attempt)
-    raise AssertionError("unreachable")
 
 
 def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: int,
@@ -157,7 +131,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
     if fresh and storage_url is not None and study_name is not None:
         _delete_study(storage_url, study_name)
     study = optuna.create_study(
-        storage=_storage(storage_url), study_name=study_name, direction="maximize", load_if_exists=True,
+        storage=optuna_storage(storage_url), study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

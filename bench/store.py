@@ -21,6 +21,7 @@ SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -31,7 +32,8 @@ import pandas as pd
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
                         create_engine, delete, event, func, inspect, select)
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import (DatabaseError, IntegrityError, OperationalError, ProgrammingError,
+                            SQLAlchemyError)
 
 from brainbench.errors import BenchError
 
@@ -46,6 +48,10 @@ _OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then 
 SQLITE_TIMEOUT_S = 30.0
 _WRITE_ATTEMPTS = 4
 _WRITE_BACKOFF_S = 0.5
+
+#: what a damaged or foreign database file raises at the driver or SQLAlchemy level (the CLI
+#: turns these into a message naming the store instead of a traceback)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, DatabaseError)
 
 metadata = MetaData()
 
@@ -557,3 +563,29 @@ class ResultStore:
                 for cell_id, sample_id, person in conn.execute(query):
                     out.setdefault(cell_id, {})[sample_id] = person
         return out
+
+
+def optuna_storage(storage_url: str | None) -> Any:
+    """Optuna's storage in the results database (its own tables beside ours). SQLite waits
+    for another process's lock instead of failing, and trials carry a heartbeat so one left
+    RUNNING by a killed run is failed (and no longer counts against the budget) after a
+    minute. None: in memory."""
+    if storage_url is None:
+        return None
+    import warnings
+
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
+    for attempt in range(1, 6):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in optuna 3-5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs or None,
+                                                  heartbeat_interval=10, grace_period=60)
+        except OperationalError as exc:  # two runs creating optuna's tables at once
+            if "already exists" not in str(exc) or attempt == 5:
+                raise BenchError(f"optuna storage {storage_url}: cannot open it "
+                                 f"({getattr(exc, 'orig', exc)})") from None
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -307,3 +308,46 @@ def test_oracle_beats_shuffled(tmp_path_factory):
         assert r.metric == "MAE" and r.n == 40
         assert r.oracle < 0.6 * r.chance, r  # clearly learnable
         assert r.shuffled > 0.85 * r.chance, r  # shuffled labels are not
+
+
+def test_interrupted_pool_run_leaves_no_staging_and_no_workers(tmp_path, monkeypatch):
+    import multiprocessing
+
+    real = gen_mod.as_completed
+
+    def interrupted(futures):
+        for n, fut in enumerate(real(futures)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield fut
+
+    monkeypatch.setattr(gen_mod, "as_completed", interrupted)
+    root = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        generate_phantoms(root, {"ixi": 4}, seed=0, workers=2, progress=False)
+    assert not [p for p in root.rglob(".*")]  # no staging folder or staged file
+    assert not (root / "IXI").exists()
+    deadline = time.time() + 10
+    while multiprocessing.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []  # no orphaned worker
+
+
+def test_stale_staging_of_a_dead_process_is_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)  # exited: no process has this pid now (barring reuse)
+    root = tmp_path / "r"
+    generate_phantoms(root, {"ixi": 1}, seed=0, workers=1, progress=False)
+    stale = root / f".IXI.tmp.{pid}"
+    (stale / "sub").mkdir(parents=True)
+    (root / "_truth" / f".ixi.csv.{pid}.tmp").write_text("half")
+    live = root / f".IXI.tmp.{os.getppid()}"  # a live process's staging is left alone
+    live.mkdir()
+    generate_phantoms(root, {"ixi": 1}, seed=0, workers=1, progress=False)  # already done
+    assert not stale.exists() and not (root / "_truth" / f".ixi.csv.{pid}.tmp").exists()
+    assert live.exists()
+    assert gen_mod.remove_stale_staging(root) == []
