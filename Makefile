@@ -39,6 +39,7 @@ STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) 
 	$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
 	$(if $(filter command environment,$(origin PROTOCOL)),--protocol '$(PROTOCOL)') \
 	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) \
+	$(if $(RESAMPLE),--resample $(RESAMPLE)) \
 	$(if $(OUT),--out $(OUT))
 
 venv: $(STAMP)

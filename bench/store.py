@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, delete, event, func, inspect, select)
+                        create_engine, delete, event, func, inspect, make_url, select)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import (DatabaseError, IntegrityError, OperationalError, ProgrammingError,
                             SQLAlchemyError)
@@ -222,6 +222,23 @@ def _columns_needed(version: int) -> dict[str, set[str]]:
     return needed
 
 
+def server_url(url: str) -> str:
+    """The SQLAlchemy URL to connect with: a bare ``postgresql://`` (or ``postgres://``) names
+    psycopg 3, the driver brainbench depends on (SQLAlchemy's default for it is psycopg2)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
+def shown_url(url: str) -> str:
+    """The URL for messages: a server URL's password is masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: SQLAlchemy's own error names it
+        return url
+
+
 def default_url(results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'results.db'}"
 
@@ -314,14 +331,18 @@ class ResultStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        url = server_url(url)
         self.url = url
+        self.shown = shown_url(url)  # for messages: no password
         try:
             sqlite = url.startswith("sqlite")
+            # a server: connections idle in the pool through a long embedding step may have
+            # been closed by the server, so each checkout is pinged first
             self.engine: Engine = create_engine(
                 url, future=True, **({"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-                                     if sqlite else {}))
+                                     if sqlite else {"pool_pre_ping": True}))
         except Exception as exc:
-            raise BenchError(f"cannot open results store {url}: {exc}") from None
+            raise BenchError(f"cannot open results store {self.shown}: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             _sqlite_transactions(self.engine)
         self.schema_version = self._open()
@@ -338,11 +359,11 @@ class ResultStore:
                 versions = conn.execute(select(schema_table.c.version)
                                         .where(schema_table.c.name == SCHEMA_ROW)).scalars().all()
             except SQLAlchemyError as exc:
-                raise BenchError(f"results store {self.url}: table {schema_table.name} is not "
+                raise BenchError(f"results store {self.shown}: table {schema_table.name} is not "
                                  f"readable ({type(exc).__name__}); use a new results folder "
                                  "(--results DIR or --db URL)") from None
             if len(versions) != 1 or not isinstance(versions[0], int):
-                raise BenchError(f"results store {self.url}: table {schema_table.name} holds "
+                raise BenchError(f"results store {self.shown}: table {schema_table.name} holds "
                                  f"{versions!r} instead of one version row {SCHEMA_ROW!r}; the "
                                  "store was damaged: use a new results folder (--results DIR "
                                  "or --db URL)")
@@ -354,24 +375,24 @@ class ResultStore:
     def _check(self, conn: Connection, version: int, tables: set[str]) -> None:
         if version > STORE_SCHEMA:
             raise BenchError(
-                f"results store {self.url} has store schema version {version}, but this "
+                f"results store {self.shown} has store schema version {version}, but this "
                 f"brainbench reads versions 1 to {STORE_SCHEMA}: it was written by a newer "
                 "brainbench. Upgrade brainbench to use it, or use a new results folder "
                 "(--results DIR or --db URL); the store was not changed")
         if version < 1:
-            raise BenchError(f"results store {self.url}: invalid store schema version "
+            raise BenchError(f"results store {self.shown}: invalid store schema version "
                              f"{version}; use a new results folder (--results DIR or --db URL)")
         inspector = inspect(conn)
         for table, needed in _columns_needed(version).items():
             if table not in tables:
-                raise BenchError(f"results store {self.url} (store schema {version}) has no "
+                raise BenchError(f"results store {self.shown} (store schema {version}) has no "
                                  f"table {table!r}; it is not a complete brainbench results "
                                  "store: use a new results folder (--results DIR or --db URL)")
             have = {c["name"] for c in inspector.get_columns(table)}
             missing = sorted(needed - have)
             if missing:
                 raise BenchError(
-                    f"results store {self.url}: table {table!r} lacks column(s) "
+                    f"results store {self.shown}: table {table!r} lacks column(s) "
                     f"{', '.join(missing)} that store schema {version} has; it was not written "
                     "by brainbench or was altered: use a new results folder (--results DIR or "
                     "--db URL); the store was not changed")
@@ -389,7 +410,7 @@ class ResultStore:
             schema_table.create(conn)
             conn.execute(schema_table.insert().values(name=SCHEMA_ROW, version=version))
         for step in MIGRATIONS[version - 1:]:
-            step.apply(conn, self.url)
+            step.apply(conn, self.shown)
         conn.execute(schema_table.update().where(schema_table.c.name == SCHEMA_ROW)
                      .values(version=STORE_SCHEMA))
         return STORE_SCHEMA
@@ -404,7 +425,7 @@ class ResultStore:
                     if version == STORE_SCHEMA:
                         return version
         except SQLAlchemyError as exc:
-            raise BenchError(f"cannot open results store {self.url}: {_reason(exc)}") from None
+            raise BenchError(f"cannot open results store {self.shown}: {_reason(exc)}") from None
         for attempt in range(1, _OPEN_ATTEMPTS + 1):
             try:
                 with self.engine.begin() as conn:
@@ -414,7 +435,7 @@ class ResultStore:
                 # committed, the next attempt finds the store current
                 racing = isinstance(exc, (OperationalError, IntegrityError, ProgrammingError))
                 if not racing or attempt == _OPEN_ATTEMPTS:
-                    raise BenchError(f"cannot open results store {self.url}: migrating it to "
+                    raise BenchError(f"cannot open results store {self.shown}: migrating it to "
                                      f"store schema {STORE_SCHEMA} failed ({_reason(exc)}); "
                                      "the store was not changed") from None
                 time.sleep(0.2 * attempt)
@@ -440,10 +461,10 @@ class ResultStore:
         except IntegrityError as exc:
             ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
             if cell_metric_index.name in str(exc) or "unique" in str(exc).lower():
-                raise BenchError(f"results store {self.url}: cell(s) {ids} were being written "
+                raise BenchError(f"results store {self.shown}: cell(s) {ids} were being written "
                                  "by another run at the same moment; that run's rows are kept "
                                  "and nothing of this write was stored") from None
-            raise BenchError(f"results store {self.url}: writing cell(s) {ids} failed "
+            raise BenchError(f"results store {self.shown}: writing cell(s) {ids} failed "
                              f"({_reason(exc)}); nothing of this write was stored") from None
 
     def _write(self, batches) -> None:
@@ -467,11 +488,11 @@ class ResultStore:
                 locked = "locked" in reason.lower() or "busy" in reason.lower()
                 ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
                 if not locked:
-                    raise BenchError(f"results store {self.url}: writing cell(s) {ids} failed "
+                    raise BenchError(f"results store {self.shown}: writing cell(s) {ids} failed "
                                      f"({reason}); nothing of this write was stored") from None
                 if attempt == _WRITE_ATTEMPTS:
                     raise BenchError(
-                        f"results store {self.url} stayed locked by another process through "
+                        f"results store {self.shown} stayed locked by another process through "
                         f"{_WRITE_ATTEMPTS} attempts of {SQLITE_TIMEOUT_S:g} s; cell(s) {ids} "
                         "were not stored (nothing half-written): rerun to store them") from None
                 time.sleep(_WRITE_BACKOFF_S * 2 ** (attempt - 1))
@@ -521,7 +542,7 @@ class ResultStore:
             try:
                 values["hyperparameters"] = json.loads(values["hyperparameters"])
             except (TypeError, json.JSONDecodeError):
-                raise BenchError(f"results store {self.url}: cell {cell_id}: hyperparameters "
+                raise BenchError(f"results store {self.shown}: cell {cell_id}: hyperparameters "
                                  f"{values['hyperparameters']!r} are not JSON") from None
             values["fraction"], values["seed"] = float(values["fraction"]), int(values["seed"])
             values["n_train"], values["n_test"] = int(values["n_train"]), int(values["n_test"])
@@ -544,7 +565,7 @@ class ResultStore:
                     try:
                         decoded = (sample_id, json.loads(target), json.loads(prediction))
                     except (TypeError, json.JSONDecodeError):
-                        raise BenchError(f"results store {self.url}: cell {cell_id} sample "
+                        raise BenchError(f"results store {self.shown}: cell {cell_id} sample "
                                          f"{sample_id}: stored target/prediction is not JSON "
                                          f"({target!r}, {prediction!r})") from None
                     out.setdefault(cell_id, []).append(decoded)

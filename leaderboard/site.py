@@ -32,6 +32,7 @@ from brainbench.errors import BenchError  # noqa: E402
 from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
 from brainbench.leaderboard.tables import (CONTROL_NOTE, MCNEMAR_TITLE, RANDOM_NOTE,  # noqa: E402
+                                           SURVIVAL_NOTE,
                                            UNVERIFIED_NOTE, best_entries,
                                            mcnemar_note, protocol_note)
 
@@ -218,7 +219,7 @@ def mcnemar_table(analysis: Analysis, columns: list[tuple[str, str, float]]) -> 
 
 def _classification(analysis: Analysis, fraction: float) -> list[tuple[str, str, float]]:
     return [(t.id, t.id, fraction) for t in analysis.tasks
-            if t.target.kind == "classification"]
+            if t.kind == "classification"]
 
 
 def legend(analysis: Analysis) -> str:
@@ -244,9 +245,8 @@ def legend(analysis: Analysis) -> str:
         items.append('<span class="badge">CONTROL</span> ' + e(CONTROL_NOTE))
     if any(en.is_unverified for en in analysis.entries):
         items.append('<span class="badge unverified">UNVERIFIED</span> ' + e(UNVERIFIED_NOTE))
-    if any(t.target.kind == "survival" for t in analysis.tasks):
-        items.append("Survival intervals and tests use Harrell's C (Uno's C and the log-rank "
-                     "test need training-set quantities the store does not keep).")
+    if any(t.kind == "survival" for t in analysis.tasks):
+        items.append(e(SURVIVAL_NOTE))
     items += [f"<b>{e(name)}</b> (submission bundle): {e('; '.join(f))}"
               for name, f in analysis.flags.items()
               if any(en.backbone == name for en in analysis.entries)]

@@ -24,6 +24,10 @@ UNVERIFIED_NOTE = ("UNVERIFIED = imported results (brainbench import) whose prov
                    "weights; the unchecked fields are listed on the site's task pages.")
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
                "deliberate reference point); its numbers measure the untrained architecture.")
+SURVIVAL_NOTE = ("Survival intervals and tests are for Harrell's C; Uno's C and the log-rank "
+                 "p are shown as stored means (they need the training subset's survival data "
+                 "and risks: recoverable from the split manifest and the subset rule, not yet "
+                 "recomputed here).")
 CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design: `intensity` "
                 "(hand-crafted intensity histograms and brain-size proxies: what a task gives "
                 "away without representation learning) and `oracle` (phantoms only: the latent "
@@ -264,8 +268,7 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
     if any(getattr(e, "is_unverified", False) for e in analysis.entries):
         notes.append(UNVERIFIED_NOTE)
     if any(t.kind == "survival" for t in analysis.tasks):
-        notes.append("Survival intervals and tests are for Harrell's C (Uno's C and the "
-                     "log-rank test need training-set quantities the store does not keep).")
+        notes.append(SURVIVAL_NOTE)
     return notes + list(analysis.notes)
 
 
