@@ -77,7 +77,8 @@ def cmd_list(args: argparse.Namespace) -> None:
                              c.intensity, "+".join(c.tokens), c.feature_dim,
                              f"{backbone.parameter_count() / 1e6:.1f}M",
                              backbone.architecture().get("input_spacing", "-"),
-                             "found" if not backbone.weights.is_random else "none (random)",
+                             ("none (random)" if backbone.weights.is_random else "none (control)"
+                             if backbone.weights.is_control else "found"),
                              backbone.weights.status, backbone.weights.source])
         print(tabulate(rows, headers=["backbone", "dims", "input", "slices", "intensity",
                                       "tokens", "dim", "params", "spacing", "weights file",
@@ -350,6 +351,11 @@ def cmd_data_check(args: argparse.Namespace) -> None:
             failed.append(task.id)
     for line in absent:
         print(f"not checked, no data: {line}")
+    if absent:
+        from brainbench.runner import missing_data_message
+
+        print(missing_data_message(config, sorted({t.dataset for t in tasks
+                                                   if t.dataset not in roots})))
     if absent and (args.task or len(absent) == len(tasks)):
         failed += absent
     if failed:

@@ -79,6 +79,17 @@ def prepare_data(config: RunConfig, datasets: set[str]) -> tuple[dict[str, Path]
     return {d: root for d in datasets}, f"phantom:{tag}"
 
 
+def missing_data_message(config: RunConfig, missing: Sequence[str]) -> str:
+    """Which datasets were not found, where the search looked and what it looked for."""
+    from brainbench.datasets import ADAPTERS
+    from brainbench.datasets.locations import data_locations
+
+    return ("dataset(s) not found under DATA or in the dataset config: " + "; ".join(
+        f"{d} (expected folder {ADAPTERS.get(d).folder}/)" for d in missing)
+        + "; see README 'Real data' for the expected trees\n"
+        + data_locations(config.data_dir).not_found(missing))
+
+
 def run(config: RunConfig) -> RunReport:
     for fraction in config.fractions:
         check_fraction(fraction)
@@ -93,11 +104,7 @@ def run(config: RunConfig) -> RunReport:
     roots, data_source = prepare_data(config, ready)
     missing = sorted(ready - set(roots))
     if missing and (config.tasks or config.datasets or len(missing) == len(ready)):
-        from brainbench.datasets import ADAPTERS
-
-        raise BenchError("dataset(s) not found under DATA or in the dataset config: " + "; ".join(
-            f"{d} (expected folder {ADAPTERS.get(d).folder}/)" for d in missing)
-            + "; see README 'Real data' for the expected trees")
+        raise BenchError(missing_data_message(config, missing))
     report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
                        weights_source=backbone.weights.source, data_source=data_source,
                        store_url=store.url)

@@ -3,7 +3,8 @@
 A cell is (backbone, weights id, task, dataset, data source, profile, head, fraction, seed).
 All rows of a cell, and the cell's per-sample test predictions, are written in one
 transaction: a crash leaves either the whole cell or nothing. The default URL is an SQLite
-file; a server URL (postgresql://...) works the same for a team sharing a store.
+file; a server URL (postgresql+psycopg://..., or postgresql://... which names the same
+psycopg 3 driver) works the same for a team sharing a store.
 
 This module owns every read and write of the store's tables (no other module builds SQL):
 `write_cell` / `write_cells` write, `frame`, `cells`, `predictions` and `has_cell` read.
@@ -485,7 +486,10 @@ class ResultStore:
                 return write()
             except OperationalError as exc:
                 reason = _reason(exc)
-                locked = "locked" in reason.lower() or "busy" in reason.lower()
+                # SQLite: locked / busy; PostgreSQL: a deadlock or serialization failure,
+                # which the server resolves by aborting one transaction (retrying it is safe)
+                locked = any(word in reason.lower() for word in
+                             ("locked", "busy", "deadlock detected", "could not serialize"))
                 ids = ", ".join(cell_id[:12] for cell_id, *_ in batches[:3])
                 if not locked:
                     raise BenchError(f"results store {self.shown}: writing cell(s) {ids} failed "
@@ -597,16 +601,21 @@ def optuna_storage(storage_url: str | None) -> Any:
 
     import optuna
 
-    kwargs = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
+    storage_url = server_url(storage_url)
+    kwargs = ({"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite")
+              else {"pool_pre_ping": True})
     for attempt in range(1, 6):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in optuna 3-5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs or None,
+                return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs,
                                                   heartbeat_interval=10, grace_period=60)
-        except OperationalError as exc:  # two runs creating optuna's tables at once
-            if "already exists" not in str(exc) or attempt == 5:
-                raise BenchError(f"optuna storage {storage_url}: cannot open it "
+        except (OperationalError, IntegrityError, ProgrammingError) as exc:
+            # two runs creating optuna's tables at once (SQLite: "already exists";
+            # PostgreSQL: a duplicate table, or a duplicate key in its catalog)
+            racing = any(word in str(exc).lower() for word in ("already exists", "duplicate"))
+            if not racing or attempt == 5:
+                raise BenchError(f"optuna storage {shown_url(storage_url)}: cannot open it "
                                  f"({getattr(exc, 'orig', exc)})") from None
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")

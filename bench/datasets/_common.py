@@ -3,7 +3,9 @@ images, notes, finishing."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Callable, Generic, Hashable, Iterable, Mapping, Sequence, TypeVar
 
@@ -27,6 +29,10 @@ class DatasetAdapter:
                    folder that contains it or the folder itself.
     expected_tree: a short picture of the layout, shown in errors and the README.
     read:          dataset folder (or its parent) -> Cohort; paths only, no voxels are loaded.
+    signature:     how the dataset's own folder is recognised whatever it is called: glob
+                   patterns relative to it (label files such as ``ADNIMERGE.csv``, image paths
+                   such as ``BraTS2021_?????/BraTS2021_?????_t1.nii*``), matched case-insensitively;
+                   one match is enough. A folder named ``folder`` is recognised too.
     """
 
     name: str
@@ -34,15 +40,52 @@ class DatasetAdapter:
     folder: str
     expected_tree: str
     read: Callable[[Path], Cohort]
+    signature: tuple[str, ...] = ()
+
+    def recognises(self, path: Path) -> bool:
+        """Whether ``path`` is this dataset's own folder: named ``folder`` or matching the
+        signature. Only names are listed (a few folders), no file is opened."""
+        path = Path(path)
+        return path.name.lower() == self.folder.lower() or (
+            path.is_dir() and any(matches(path, pattern) for pattern in self.signature))
+
+    def looked_for(self) -> str:
+        """What `recognises` looks for, in words (for 'not found' messages)."""
+        return " or ".join([f"a folder named {self.folder}/", *self.signature])
 
 
 ADAPTERS: "Registry[DatasetAdapter]" = Registry("dataset")
 
 
 def register_adapter(name: str, title: str, folder: str, expected_tree: str,
-                     read: Callable[[Path], Cohort]) -> DatasetAdapter:
+                     read: Callable[[Path], Cohort], signature: Iterable[str] = ()) -> DatasetAdapter:
     """Build and register an adapter: each module ends with ``ADAPTER = register_adapter(...)``."""
-    return ADAPTERS.register(name, DatasetAdapter(name, title, folder, expected_tree, read))
+    return ADAPTERS.register(name, DatasetAdapter(name, title, folder, expected_tree, read,
+                                                  tuple(signature)))
+
+
+def matches(folder: Path | str, pattern: str) -> bool:
+    """Whether glob ``pattern`` (``/``-separated, no ``**``) matches a file under ``folder``,
+    case-insensitively; stops at the first match and lists only the folders the pattern walks."""
+    return _matches(str(folder), [part.lower() for part in pattern.split("/") if part])
+
+
+def _matches(folder: str, parts: list[str]) -> bool:
+    head, rest = parts[0], parts[1:]
+    try:
+        with os.scandir(folder) as entries:
+            candidates = [e for e in entries if fnmatchcase(e.name.lower(), head)]
+    except OSError:
+        return False
+    for entry in sorted(candidates, key=lambda e: e.name):
+        try:
+            if not rest and entry.is_file():
+                return True
+            if rest and entry.is_dir() and _matches(entry.path, rest):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def layout_error(title: str, message: str, expected_tree: str) -> BenchError:
@@ -63,7 +106,9 @@ def locate(
 
     Accepted: ``root/<folder>`` (also any of ``alt_folders``, case-insensitively), or ``root`` itself
     when it is named ``<folder>``, holds one of the ``markers`` (the label file) or
-    ``looks_like(root)`` is true (for releases that have no label file, e.g. BraTS).
+    ``looks_like(root)`` is true (for releases that have no label file, e.g. BraTS), or matches the
+    signature of the registered adapter whose folder is ``folder`` (so every folder that
+    `brainbench.datasets.locations` recognises is read as that dataset, whatever its name).
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -82,6 +127,8 @@ def locate(
     if root.name.lower() in wanted:
         return root
     if any((root / m).exists() for m in markers) or (looks_like is not None and looks_like(root)):
+        return root
+    if any(a.folder == folder and a.recognises(root) for a in map(ADAPTERS.get, ADAPTERS.names())):
         return root
     found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in sorted(root.iterdir())[:12]) or "(empty)"
     raise layout_error(

@@ -100,4 +100,7 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)
+# how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
+SIGNATURE = (LABEL_FILE, "*/[0-9]*/session_1/anat_1/mprage.nii*")
+
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)

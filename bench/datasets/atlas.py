@@ -109,4 +109,7 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)
+# how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
+SIGNATURE = ("*ATLAS_2.0_MetaData*.csv", "Training/R*/sub-r*s*/ses-1/anat/*_T1w.nii*")
+
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)

@@ -93,4 +93,7 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)
+# how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
+SIGNATURE = ("BraTS2021_?????/BraTS2021_?????_t1.nii*", "BraTS-*-?????-???/BraTS-*-?????-???-t1n.nii*")
+
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)

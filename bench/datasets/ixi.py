@@ -131,4 +131,7 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)
+# how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
+SIGNATURE = (*LABEL_FILES, "IXI-T1/IXI*-T1.nii*")
+
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)

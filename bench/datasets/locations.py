@@ -4,8 +4,17 @@ For dataset ``NAME`` the first of these wins:
 
 1. ``BRAINBENCH_DATA_<NAME>`` (e.g. ``BRAINBENCH_DATA_ADNI=/mnt/adni/ADNI``);
 2. ``[datasets] NAME = "/path"`` in the config file (``$BRAINBENCH_CONFIG``, else ``./brainbench.toml``);
-3. ``DATA=/root`` / ``--data /root``: the folder holding ``<root>/<dataset folder>/``;
+3. ``DATA=/root`` / ``--data /root``: a dataset's own folder or a folder holding datasets;
 4. ``[data] root = "/path"`` in the config file.
+
+Under a root, datasets are recognised by their files, whatever their folders are called: each
+adapter declares a ``signature`` (label files such as ``ADNIMERGE.csv``, image patterns such as
+``BraTS2021_?????/BraTS2021_?????_t1.nii*``; see ``DatasetAdapter.recognises``). The root itself
+and the folders up to ``SEARCH_DEPTH`` levels below it are searched, listing names only (no image
+is read); a folder named like the dataset (``<root>/BraTS2021/``, the layout the phantoms use)
+wins as before. When the root holds no recognisable dataset at all (and no dataset has its own
+folder configured), looking a dataset up raises a BenchError that lists, per dataset, what was
+looked for and the folders searched.
 
 When none is set, runs use the phantom cohorts. Relative paths in the file are relative to the
 file. Unknown dataset names and paths that do not exist are errors naming the file and key.
@@ -21,11 +30,75 @@ from typing import Iterable, Mapping
 
 from brainbench.errors import BenchError
 
-from ._common import ADAPTERS
+from ._common import ADAPTERS, DatasetAdapter, matches
 
 CONFIG_ENV = "BRAINBENCH_CONFIG"
 CONFIG_FILE = "brainbench.toml"
 ENV_PREFIX = "BRAINBENCH_DATA_"
+SEARCH_DEPTH = 2  # the root and the folders up to two levels below it
+SHOWN_FOLDERS = 12  # searched folders listed in a 'not found' message
+
+
+def _adapters() -> list[DatasetAdapter]:
+    return [ADAPTERS.get(name) for name in ADAPTERS.names()]
+
+
+def _named(root: Path, adapter: DatasetAdapter) -> bool:
+    """The named layout: ``root`` is ``<folder>/`` or holds it (case-insensitively)."""
+    folder = adapter.folder.lower()
+    return root.name.lower() == folder or any(
+        p.is_dir() and p.name.lower() == folder for p in _subfolders(root))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _recognised_in(folder: Path, adapters: list[DatasetAdapter]) -> list[str]:
+    """The datasets whose own folder ``folder`` is: by name or label file first, image patterns
+    (which walk subfolders) only when neither matches."""
+    flat = [a.name for a in adapters if folder.name.lower() == a.folder.lower()
+            or any(matches(folder, p) for p in a.signature if "/" not in p.strip("/"))]
+    if flat:
+        return flat
+    return [a.name for a in adapters if any(matches(folder, p) for p in a.signature if "/" in p.strip("/"))]
+
+
+def recognise(root: Path, depth: int = SEARCH_DEPTH) -> tuple[dict[str, Path], list[Path]]:
+    """Search ``root`` and the folders up to ``depth`` levels below it (breadth first, by name)
+    for dataset folders. Returns {dataset: its folder} (the shallowest, then the first by name,
+    wins) and the folders searched. A recognised folder is not searched further."""
+    adapters = _adapters()
+    found: dict[str, Path] = {}
+    searched: list[Path] = []
+    level = [Path(root)]
+    for d in range(depth + 1):
+        below: list[Path] = []
+        for folder in level:
+            searched.append(folder)
+            names = _recognised_in(folder, adapters)
+            for name in names:
+                found.setdefault(name, folder)
+            if not names and d < depth:
+                below += _subfolders(folder)
+        level = below
+    return found, searched
+
+
+def describe_search(names: Iterable[str], searched: Iterable[Path]) -> str:
+    """Per dataset what was looked for, and where (for 'not found' messages)."""
+    searched = list(searched)
+    shown = ", ".join(str(p) for p in searched[:SHOWN_FOLDERS])
+    if len(searched) > SHOWN_FOLDERS:
+        shown += f", ... ({len(searched) - SHOWN_FOLDERS} more)"
+    looked = "\n".join(f"  {n} ({ADAPTERS.get(n).title}): {ADAPTERS.get(n).looked_for()}"
+                       for n in names)
+    return (f"searched {len(searched)} folder(s) (the root and up to {SEARCH_DEPTH} levels below): "
+            f"{shown}\nlooked for (a dataset's folder has any of these, paths relative to it):\n{looked}"
+            "\nsee README 'Real data' for the expected trees")
 
 
 @dataclass(frozen=True)
@@ -35,24 +108,39 @@ class DataLocations:
     root: Path | None = None
     datasets: Mapping[str, Path] = field(default_factory=dict)
     origins: Mapping[str, str] = field(default_factory=dict)  # dataset or "root" -> where it was set
+    found: Mapping[str, Path] = field(default_factory=dict)  # recognised under root by its files
+    searched: tuple[Path, ...] = ()  # the folders under root that were searched
 
     @property
     def real(self) -> bool:
         return self.root is not None or bool(self.datasets)
 
     def path_for(self, name: str) -> Path | None:
-        """The dataset's own folder if configured, else the common root (adapters accept both)."""
-        return self.datasets.get(name, self.root)
+        """The dataset's own folder if configured, else the folder recognised under the root,
+        else the common root (adapters accept the root holding ``<folder>/`` and the folder)."""
+        return self.datasets.get(name, self.found.get(name, self.root))
 
     def present(self, name: str) -> bool:
-        """Whether dataset ``name`` can be looked for: its own folder, or its folder under root."""
+        """Whether dataset ``name`` can be looked for: its own folder, its folder under root by
+        name, or a folder under root recognised by its files. Raises a BenchError listing what
+        was looked for and where when the root holds no dataset at all (and none is configured
+        on its own)."""
         if name in self.datasets:
             return True
         if self.root is None:
             return False
-        folder = ADAPTERS.get(name).folder.lower()
-        return self.root.name.lower() == folder or any(
-            p.is_dir() and p.name.lower() == folder for p in self.root.iterdir())
+        if name in self.found or _named(self.root, ADAPTERS.get(name)):
+            return True
+        if not self.datasets and not self.found and not any(_named(self.root, a) for a in _adapters()):
+            origin = self.origins.get("root", "DATA / --data")
+            raise BenchError(f"no dataset recognised in {self.root} (the data root, set by {origin})\n"
+                             + self.not_found(ADAPTERS.names()))
+        return False
+
+    def not_found(self, names: Iterable[str]) -> str:
+        """Why datasets ``names`` were not found under the root: what was looked for, and where
+        (for the runner's and data check's 'not found' messages)."""
+        return describe_search(sorted(set(names)), self.searched or ([self.root] if self.root else []))
 
     def source_label(self, names: Iterable[str]) -> str:
         """What goes into every result row as ``data_source`` (unchanged for a plain DATA root)."""
@@ -115,4 +203,12 @@ def data_locations(data_dir: Path | str | None = None, env: Mapping[str, str] = 
         if value:
             datasets[name] = _existing(Path(value).expanduser(), f"{ENV_PREFIX}{name.upper()}")
             origins[name] = f"${ENV_PREFIX}{name.upper()}"
-    return DataLocations(root=root, datasets=datasets, origins=origins)
+    found: dict[str, Path] = {}
+    searched: list[Path] = []
+    if root is not None:
+        pending = [a for a in _adapters() if a.name not in datasets and not _named(root, a)]
+        if pending:  # the named layout (phantoms) needs no search
+            found, searched = recognise(root)
+            found = {n: p for n, p in found.items() if n in {a.name for a in pending}}
+    return DataLocations(root=root, datasets=datasets, origins=origins, found=found,
+                         searched=tuple(searched))

@@ -115,4 +115,7 @@ def read(root: Path) -> Cohort:
     return finish(NAME, TITLE, folder, subjects, notes, EXPECTED_TREE)
 
 
-ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read)
+# how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
+SIGNATURE = (LABEL_FILE, "disc*/OAS1_????_MR?/PROCESSED/MPRAGE/T88_111/*_t88_masked_gfc.img")
+
+ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)
