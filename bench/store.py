@@ -233,7 +233,9 @@ def server_url(url: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """The URL for messages: a server URL's password is masked."""
+    """The URL for messages: a server URL's password is masked (a file URL is as given)."""
+    if url.startswith("sqlite"):
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL: SQLAlchemy's own error names it
@@ -611,9 +613,11 @@ def optuna_storage(storage_url: str | None) -> Any:
                 return optuna.storages.RDBStorage(storage_url, engine_kwargs=kwargs,
                                                   heartbeat_interval=10, grace_period=60)
         except (OperationalError, IntegrityError, ProgrammingError) as exc:
-            # two runs creating optuna's tables at once (SQLite: "already exists";
-            # PostgreSQL: a duplicate table, or a duplicate key in its catalog)
-            racing = any(word in str(exc).lower() for word in ("already exists", "duplicate"))
+            # two runs creating optuna's tables at once: a table that "already exists", or
+            # both stamping alembic_version (SQLite: UNIQUE constraint failed; PostgreSQL: a
+            # duplicate table, or a duplicate key in its catalog)
+            racing = any(word in str(exc).lower() for word in
+                         ("already exists", "duplicate", "unique constraint"))
             if not racing or attempt == 5:
                 raise BenchError(f"optuna storage {shown_url(storage_url)}: cannot open it "
                                  f"({getattr(exc, 'orig', exc)})") from None
