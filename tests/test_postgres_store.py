@@ -19,8 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine,
-                        delete, inspect, make_url, text)
+from sqlalchemy import MetaData, create_engine, delete, inspect, make_url, text
 
 from brainbench.cli import main
 from brainbench.errors import BenchError
@@ -162,40 +161,10 @@ def test_searched_protocol_keeps_its_optuna_study_in_postgresql_and_resumes(pg_u
 
 def _v1_tables(engine) -> None:
     """Tables results and predictions as the first release created them (no version table,
-    no unique index, no predictions.person), holding the fixture's rows."""
+    no unique index, no predictions.person), holding the fixture's rows: the layout is
+    reflected from the fixture itself."""
     meta = MetaData()
-    Table("results", meta,
-          Column("id", Integer, primary_key=True, autoincrement=True),
-          Column("cell_id", String(64), nullable=False, index=True),
-          Column("backbone", String(128), nullable=False, index=True),
-          Column("weights_id", String(128), nullable=False),
-          Column("weights_status", String(32), nullable=False),
-          Column("weights_sha256", String(64), nullable=False),
-          Column("task", String(64), nullable=False, index=True),
-          Column("dataset", String(64), nullable=False),
-          Column("data_source", Text, nullable=False),
-          Column("profile", String(32), nullable=False),
-          Column("head", String(64), nullable=False),
-          Column("fraction", Float, nullable=False),
-          Column("seed", Integer, nullable=False),
-          Column("metric", String(64), nullable=False),
-          Column("value", Float, nullable=True),
-          Column("n_train", Integer, nullable=False),
-          Column("n_test", Integer, nullable=False),
-          Column("hyperparameters", Text, nullable=False),
-          Column("selection", Text, nullable=False),
-          Column("code_version", String(64), nullable=False),
-          Column("config_hash", String(64), nullable=False),
-          Column("split_hash", String(64), nullable=False),
-          Column("subset_hash", String(64), nullable=False),
-          Column("cache_key", String(64), nullable=False),
-          Column("created_at", String(32), nullable=False))
-    Table("predictions", meta,
-          Column("id", Integer, primary_key=True, autoincrement=True),
-          Column("cell_id", String(64), nullable=False, index=True),
-          Column("sample_id", String(256), nullable=False),
-          Column("target", Text, nullable=False),
-          Column("prediction", Text, nullable=False))
+    meta.reflect(create_engine(f"sqlite:///{FIXTURE / 'results.db'}"))
     meta.create_all(engine)
     with sqlite3.connect(FIXTURE / "results.db") as lite, engine.begin() as conn:
         for table in meta.sorted_tables:
