@@ -51,7 +51,7 @@ class RunReport:
     weights_status: str
     weights_source: str
     data_source: str
-    store_url: str
+    store_url: str  # as shown to people (a server URL's password hidden)
     cells: list[CellOutcome] = field(default_factory=list)
     pending: list[TaskSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

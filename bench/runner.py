@@ -107,7 +107,7 @@ def run(config: RunConfig) -> RunReport:
         raise BenchError(missing_data_message(config, missing))
     report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
                        weights_source=backbone.weights.source, data_source=data_source,
-                       store_url=store.url)
+                       store_url=store.shown)  # printed: no password
     for task in tasks:
         if task.status == "pending":
             report.pending.append(task)

@@ -96,3 +96,11 @@ def test_write_cells_is_one_transaction_and_keeps_timestamps(tmp_path):
         store.write_cell(cell(seed=4), {}, [])
     with pytest.raises(BenchError, match="no column 'nope'"):
         store.frame(nope=1)
+
+
+def test_a_server_password_is_hidden_where_the_store_url_is_shown():
+    from brainbench.store import shown_url
+
+    assert shown_url("postgresql+psycopg://bench:s3cret@db.lab:5432/brainbench") == \
+        "postgresql+psycopg://bench:***@db.lab:5432/brainbench"
+    assert shown_url("sqlite:////tmp/results/results.db") == "sqlite:////tmp/results/results.db"
