@@ -158,6 +158,7 @@ def plan_cells(prepared: PreparedTask, backbone: Backbone, profile: Profile, *, 
                 profile=profile.name, head=head, fraction=fraction, seed=seed,
                 n_train=len(prepared.members(groups)), n_test=n_test, hyperparameters={},
                 selection=selection, code_version=code_version(), config_hash=config_hash,
-                split_hash=split.hash, subset_hash=subset_hash(groups), cache_key="")
+                split_hash=split.hash, subset_hash=subset_hash(groups), cache_key="",
+                precision=getattr(backbone, "precision", "fp32"))
             planned.append(PlannedCell(cell, groups, detail))
     return planned

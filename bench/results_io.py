@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ SCHEMA_VERSION = 1
 _CELL_TYPES: dict[str, tuple[type, ...]] = {
     f.name: ({"str": (str,), "int": (int,), "float": (int, float),
               "dict[str, Any]": (dict,)}[str(f.type)]) for f in fields(Cell)}
+_CELL_DEFAULTS = {f.name for f in fields(Cell) if f.default is not MISSING}
+#: the precisions a cell's features can have been computed in (brainbench.precision)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,11 @@ def _validate_cell(item: Any, backbone: str, task: str, where: str,
     context = context or ImportContext(None, set())
     data = _need(item, "cell", (dict,), where)
     values = {name: _need(data, name, types, f"{where}.cell")
-              for name, types in _CELL_TYPES.items()}
+              for name, types in _CELL_TYPES.items()
+              if name in data or name not in _CELL_DEFAULTS}  # files before precision: fp32
+    if values.get("precision", "fp32") not in PRECISIONS:
+        raise BenchError(f"{where}.cell: field precision is {values['precision']!r}; expected "
+                         f"one of {', '.join(PRECISIONS)}")
     for name, types in _CELL_TYPES.items():
         if float in types:  # 1 and 1.0 hash differently: a fraction is always a float
             _finite(values[name], f"{where}.cell", name)

@@ -22,6 +22,7 @@ SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -39,7 +40,7 @@ from sqlalchemy.exc import (DatabaseError, IntegrityError, OperationalError, Pro
 from brainbench.errors import BenchError
 
 #: The schema version this code reads and writes (see the module docstring).
-STORE_SCHEMA = 3
+STORE_SCHEMA = 4
 SCHEMA_ROW = "store"
 PREDICTIONS_CHUNK = 500  # cell ids per IN query (SQLite allows 999 bound parameters)
 _OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then see it done
@@ -89,6 +90,9 @@ results_table = Table(
     Column("subset_hash", String(64), nullable=False),
     Column("cache_key", String(64), nullable=False),
     Column("created_at", String(32), nullable=False),
+    # schema 4: the numeric precision the features were computed in ("fp32", "bf16"); NULL in
+    # stores before schema 4, which were all fp32
+    Column("precision", String(16), nullable=True),
 )
 # schema 2: a cell holds each metric once (also what a concurrent second writer of the same
 # cell on a server database now runs into, instead of silently doubling the cell's rows)
@@ -107,7 +111,36 @@ predictions_table = Table(
     Column("person", String(256), nullable=True),
 )
 
+#: schema 4: representation analyses (brainbench.analyses): one row per (analysis, metric),
+#: versioned by the analysis's own version, with its interval, chance level and provenance
+analyses_table = Table(
+    "analyses", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("analysis_id", String(64), nullable=False, index=True),
+    Column("backbone", String(128), nullable=False, index=True),
+    Column("weights_id", String(128), nullable=False),
+    Column("weights_status", String(32), nullable=False),
+    Column("analysis", String(64), nullable=False),
+    Column("dataset", String(64), nullable=False),
+    Column("data_source", Text, nullable=False),
+    Column("profile", String(32), nullable=False),
+    Column("precision", String(16), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("lower", Float, nullable=True),
+    Column("upper", Float, nullable=True),
+    Column("chance", Float, nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("code_version", String(64), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+analysis_metric_index = Index("ux_analyses_analysis_metric", analyses_table.c.analysis_id,
+                              analyses_table.c.metric, unique=True)
+
 DATA_TABLES = (results_table, predictions_table)
+#: tables a migration step creates whole (a store older than the step lacks them)
+ADDED_TABLES = {analyses_table.name: 4}
 
 
 @dataclass(frozen=True)
@@ -134,16 +167,20 @@ class Cell:
     split_hash: str
     subset_hash: str
     cache_key: str
+    precision: str = "fp32"  # what the features were computed in (brainbench.precision)
 
     @property
     def cell_id(self) -> str:
         from brainbench.splits import digest
 
-        return digest({"backbone": self.backbone, "weights_id": self.weights_id,
-                       "task": self.task, "dataset": self.dataset,
-                       "data_source": self.data_source, "profile": self.profile,
-                       "head": self.head, "fraction": self.fraction, "seed": self.seed,
-                       "config_hash": self.config_hash})
+        identity = {"backbone": self.backbone, "weights_id": self.weights_id,
+                    "task": self.task, "dataset": self.dataset,
+                    "data_source": self.data_source, "profile": self.profile,
+                    "head": self.head, "fraction": self.fraction, "seed": self.seed,
+                    "config_hash": self.config_hash}
+        if self.precision != "fp32":  # fp32 cells keep the identities stores already hold
+            identity["precision"] = self.precision
+        return digest(identity)
 
 
 Prediction = tuple[str, Any, Any]  # (sample id, target, prediction), JSON-decoded
@@ -163,6 +200,42 @@ class StoredCell:
     created_at: str | None = None
     cell_id: str = ""
     persons: Mapping[str, str] | None = None  # sample id -> person; None: unknown
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """One metric of one representation analysis of one backbone (brainbench.analyses).
+
+    ``chance``: the metric's chance level on these data (None: not applicable); ``version``:
+    the analysis's own method version; ``details``: provenance (n, settings, seeds, figure
+    paths relative to the results folder, the other backbone of a pairwise analysis)."""
+
+    backbone: str
+    weights_id: str
+    weights_status: str
+    analysis: str
+    dataset: str
+    data_source: str
+    profile: str
+    precision: str
+    metric: str
+    value: float | None
+    lower: float | None
+    upper: float | None
+    chance: float | None
+    version: int
+    code_version: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+
+    @property
+    def analysis_id(self) -> str:
+        from brainbench.splits import digest
+
+        return digest({"backbone": self.backbone, "weights_id": self.weights_id,
+                       "analysis": self.analysis, "dataset": self.dataset,
+                       "data_source": self.data_source, "profile": self.profile,
+                       "precision": self.precision, "version": self.version})
 
 
 # --------------------------------------------------------------------------- migrations
@@ -204,11 +277,21 @@ def _person_column(conn: Connection, url: str) -> None:
     conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN person {type_}")
 
 
+def _precision_and_analyses(conn: Connection, url: str) -> None:
+    """v3 -> v4: results.precision (NULL = fp32, what every earlier run used) and the table
+    of representation analyses."""
+    type_ = results_table.c.precision.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE results ADD COLUMN precision {type_}")
+    analyses_table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "unique index ux_results_cell_metric on results(cell_id, metric)",
               _unique_cell_metric),
     Migration(2, "column predictions.person (the split group each test sample belongs to)",
               _person_column, adds={"predictions": ("person",)}),
+    Migration(3, "column results.precision and table analyses", _precision_and_analyses,
+              adds={"results": ("precision",)}),
 )
 assert [m.source for m in MIGRATIONS] == list(range(1, STORE_SCHEMA)), "one step per version"
 
@@ -216,6 +299,8 @@ assert [m.source for m in MIGRATIONS] == list(range(1, STORE_SCHEMA)), "one step
 def _columns_needed(version: int) -> dict[str, set[str]]:
     """The columns a store of ``version`` must have before its migrations run."""
     needed = {t.name: {c.name for c in t.columns} for t in DATA_TABLES}
+    needed.update({t.name: {c.name for c in t.columns} for t in (analyses_table,)
+                   if version >= ADDED_TABLES[t.name]})
     for step in MIGRATIONS:
         if step.source >= version:
             for table, added in dict(step.adds).items():
@@ -503,6 +588,56 @@ class ResultStore:
                         "were not stored (nothing half-written): rerun to store them") from None
                 time.sleep(_WRITE_BACKOFF_S * 2 ** (attempt - 1))
 
+    def write_analyses(self, results: Sequence[AnalysisResult]) -> None:
+        """Replace the rows of each (analysis, metric) given, all in ONE transaction. Values
+        must be finite or None: anything else is refused before the store is touched."""
+        now = _now()
+        rows = []
+        for r in results:
+            for name in ("value", "lower", "upper", "chance"):
+                number = getattr(r, name)
+                if number is not None and not math.isfinite(float(number)):
+                    raise BenchError(f"analysis {r.analysis} of {r.backbone} ({r.metric}): "
+                                     f"{name} = {number!r} is not a finite number; nothing "
+                                     "was stored")
+            row = {f.name: getattr(r, f.name) for f in fields(AnalysisResult)}
+            row.update(analysis_id=r.analysis_id, created_at=r.created_at or now,
+                       details=json.dumps(dict(r.details), sort_keys=True, default=str),
+                       **{n: _number(getattr(r, n)) for n in ("value", "lower", "upper",
+                                                             "chance")})
+            rows.append(row)
+        if not rows:
+            return
+        t = analyses_table
+
+        def write() -> None:
+            with self.engine.begin() as conn:
+                for row in rows:
+                    conn.execute(delete(t).where(t.c.analysis_id == row["analysis_id"])
+                                 .where(t.c.metric == row["metric"]))
+                conn.execute(t.insert(), rows)
+
+        self._retry_locked(write, [(row["analysis_id"],) for row in rows])
+
+    def analyses(self, backbones: Sequence[str] | None = None) -> list[AnalysisResult]:
+        """Stored analysis rows (optionally of some backbones), in the order written."""
+        t = analyses_table
+        query = select(t).order_by(t.c.id)
+        if backbones:
+            query = query.where(t.c.backbone.in_(list(backbones)))
+        names = [f.name for f in fields(AnalysisResult)]
+        out = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                values = {name: row[name] for name in names}
+                try:
+                    values["details"] = json.loads(values["details"])
+                except (TypeError, json.JSONDecodeError):
+                    raise BenchError(f"results store {self.shown}: analysis "
+                                     f"{row['analysis_id']}: details are not JSON") from None
+                out.append(AnalysisResult(**values))
+        return out
+
     # ------------------------------------------------------------------ reads
 
     def has_cell(self, cell_id: str) -> bool:
@@ -551,6 +686,7 @@ class ResultStore:
                 raise BenchError(f"results store {self.shown}: cell {cell_id}: hyperparameters "
                                  f"{values['hyperparameters']!r} are not JSON") from None
             values["fraction"], values["seed"] = float(values["fraction"]), int(values["seed"])
+            values["precision"] = values["precision"] or "fp32"  # stores before schema 4
             values["n_train"], values["n_test"] = int(values["n_train"]), int(values["n_test"])
             out.append(StoredCell(Cell(**values), metrics, preds.get(cell_id, []),
                                   first["created_at"], cell_id, persons.get(cell_id)))

@@ -104,3 +104,24 @@ def test_a_server_password_is_hidden_where_the_store_url_is_shown():
     assert shown_url("postgresql+psycopg://bench:s3cret@db.lab:5432/brainbench") == \
         "postgresql+psycopg://bench:***@db.lab:5432/brainbench"
     assert shown_url("sqlite:////tmp/results/results.db") == "sqlite:////tmp/results/results.db"
+
+
+def test_precision_is_part_of_a_cells_identity_and_kept_by_the_store(tmp_path):
+    """fp32 cells keep the identities earlier stores hold; a bf16 cell of the same settings is
+    another cell, and the store returns each with its precision."""
+    from dataclasses import replace as _replace
+
+    from brainbench.store import Cell, ResultStore, StoredCell
+
+    fp32 = Cell(backbone="b", weights_id="w", weights_status="random-init", weights_sha256="",
+                task="brain_age", dataset="ixi", data_source="phantom:x", profile="tiny",
+                head="linear", fraction=0.5, seed=0, n_train=4, n_test=2, hyperparameters={},
+                selection="", code_version="c", config_hash="h", split_hash="s",
+                subset_hash="u", cache_key="k")
+    bf16 = _replace(fp32, precision="bf16")
+    assert fp32.precision == "fp32" and fp32.cell_id != bf16.cell_id
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    store.write_cells([StoredCell(fp32, {"mae": 1.0}), StoredCell(bf16, {"mae": 2.0})])
+    got = {c.cell.precision: (c.cell_id, c.metrics["mae"]) for c in store.cells()}
+    assert got == {"fp32": (fp32.cell_id, 1.0), "bf16": (bf16.cell_id, 2.0)}
+    assert set(store.frame()["precision"]) == {"fp32", "bf16"}
