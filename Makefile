@@ -21,15 +21,23 @@ MODELS ?=
 FORMAT ?= simple
 PROTOCOL ?= linear
 TRIALS ?=
+PRECISION ?= auto
+WORKERS ?=
+EXECUTOR ?= local
+RAY_ADDRESS ?=
+# optional extras installed into the venv (CI adds cluster: Ray, for --executor ray)
+EXTRAS ?= test
 
 RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(REQUIRE_WEIGHTS),--require-weights) \
 	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
-	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS))
+	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
+	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) \
+	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
 
 .PHONY: venv bench test list results phantoms benchmark clean table curves leaderboard data-check \
-	validate submit import-bundle
+	validate submit import-bundle analyze
 
 # statistics over stored results: FRACTION / PROFILE only when given on the command line;
 # written under the results folder ($BRAINBENCH_RESULTS or results/: reports/, figures/,
@@ -39,7 +47,7 @@ STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) 
 	$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
 	$(if $(filter command environment,$(origin PROTOCOL)),--protocol '$(PROTOCOL)') \
 	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) \
-	$(if $(RESAMPLE),--resample $(RESAMPLE)) \
+	$(if $(RESAMPLE),--resample $(RESAMPLE)) $(if $(HIDE_CONTAMINATED),--hide-contaminated) \
 	$(if $(OUT),--out $(OUT))
 
 venv: $(STAMP)
@@ -47,7 +55,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 bench: $(STAMP)
@@ -75,11 +83,17 @@ curves: $(STAMP)
 leaderboard: $(STAMP)
 	$(BIN)/brainbench leaderboard $(STATS_ARGS)
 
+# representation analyses (PCA maps, tissue / lesion / site probes; with MODELS=a,b also CKA and
+# kNN agreement), on cached features: `make analyze MODEL=braindino` or `MODELS=braindino,random`
+analyze: $(STAMP)
+	$(BIN)/brainbench analyze $(if $(MODELS),--models $(MODELS),--model $(MODEL)) \
+		--profile $(PROFILE) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA))
+
 # a backbone that is not built in (SUBMITTING.md): a card (.toml) or a Python file (.py)
 BACKBONE ?=
 BUNDLE ?=
 SUBMIT_ARGS = $(BACKBONE) --profile $(PROFILE) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-	$(if $(REQUIRE_WEIGHTS),--require-weights)
+	$(if $(REQUIRE_WEIGHTS),--require-weights) --precision $(PRECISION)
 
 validate: $(STAMP)
 	@test -n "$(BACKBONE)" || { echo "usage: make validate BACKBONE=path/to/card.toml"; exit 2; }
@@ -88,7 +102,8 @@ validate: $(STAMP)
 submit: $(STAMP)
 	@test -n "$(BACKBONE)" || { echo "usage: make submit BACKBONE=path/to/card.toml"; exit 2; }
 	$(BIN)/brainbench submit $(SUBMIT_ARGS) --fraction $(FRACTION) \
-		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS))
+		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(WORKERS),--workers $(WORKERS))
 
 import-bundle: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=path/to/bundle"; exit 2; }

@@ -2,8 +2,9 @@
 
 Each entry supplies `features(model, batch) -> {token: (B, dim)}` and, optionally, a
 `DenseTokens` (patch grids per block, for tumor_seg); this class checks the batch against
-the contract, runs it under inference mode in float32 (no autocast, so features never
-depend on it), and returns plain tensors.
+the contract, runs it under inference mode at the backbone's precision (fp32 with autocast
+off, so an outer autocast never changes fp32 features; bf16 under torch.autocast, see
+brainbench.precision), and returns plain float32 tensors.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from brainbench.backbone import Backbone, InputContract, WeightsInfo
 from brainbench.errors import BenchError
+from brainbench.precision import autocast, bf16_matmul_copy
 from brainbench.weights import LoadReport
 
 Features = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
@@ -36,6 +38,8 @@ class DenseTokens:
 
 
 class FrozenBackbone(Backbone):
+    precisions = ("fp32", "bf16")
+
     def __init__(self, name: str, model: torch.nn.Module, features: Features,
                  contract: InputContract, weights: WeightsInfo, architecture: dict[str, Any],
                  load_report: LoadReport | None = None, dense: DenseTokens | None = None) -> None:
@@ -47,6 +51,7 @@ class FrozenBackbone(Backbone):
         self.load_report = load_report
         self.dense = dense
         self._architecture = dict(architecture)
+        self._bf16: torch.nn.Module | None = None  # made by set_precision("bf16")
 
     @property
     def device(self) -> torch.device:
@@ -54,7 +59,27 @@ class FrozenBackbone(Backbone):
 
     def to(self, device: str | torch.device) -> "FrozenBackbone":
         self.model.to(device)
+        if self._bf16 is not None:
+            self._bf16.to(device)
         return self
+
+    def set_precision(self, precision: str) -> None:
+        """bf16 runs a copy of the model with its Linear/Conv weights already in bf16, under
+        autocast: what autocast computes, without re-casting the weights on every call."""
+        super().set_precision(precision)
+        if self.precision == "bf16" and self._bf16 is None:
+            self._bf16 = bf16_matmul_copy(self.model)
+
+    def share_precision(self, other: "FrozenBackbone") -> None:
+        """Run at `other`'s precision, sharing its bf16 copy when both wrap the same model."""
+        if other.model is self.model:
+            self._bf16 = other._bf16
+        self.set_precision(other.precision)
+
+    @property
+    def _module(self) -> torch.nn.Module:
+        """The module a forward pass runs: the fp32 model, or its bf16-matmul copy."""
+        return self._bf16 if self.precision == "bf16" and self._bf16 is not None else self.model
 
     def _input(self, batch: Any, what: str) -> torch.Tensor:
         """The batch checked against the contract, as float32 on the model's device."""
@@ -73,8 +98,8 @@ class FrozenBackbone(Backbone):
 
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._input(batch, "embed")
-        with torch.inference_mode(), torch.autocast(device_type=x.device.type, enabled=False):
-            out = self.features(self.model, x)
+        with torch.inference_mode(), autocast(self.precision, x.device.type):
+            out = self.features(self._module, x)
         # clone outside inference mode: callers may train heads on these tensors
         return {name: value.float().clone() for name, value in out.items()}
 
@@ -93,8 +118,8 @@ class FrozenBackbone(Backbone):
         wanted = self._layers(layers)
         x = self._input(batch, "patch_tokens")
         unique = sorted(set(wanted))
-        with torch.inference_mode(), torch.autocast(device_type=x.device.type, enabled=False):
-            grids = list(self.dense.grids(self.model, x, unique))
+        with torch.inference_mode(), autocast(self.precision, x.device.type):
+            grids = list(self.dense.grids(self._module, x, unique))
         if len(grids) != len(unique) or any(
                 g.ndim != 4 or g.shape[0] != x.shape[0] for g in grids):
             raise BenchError(

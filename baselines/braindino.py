@@ -341,11 +341,13 @@ class DinoV3Backbone(FrozenBackbone):
 
         The contract's tokens change, so the feature cache keys them separately.
         """
-        return DinoV3Backbone(self.name, self.model, self.weights,
-                              image_size=self.contract.image_size[0],
-                              num_slices=self.contract.num_slices, norm_eps=self.norm_eps,
-                              load_report=self.load_report,
-                              extra_tokens=tuple(self.extra_tokens) + tuple(extra))
+        wider = DinoV3Backbone(self.name, self.model, self.weights,
+                               image_size=self.contract.image_size[0],
+                               num_slices=self.contract.num_slices, norm_eps=self.norm_eps,
+                               load_report=self.load_report,
+                               extra_tokens=tuple(self.extra_tokens) + tuple(extra))
+        wider.share_precision(self)
+        return wider
 
 
 def sizes(image_size: int | None, num_slices: int | None) -> tuple[int, int]:
@@ -374,4 +376,7 @@ def make_braindino(
                           num_slices=slices, load_report=built.report)
 
 
+# pretraining_datasets not declared ("unknown"): the paper (arXiv 2604.27277) pretrains on ~6.6M
+# axial slices of 20 brain-MRI datasets that overlap the usual evaluation sets, and the names
+# are not recorded here yet; declare them with register_backbone(..., pretraining_datasets=...)
 register_backbone("braindino")(make_braindino)

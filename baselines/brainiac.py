@@ -123,7 +123,7 @@ def make_brainiac(*, weights: Path | None = None, require_weights: bool = False,
                           _architecture(built.model), built.report)
 
 
-@register_backbone("random3d")
+@register_backbone("random3d", pretraining_datasets=())
 def make_random3d(*, weights: Path | None = None, require_weights: bool = False,
                   image_size: int | None = None, num_slices: int | None = None) -> FrozenBackbone:
     """BrainIAC's MONAI ViT with seeded MONAI initialisation: the untrained 3d reference."""

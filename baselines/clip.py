@@ -156,7 +156,8 @@ def _sizes(image_size: int | None, num_slices: int | None) -> tuple[int, int]:
     return size, check_size("num_slices", num_slices, DEFAULT_NUM_SLICES)
 
 
-@register_backbone("clip")
+# the default tag laion2b_s34b_b88k; other CLIP_PRETRAINED tags are natural-image corpora too
+@register_backbone("clip", pretraining_datasets=("LAION-2B",))
 def make_clip(*, weights: Path | None = None, require_weights: bool = False,
               image_size: int | None = None, num_slices: int | None = None) -> FrozenBackbone:
     import open_clip
@@ -247,5 +248,5 @@ def register_biomedclip_if_cached(hf_cache_dir: str | Path | None = None) -> boo
     present = bool(os.environ.get(BIOMEDCLIP_SPEC.env_var, "").strip()) or (
         hf_cached(BIOMEDCLIP_REPO, BIOMEDCLIP_FILE, hf_cache_dir) is not None)
     if present:
-        register_backbone("biomedclip")(make_biomedclip)
+        register_backbone("biomedclip", pretraining_datasets=("PMC-15M",))(make_biomedclip)
     return present

@@ -240,14 +240,14 @@ def _make(name: str, registers: bool, *, weights: Path | None, require_weights: 
                           dense=_dense(built.model))
 
 
-@register_backbone("dinov2")
+@register_backbone("dinov2", pretraining_datasets=("LVD-142M",))  # natural images
 def make_dinov2(*, weights: Path | None = None, require_weights: bool = False,
                 image_size: int | None = None, num_slices: int | None = None) -> FrozenBackbone:
     return _make("dinov2", False, weights=weights, require_weights=require_weights,
                  image_size=image_size, num_slices=num_slices)
 
 
-@register_backbone("dinov2_reg")
+@register_backbone("dinov2_reg", pretraining_datasets=("LVD-142M",))
 def make_dinov2_reg(*, weights: Path | None = None, require_weights: bool = False,
                     image_size: int | None = None, num_slices: int | None = None
                     ) -> FrozenBackbone:
@@ -255,7 +255,7 @@ def make_dinov2_reg(*, weights: Path | None = None, require_weights: bool = Fals
                  image_size=image_size, num_slices=num_slices)
 
 
-@register_backbone("random2d")
+@register_backbone("random2d", pretraining_datasets=())
 def make_random2d(*, weights: Path | None = None, require_weights: bool = False,
                   image_size: int | None = None, num_slices: int | None = None
                   ) -> FrozenBackbone:

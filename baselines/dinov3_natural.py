@@ -192,7 +192,7 @@ def _features(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     return cls_and_patch_mean(model.forward_features(x), model.num_prefix_tokens)
 
 
-@register_backbone("dinov3")
+@register_backbone("dinov3", pretraining_datasets=("LVD-1689M",))  # natural images
 def make_dinov3(*, weights: Path | None = None, require_weights: bool = False,
                 image_size: int | None = None, num_slices: int | None = None) -> FrozenBackbone:
     import timm

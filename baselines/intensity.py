@@ -68,7 +68,7 @@ class IntensityBackbone(Backbone):
         return 0
 
 
-@register_backbone("intensity")
+@register_backbone("intensity", pretraining_datasets=())  # no learned weights
 def make_intensity(*, weights: Path | None = None, require_weights: bool = False,
                    image_size: int | None = None, num_slices: int | None = None
                    ) -> IntensityBackbone:

@@ -103,7 +103,7 @@ class OracleBackbone(Backbone):
         return 0
 
 
-@register_backbone("oracle")
+@register_backbone("oracle", pretraining_datasets=())  # no learned weights
 def make_oracle(*, weights: Path | None = None, require_weights: bool = False,
                 image_size: int | None = None, num_slices: int | None = None) -> OracleBackbone:
     """Factory of the ``oracle`` control (phantoms only; it has no weights)."""

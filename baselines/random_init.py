@@ -29,4 +29,4 @@ def make_random(
                           num_slices=slices)
 
 
-register_backbone("random")(make_random)
+register_backbone("random", pretraining_datasets=())(make_random)  # untrained

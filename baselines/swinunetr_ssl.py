@@ -155,7 +155,9 @@ def _features(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     return {"cls": normed.flatten(2).mean(dim=2), "patch_mean": raw.flatten(2).mean(dim=2)}
 
 
-@register_backbone("swinunetr_ssl")
+# Tang et al. 2022: 5,050 CT volumes from these five public collections (no brain MRI)
+@register_backbone("swinunetr_ssl", pretraining_datasets=("LUNA16", "TCIA COVID-19", "HNSCC",
+                                                        "TCIA CT Colonography", "LIDC-IDRI"))
 def make_swinunetr_ssl(*, weights: Path | None = None, require_weights: bool = False,
                        image_size: int | None = None, num_slices: int | None = None
                        ) -> FrozenBackbone:

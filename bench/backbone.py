@@ -78,6 +78,17 @@ class Backbone(abc.ABC):
     max_batch: int | None = None
     """Most inputs per forward call, for encoders whose activations are too large for the
     profile's batch (None: the profile's batch size). Does not change features."""
+    precisions: tuple[str, ...] = ("fp32",)
+    """Precisions `embed` can run at (brainbench.precision). Controls without a network, and
+    submitted backbones that do not declare bf16, run and record fp32 whatever is asked."""
+    precision: str = "fp32"
+    """The precision `embed` runs at, resolved ("fp32" or "bf16", never "auto"); set by
+    `create_backbone`. Part of `cache_identity` when it is not fp32."""
+    pretraining_datasets: tuple[str, ...] | None = None
+    """The corpora the weights were trained on (dataset names; () = none: random init or no
+    learned weights; None = not declared, shown as "unknown"). Tables and the site mark every
+    cell whose evaluation dataset is among them (brainbench.analyses.contamination). Built-ins
+    declare it at `register_backbone`, cards in their ``pretraining_datasets`` field."""
 
     @abc.abstractmethod
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -111,7 +122,20 @@ class Backbone(abc.ABC):
             "architecture": self.architecture(),
             "weights_sha256": self.weights.sha256,
             "contract": self.contract.as_dict(),
+            # fp32 keys stay those of the first release; any other precision is its own entry
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
         }
+
+    def set_precision(self, precision: str) -> None:
+        """Run at `precision` ("fp32" or "bf16") where this backbone supports it, else fp32."""
+        from brainbench.precision import RESOLVED
+
+        if precision not in RESOLVED:
+            from brainbench.errors import BenchError
+
+            raise BenchError(f"backbone {self.name}: precision must be resolved to one of "
+                             f"{list(RESOLVED)} (see brainbench.precision), got {precision!r}")
+        self.precision = precision if precision in self.precisions else "fp32"
 
 
 BackboneFactory = Callable[..., Backbone]
@@ -121,7 +145,20 @@ num_slices=int | None); the last two are profile overrides for 2d backbones."""
 BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+#: registered name -> the pretraining datasets it declares (absent: not declared, "unknown");
+#: read without building a model, so tables can mark contaminated cells cheaply
+PRETRAINING_DATASETS: dict[str, tuple[str, ...]] = {}
+
+
+def register_backbone(name: str, pretraining_datasets: Sequence[str] | None = None
+                      ) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Register a factory; ``pretraining_datasets`` declares what its weights were trained on
+    (see `Backbone.pretraining_datasets`; None leaves it undeclared)."""
+    if pretraining_datasets is not None:
+        from brainbench.analyses.contamination import check_pretraining_datasets
+
+        PRETRAINING_DATASETS[name] = check_pretraining_datasets(
+            list(pretraining_datasets), f"backbone {name!r}: pretraining_datasets")
     return BACKBONES.decorator(name)
 
 
@@ -132,26 +169,37 @@ def create_backbone(
     require_weights: bool = False,
     image_size: int | None = None,
     num_slices: int | None = None,
+    precision: str = "fp32",
 ) -> Backbone:
     """Build a registered backbone (like timm.create_model). Unknown names list the valid ones.
 
     ``name`` may also be the path of a backbone card (.toml) or Python backbone file (.py), and
     installed packages add names through the entry-point group ``brainbench.backbones``
-    (see brainbench.submission and SUBMITTING.md).
+    (see brainbench.submission and SUBMITTING.md). ``precision`` is "fp32" (exact, the
+    library default), "bf16" or "auto" (brainbench.precision), resolved here for the
+    backbone's device; the built backbone's ``.precision`` says what it runs at.
     """
+    from brainbench.precision import check_precision, resolve_precision
+
+    check_precision(precision)  # a bad value fails before any model is built
     load_plugins()
     from brainbench.submission.source import backbone_from_path, is_submission_path
 
     if name not in BACKBONES and is_submission_path(name):
-        return backbone_from_path(name, weights=weights, require_weights=require_weights,
-                                  image_size=image_size, num_slices=num_slices)
-    factory = BACKBONES.get(name)
-    return factory(
-        weights=Path(weights) if weights is not None else None,
-        require_weights=require_weights,
-        image_size=image_size,
-        num_slices=num_slices,
-    )
+        backbone = backbone_from_path(name, weights=weights, require_weights=require_weights,
+                                      image_size=image_size, num_slices=num_slices)
+    else:
+        factory = BACKBONES.get(name)
+        backbone = factory(
+            weights=Path(weights) if weights is not None else None,
+            require_weights=require_weights,
+            image_size=image_size,
+            num_slices=num_slices,
+        )
+    backbone.set_precision(resolve_precision(precision, getattr(backbone, "device", "cpu")))
+    if backbone.pretraining_datasets is None and name in PRETRAINING_DATASETS:
+        backbone.pretraining_datasets = PRETRAINING_DATASETS[name]
+    return backbone
 
 
 def load_plugins() -> None:

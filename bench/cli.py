@@ -47,6 +47,36 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 MAX_SEED = 2**32 - 1
 
 
+def _precision_options(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    p.add_argument("--precision", default="auto",
+                   help="auto (bf16 where the hardware runs it fast, else fp32) | fp32 | bf16")
+    if workers:
+        p.add_argument("--workers", default=None,
+                       help="decode processes (default: one per spare core; 0: in this process)")
+
+
+def _precision(text: str) -> str:
+    from brainbench.precision import PRECISIONS
+
+    if text.lower() not in PRECISIONS:
+        raise BenchError(f"PRECISION={text!r} (--precision): expected one of "
+                         f"{', '.join(PRECISIONS)}")
+    return text.lower()
+
+
+def _workers(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BenchError(f"WORKERS={text!r} (--workers): expected an integer >= 0 "
+                         "(0 decodes in this process)")
+    return value
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from tabulate import tabulate
 
@@ -55,10 +85,14 @@ def cmd_list(args: argparse.Namespace) -> None:
 
         rows = [[t.id, t.kind, " / ".join(t.datasets), "+".join(t.modalities), t.primary_metric,
                  t.stratify_description(), ",".join(f"{f:g}" for f in t.fractions),
-                 len(t.seeds), t.status + (f": {t.pending_reason}" if t.pending_reason else "")]
+                 t.min_per_stratum, len(t.seeds),
+                 t.status + (f": {t.pending_reason}" if t.pending_reason else "")]
                 for t in all_tasks()]
         print(tabulate(rows, headers=["task", "kind", "dataset", "modalities", "primary",
-                                      "split strata", "fractions", "seeds", "status"]))
+                                      "split strata", "fractions", "label floor", "seeds",
+                                      "status"]))
+        print("label floor: every training subset holds at least this many people per label "
+              "stratum (class, event status or target bin) that the training split has")
     elif args.what == "backbones":
         from brainbench.backbone import BACKBONES, create_backbone
 
@@ -116,7 +150,12 @@ def _print_table(config, pending=()) -> None:
         frame = frame[frame["data_source"] == config.data_source]
     if frame.empty and not pending:
         raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
-    print(comparison_table(frame, tasks, fmt=config.format, pending=pending))
+    from brainbench.analyses.contamination import lookup
+
+    pretraining = lookup(set(frame["backbone"])) if not frame.empty else {}
+    print(comparison_table(frame, tasks, fmt=config.format, pending=pending,
+                           pretraining=pretraining,
+                           hide_contaminated=getattr(config, "hide_contaminated", False)))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -134,12 +173,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         require_weights=args.require_weights, data_dir=Path(args.data) if args.data else None,
         datasets=_names(args.dataset),
         db_url=args.db, force=args.force, progress=not args.no_progress,
-        protocol=args.protocol, trials=args.trials)
+        protocol=args.protocol, trials=args.trials, precision=_precision(args.precision),
+        workers=_workers(args.workers), executor=args.executor,
+        ray_address=args.ray_address or None)
     started = time.perf_counter()
     report = run(config)
     elapsed = time.perf_counter() - started
     status = report.weights_status.upper()
-    print(f"\nbackbone {report.backbone}: weights {status} ({report.weights_source})")
+    print(f"\nbackbone {report.backbone}: weights {status} ({report.weights_source}); "
+          f"precision {report.precision}")
     print(f"data: {report.data_source}; results: {report.store_url}")
     computed = sum(c.computed for c in report.cells)
     ext = report.extraction
@@ -170,7 +212,7 @@ def cmd_results(args: argparse.Namespace) -> None:
         tasks=_names(args.tasks), models=_names(args.models),
         profile=PROFILES.get(args.profile) if args.profile else None,
         fractions=_floats(args.fraction, "FRACTION") if args.fraction else None,
-        data_source=None, format=args.format))
+        data_source=None, format=args.format, hide_contaminated=args.hide_contaminated))
 
 
 def _analysis(args: argparse.Namespace, fractions=None):
@@ -179,12 +221,23 @@ def _analysis(args: argparse.Namespace, fractions=None):
     from brainbench.paths import results_dir
     from brainbench.store import ResultStore, default_url
 
+    from brainbench.analyses.contamination import lookup
+
     store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
-    return load_analysis(store, models=_names(args.models), tasks=_names(args.tasks),
-                         fractions=fractions, profile=args.profile,
-                         data_source=args.data_source, reference=args.reference,
-                         n_boot=args.bootstrap, seed=args.bootstrap_seed,
-                         protocol=args.protocol, resampling=args.resample)
+    analysis = load_analysis(store, models=_names(args.models), tasks=_names(args.tasks),
+                             fractions=fractions, profile=args.profile,
+                             data_source=args.data_source, reference=args.reference,
+                             n_boot=args.bootstrap, seed=args.bootstrap_seed,
+                             protocol=args.protocol, resampling=args.resample)
+    submissions = getattr(args, "submissions", None)
+    analysis.pretraining = lookup({e.backbone for e in analysis.entries},
+                                  Path(submissions) if submissions else None)
+    if getattr(args, "hide_contaminated", False) and analysis.hide_contaminated() \
+            and not analysis.cells:
+        raise BenchError("every selected cell is contaminated (its evaluation dataset is in "
+                         "the backbone's declared pretraining data); nothing left to show "
+                         "with --hide-contaminated")
+    return analysis
 
 
 # Where each statistics command writes unless --out says: (environment variable or None,
@@ -231,8 +284,42 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
     analysis = _analysis(args)
     analysis.flags.update(submission_flags(Path(args.submissions) if args.submissions else None))
-    index = build_site(analysis, _out_dir(args), fraction)
+    from brainbench.paths import results_dir
+    from brainbench.store import ResultStore, default_url
+
+    folder = Path(args.results or results_dir())
+    rows = ResultStore(args.db or default_url(folder)).analyses(_names(args.models))
+    index = build_site(analysis, _out_dir(args), fraction, analyses=rows, results_dir=folder)
     print(f"written: {index} (open it in a browser; no network needed)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from brainbench.analyses.run import AnalyzeConfig, analyze
+    from brainbench.paths import cache_dir, results_dir
+    from brainbench.profiles import PROFILES
+
+    models = _names(args.models) or ((args.model,) if args.model else None)
+    if not models:
+        raise BenchError("analyze needs --model NAME or --models a,b")
+    if args.model and args.models:
+        raise BenchError(f"pass --model or --models, not both (got --model {args.model} and "
+                         f"--models {args.models})")
+    report = analyze(AnalyzeConfig(
+        models=models, profile=PROFILES.get(args.profile),
+        cache_dir=Path(args.cache or cache_dir()), results_dir=Path(args.results or results_dir()),
+        data_dir=Path(args.data) if args.data else None, db_url=args.db,
+        weights=Path(args.weights) if args.weights else None, progress=not args.no_progress,
+        n_boot=args.bootstrap))
+    from brainbench.leaderboard.analysis_pages import analysis_table
+
+    print(analysis_table(report.results))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"data: {report.data_source}; backbone forward passes: {report.forward_calls}; "
+          f"{len(report.results)} row(s) stored in {report.store_url}")
+    for figure in report.figures:
+        print(f"figure: {figure}")
+    print(f"pages: {report.site}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -272,7 +359,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     report = validate(args.backbone, PROFILES.get(args.profile), args.weights,
-                      args.require_weights)
+                      args.require_weights, precision=_precision(args.precision))
     print(report.render())
     print(f"validation took {time.perf_counter() - started:.1f} s")
     if not report.ok:
@@ -291,7 +378,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
         results_dir=Path(args.results or results_dir()),
         out_root=Path(args.out) if args.out else submissions_dir(), tasks=_names(args.tasks),
         seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
-        require_weights=args.require_weights, db_url=args.db, progress=not args.no_progress))
+        require_weights=args.require_weights, db_url=args.db, progress=not args.no_progress,
+        precision=_precision(args.precision), workers=_workers(args.workers)))
     print((result.bundle / "SUMMARY.md").read_text())
     print(f"bundle: {result.bundle} ({result.cells} cell(s); validation "
           f"{result.validation_seconds:.1f} s, run {result.run_seconds:.1f} s)")
@@ -403,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe protocol (see `brainbench list protocols`)")
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help="optuna trial budget per cell for searched protocols (paper, attention)")
+    _precision_options(p)
+    p.add_argument("--executor", default="local",
+                   help="local (this process, the default) | ray (a Ray cluster; README "
+                        "'Running on a cluster')")
+    p.add_argument("--ray-address", default=None,
+                   help="--executor ray: the cluster's address, e.g. 127.0.0.1:6379 or auto "
+                        "(default: $RAY_ADDRESS, else a private local Ray instance)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -412,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", default=None)
     p.add_argument("--profile", default=None)
     p.add_argument("--format", default="simple", help="tabulate format: simple, github, latex")
+    p.add_argument("--hide-contaminated", action="store_true",
+                   help="drop cells whose evaluation dataset is in the backbone's declared "
+                        "pretraining data")
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_results)
@@ -438,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the first release's intervals)")
         p.add_argument("--out", default=None, help="output folder (default: "
                        + (f"${env}, else " if env else "") + f"{folder}/ in the results folder)")
+        p.add_argument("--hide-contaminated", action="store_true",
+                       help="drop cells whose evaluation dataset is in the backbone's declared "
+                            "pretraining data (default: shown, marked ‡ / CONTAMINATED)")
         p.add_argument("--results", default=None,
                        help="results folder: the store (unless --db) and the default outputs "
                             "(default $BRAINBENCH_RESULTS or ./results)")
@@ -458,6 +559,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "$BRAINBENCH_SUBMISSIONS or leaderboard/submissions)")
     p.set_defaults(func=cmd_leaderboard)
 
+    p = sub.add_parser("analyze", help="representation analyses: PCA maps, tissue / lesion / "
+                                       "site probes, CKA and kNN agreement between backbones")
+    p.add_argument("--model", default=None, help="one backbone")
+    p.add_argument("--models", default=None, help="comma list (adds CKA and kNN agreement)")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--weights", default=None, help="checkpoint file (one backbone only)")
+    p.add_argument("--data", default=None, help="folder with real datasets (default: phantoms)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="person bootstrap resamples")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite in --results)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_analyze)
+
     p = sub.add_parser("export", help="write one versioned JSON results file per (backbone, task)")
     p.add_argument("--models", default=None)
     p.add_argument("--tasks", default=None)
@@ -475,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a backbone card / file before any long run")
     _submit_common(p)
+    _precision_options(p, workers=False)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("submit", help="validate, run the suite, write a submission bundle")
@@ -487,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None)
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
+    _precision_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_submit)
 
@@ -539,7 +656,8 @@ def _usable_folder(path: Path, what: str) -> None:
 
 
 #: commands that write into the results folder (store, split manifests)
-WRITES_RESULTS = ("cmd_run", "cmd_import", "cmd_submit", "cmd_import_bundle")
+WRITES_RESULTS = ("cmd_run", "cmd_import", "cmd_submit", "cmd_import_bundle",
+                  "cmd_analyze")
 
 
 def _check_folders(args: argparse.Namespace) -> None:

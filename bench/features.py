@@ -1,11 +1,12 @@
 """Frozen features, extracted once: content-addressed on-disk caches and the one extractor.
 
 The key covers everything that changes features: backbone name and architecture, weights
-sha256, input contract and preprocessing version, the image file's sha256, and a schema
-version. Entries hold per-slice tokens (S, D) so aggregation can change without
-re-extraction. Writes go to a temporary file that is renamed into place, so an interrupted
-run never leaves a partial entry. Patch-token grids (segmentation) go through the same cache
-and the same encoding loop (`encode_volumes`), keyed also by slice indices and layer.
+sha256, precision (only when not fp32, so fp32 keys are those of the first release), input
+contract and preprocessing version, the image file's sha256, and a schema version. Entries
+hold per-slice tokens (S, D) so aggregation can change without re-extraction. Writes go to a
+temporary file that is renamed into place, so an interrupted run never leaves a partial
+entry. Patch-token grids (segmentation) go through the same cache and the same encoding loop
+(`encode_volumes`), keyed also by slice indices and layer.
 """
 
 from __future__ import annotations
@@ -137,22 +138,58 @@ class ExtractionStats:
         self.keys += other.keys
 
 
-def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: int
+def default_workers() -> int:
+    """Decode worker processes for this machine: one per core beyond the one that runs the
+    forward pass's Python loop, at most 16 (a GPU can need many; a 2-core CPU gets one)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(16, cores - 1))
+
+
+def check_workers(workers: object) -> int:
+    """A worker count: an int >= 0 (0 = decode in this process), else a BenchError."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise BenchError(f"workers must be an integer >= 0 (0 = decode in this process), "
+                         f"got {workers!r}")
+    return workers
+
+
+class _Volumes(torch.utils.data.Dataset):
+    """Volume i of `todo` read whole and preprocessed to the contract; a bad file comes back
+    as its BenchError (raised by the consumer, in order, with its own message)."""
+
+    def __init__(self, todo: Sequence[tuple[Path, str]], contract: Any) -> None:
+        self.todo = list(todo)
+        self.contract = contract
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor | Exception]:
+        path, key = self.todo[index]
+        try:
+            return key, volume_to_input(load_volume(path), self.contract)
+        except Exception as exc:  # handed to the consumer, raised there
+            return key, exc
+
+
+def _threaded(volumes: _Volumes, lookahead: int
               ) -> Iterator[tuple[str, torch.Tensor | BaseException]]:
-    """Load and preprocess volumes in a background thread while the backbone runs."""
+    """In-process decoding (workers=0) in a background thread while the backbone runs."""
     out: queue.Queue = queue.Queue(maxsize=lookahead)
     stop = threading.Event()
 
     def work() -> None:
-        for path, key in todo:
+        for index in range(len(volumes)):
             if stop.is_set():
                 return
             try:
-                item: torch.Tensor | BaseException = volume_to_input(load_volume(path),
-                                                                     backbone.contract)
+                item = volumes[index]
             except BaseException as exc:  # handed to the main thread, raised there
-                item = exc
-            out.put((key, item))
+                item = (volumes.todo[index][1], exc)
+            out.put(item)
         out.put(None)
 
     worker = threading.Thread(target=work, daemon=True)
@@ -167,6 +204,27 @@ def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: i
                 out.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
+
+
+def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: int,
+              workers: int | None = None) -> Iterator[tuple[str, torch.Tensor | BaseException]]:
+    """Volumes decoded and preprocessed ahead of the forward pass, in file order: by
+    `workers` DataLoader processes (None: `default_workers()`), or a background thread for 0.
+    Whole-volume reads (slice-wise gzip reads are quadratic, nibabel issue 1058). The worker
+    processes start here, before any progress-bar thread exists."""
+    volumes = _Volumes(todo, backbone.contract)
+    workers = min(default_workers() if workers is None else check_workers(workers), len(volumes))
+    if workers == 0:
+        return _threaded(volumes, lookahead)
+    loader = torch.utils.data.DataLoader(volumes, batch_size=None, shuffle=False,
+                                         num_workers=workers,
+                                         prefetch_factor=max(1, -(-lookahead // workers)))
+    return iter(loader)
+
+
+def _on_cuda(backbone: Backbone) -> bool:
+    device = getattr(backbone, "device", None)
+    return device is not None and torch.device(device).type == "cuda"
 
 
 @dataclass(frozen=True)
@@ -192,20 +250,29 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
                    batch_size: int, stats: ExtractionStats,
                    on_volume: Callable[[EncodeJob, dict[str, np.ndarray]], None],
                    dtype: Any = np.float32, progress: bool = True, desc: str = "features",
-                   lookahead: int = 4) -> None:
-    """The one encoding loop: volumes are read and preprocessed in a background thread, their
+                   lookahead: int = 4, workers: int | None = None) -> None:
+    """The one encoding loop: volumes are read and preprocessed by `workers` processes
+    (None: one per spare core; 0: a background thread) while the backbone runs, their
     items (slices, or whole volumes for 3d backbones) packed into forward calls of exactly
     `batch_size` items (the last may be smaller; capped by the backbone's ``max_batch``), and
     each volume's outputs concatenated and handed to `on_volume` once all of its items are
-    encoded. `forward` maps a batch to named (items, ...) tensors."""
+    encoded. `forward` maps a batch to named (items, ...) tensors. For a CUDA model each batch
+    is assembled in pinned memory, where the host-to-device copy reads it."""
     batch_size = effective_batch(backbone, batch_size)
+    pinned = _on_cuda(backbone)
     by_name = {job.name: job for job in jobs}
     pending: list[tuple[str, torch.Tensor]] = []  # (job name, items) waiting for a forward pass
     partial: dict[str, list[dict[str, np.ndarray]]] = {}
     remaining: dict[str, int] = {}
 
     def run_batch(items: list[tuple[str, torch.Tensor]]) -> None:
-        batch = torch.cat([tensor for _, tensor in items])
+        chunks = [tensor for _, tensor in items]
+        if pinned:
+            shape = (sum(c.shape[0] for c in chunks), *chunks[0].shape[1:])
+            batch = torch.cat(chunks, out=torch.empty(shape, dtype=chunks[0].dtype,
+                                                      pin_memory=True))
+        else:
+            batch = torch.cat(chunks)
         tick = time.perf_counter()
         outputs = forward(batch)
         stats.forward_seconds += time.perf_counter() - tick
@@ -225,11 +292,12 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
                 stats.computed += 1
                 bar.update(1)
 
+    prepared = _prepared(backbone, [(job.path, job.name) for job in jobs], lookahead, workers)
     bar = tqdm(total=len(jobs), desc=desc, unit="vol", disable=None if progress and jobs else True,
                leave=False)
     try:
         buffered = 0
-        for name, item in _prepared(backbone, [(job.path, job.name) for job in jobs], lookahead):
+        for name, item in prepared:
             if isinstance(item, BaseException):
                 raise item
             slices = by_name[name].slices
@@ -257,6 +325,7 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
             pending.clear()
     finally:
         bar.close()
+        del prepared  # stops decode workers (or the thread) on an error as well
 
 
 def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any]) -> dict[Path, Any]:
@@ -270,9 +339,11 @@ def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any]) -> dict[
 
 
 def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCache, *,
-                     batch_size: int = 16, progress: bool = True, desc: str = "features"
+                     batch_size: int = 16, progress: bool = True, desc: str = "features",
+                     workers: int | None = None
                      ) -> tuple[dict[Path, Tokens], ExtractionStats]:
-    """Per-volume tokens for `paths`, computing only cache misses."""
+    """Per-volume tokens for `paths`, computing only cache misses; `workers` decode processes
+    (None: from the machine, 0: in this process) never change the features."""
     started = time.perf_counter()
     stats = ExtractionStats()
     keys = _image_keys(paths, lambda _path, sha: cache.key(backbone, sha))
@@ -300,7 +371,7 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
             stats.computed += 1
     else:
         encode_volumes(backbone, todo, backbone.embed, batch_size=batch_size, stats=stats,
-                       on_volume=save, progress=progress, desc=desc)
+                       on_volume=save, progress=progress, desc=desc, workers=workers)
     stats.wall_seconds = time.perf_counter() - started
     return results, stats
 
@@ -366,8 +437,8 @@ PatchKeys = dict[TokenRequest, dict[int, str]]  # request -> layer -> cache key
 
 def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
                          layers: Sequence[int], cache: PatchTokenCache, *, batch_size: int = 16,
-                         progress: bool = True, desc: str = "patch tokens"
-                         ) -> tuple[PatchKeys, ExtractionStats]:
+                         progress: bool = True, desc: str = "patch tokens",
+                         workers: int | None = None) -> tuple[PatchKeys, ExtractionStats]:
     """Encode the patch grids the cache lacks (every requested layer in one pass per batch)."""
     started = time.perf_counter()
     stats = ExtractionStats()
@@ -391,7 +462,8 @@ def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
             cache.save(keys[request][layer], tokens)
 
     encode_volumes(backbone, jobs, forward, batch_size=batch_size, stats=stats, on_volume=save,
-                   dtype=TOKEN_DTYPE, progress=progress, desc=desc, lookahead=2)
+                   dtype=TOKEN_DTYPE, progress=progress, desc=desc, lookahead=2,
+                   workers=workers)
     stats.wall_seconds = time.perf_counter() - started
     return keys, stats
 

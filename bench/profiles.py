@@ -30,6 +30,9 @@ for _profile in (
             slice_size=112, num_slices=16, batch_size=16, phantom_subjects=80),
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
+    Profile("powered", "statistical power by design: 400 phantom people per dataset (about 80 "
+            "test people per task), 8 axial slices at 64x64 so that a random-init ViT encodes "
+            "them on a CPU", slice_size=64, num_slices=8, batch_size=32, phantom_subjects=400),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
             slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):

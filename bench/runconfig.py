@@ -31,6 +31,10 @@ class RunConfig:
     progress: bool = True
     protocol: str = DEFAULT_PROTOCOL
     trials: int = DEFAULT_TRIALS  # optuna budget per cell for searched protocols
+    precision: str = "auto"  # auto | fp32 | bf16 (brainbench.precision); resolved per device
+    workers: int | None = None  # decode processes; None: from the machine, 0: in-process
+    executor: str = "local"  # where cells run: local (this process) | ray (brainbench.executors)
+    ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS or a local one)
 
     def seeds_for(self, task: TaskSpec) -> tuple[int, ...]:
         return self.seeds or task.seeds
@@ -52,6 +56,7 @@ class RunReport:
     weights_source: str
     data_source: str
     store_url: str  # as shown to people (a server URL's password hidden)
+    precision: str = "fp32"  # what the backbone ran at (backbone.precision, never "auto")
     cells: list[CellOutcome] = field(default_factory=list)
     pending: list[TaskSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

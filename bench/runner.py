@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from brainbench.backbone import Backbone, create_backbone
 from brainbench.errors import BenchError
-from brainbench.evaluators import Evaluator, make_evaluator
+from brainbench.evaluators import EvaluatedCell, Evaluator, make_evaluator
+from brainbench.executors import Executor, LocalExecutor, WorkItem, make_executor
 from brainbench.kinds import get_kind
 from brainbench.leakage import HashCache
 from brainbench.pipeline import manifest_path, prepare_task
@@ -26,8 +28,8 @@ from brainbench.taskspec import TaskSpec, all_tasks, check_fraction, get_task
 
 log = logging.getLogger("brainbench")
 
-__all__ = ["CellOutcome", "RunConfig", "RunReport", "manifest_path", "prepare_data",
-           "resolve_tasks", "run", "run_task"]
+__all__ = ["CellOutcome", "RunConfig", "RunReport", "build_backbone", "manifest_path",
+           "plan_task", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
 
 
 def resolve_tasks(names: Sequence[str] | None,
@@ -90,32 +92,66 @@ def missing_data_message(config: RunConfig, missing: Sequence[str]) -> str:
         + data_locations(config.data_dir).not_found(missing))
 
 
+def build_backbone(config: RunConfig) -> Backbone:
+    """The run's backbone. The driver and every Ray worker build it with this one function
+    (same card or file, weights, profile overrides and protocol tokens), so they agree."""
+    backbone = create_backbone(
+        config.model, weights=config.weights, require_weights=config.require_weights,
+        image_size=config.profile.slice_size, num_slices=config.profile.num_slices,
+        precision=config.precision)
+    return _with_protocol_tokens(backbone, get_protocol(config.protocol))
+
+
+def _for_cluster(config: RunConfig) -> RunConfig:
+    """Absolute paths: workers of a distributed executor need not share the driver's cwd."""
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else Path(path).expanduser().resolve()
+
+    model = config.model
+    if Path(model).suffix in (".py", ".toml") and Path(model).is_file():
+        model = str(absolute(Path(model)))
+    return replace(config, model=model, cache_dir=absolute(config.cache_dir),
+                   results_dir=absolute(config.results_dir), data_dir=absolute(config.data_dir),
+                   weights=absolute(config.weights))
+
+
 def run(config: RunConfig) -> RunReport:
     for fraction in config.fractions:
         check_fraction(fraction)
     tasks = resolve_tasks(config.tasks, config.datasets)
-    protocol = get_protocol(config.protocol)
-    backbone = create_backbone(
-        config.model, weights=config.weights, require_weights=config.require_weights,
-        image_size=config.profile.slice_size, num_slices=config.profile.num_slices)
-    backbone = _with_protocol_tokens(backbone, protocol)
-    store = ResultStore(config.db_url or default_url(config.results_dir))
-    ready = {t.dataset for t in tasks if t.status == "ready"}
-    roots, data_source = prepare_data(config, ready)
-    missing = sorted(ready - set(roots))
-    if missing and (config.tasks or config.datasets or len(missing) == len(ready)):
-        raise BenchError(missing_data_message(config, missing))
-    report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
-                       weights_source=backbone.weights.source, data_source=data_source,
-                       store_url=store.shown)  # printed: no password
-    for task in tasks:
-        if task.status == "pending":
-            report.pending.append(task)
-            continue
-        if task.dataset not in roots:  # real data holding only some datasets: say so, run the rest
-            report.unavailable.append(f"{task.id} (dataset {task.dataset} not found)")
-            continue
-        run_task(task, backbone, roots[task.dataset], data_source, store, config, report)
+    get_protocol(config.protocol)  # a bad name fails before anything starts
+    if config.executor != "local":
+        config = _for_cluster(config)
+    with make_executor(config.executor, config.ray_address) as executor:
+        backbone = build_backbone(config)
+        store = ResultStore(config.db_url or default_url(config.results_dir))
+        ready = {t.dataset for t in tasks if t.status == "ready"}
+        roots, data_source = prepare_data(config, ready)
+        missing = sorted(ready - set(roots))
+        if missing and (config.tasks or config.datasets or len(missing) == len(ready)):
+            raise BenchError(missing_data_message(config, missing))
+        report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
+                           weights_source=backbone.weights.source, data_source=data_source,
+                           store_url=store.shown,  # printed: no password
+                           precision=backbone.precision)
+
+        def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
+            for task in tasks:
+                if task.status == "pending":
+                    report.pending.append(task)
+                elif task.dataset not in roots:  # real data holding only some datasets
+                    report.unavailable.append(f"{task.id} (dataset {task.dataset} not found)")
+                else:
+                    item = plan_task(task, backbone, roots[task.dataset], data_source, store,
+                                     config, report)
+                    if item is not None:
+                        yield item
+
+        store_cells(executor.evaluate(work(), backbone, config, store.url, report,
+                                      # workers build what the driver resolved ("auto")
+                                      build=partial(build_backbone, replace(
+                                          config, precision=backbone.precision))),
+                    store, report)
     return report
 
 
@@ -128,10 +164,11 @@ def _with_protocol_tokens(backbone: Backbone, protocol: Protocol) -> Backbone:
     return backbone
 
 
-def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
-             store: ResultStore, config: RunConfig, report: RunReport,
-             evaluator: Evaluator | None = None) -> None:
-    """Prepare one task, then compute and store the cells the store lacks (all with --force).
+def plan_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
+              store: ResultStore, config: RunConfig, report: RunReport,
+              evaluator: Evaluator | None = None) -> WorkItem | None:
+    """Prepare one task and list the cells the store lacks (all with --force); stored cells
+    go into the report. None: nothing to compute (or the evaluator cannot use the backbone).
 
     evaluator: defaults to the one the task's kind names (probe or segmentation).
     """
@@ -139,7 +176,7 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
     reason = evaluator.unsupported_reason(backbone)
     if reason:
         report.pending.append(replace(task, status="pending", pending_reason=reason))
-        return
+        return None
     prepared = prepare_task(task, root, data_source,
                             hash_cache=HashCache(config.cache_dir / "voxel_hashes.json"),
                             manifest=manifest_path(config.results_dir, data_source, task))
@@ -152,9 +189,26 @@ def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
                                             planned.cell.cell_id, False))
         else:
             todo.append(planned)
-    if not todo:
-        return
-    for done in evaluator.evaluate(prepared, todo, backbone, config, store.url, report):
+    return WorkItem(prepared, evaluator, tuple(todo)) if todo else None
+
+
+def store_cells(cells: Iterable[EvaluatedCell], store: ResultStore, report: RunReport) -> None:
+    """Write each finished cell as it arrives (the driver is the only writer of its rows)."""
+    for done in cells:
         store.write_cell(done.cell, done.metrics, done.predictions, done.persons)
-        report.cells.append(CellOutcome(task.id, done.cell.fraction, done.cell.seed,
+        report.cells.append(CellOutcome(done.cell.task, done.cell.fraction, done.cell.seed,
                                         done.cell.cell_id, True))
+
+
+def run_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
+             store: ResultStore, config: RunConfig, report: RunReport,
+             evaluator: Evaluator | None = None, executor: Executor | None = None) -> None:
+    """Prepare one task, then compute and store the cells the store lacks (all with --force).
+
+    evaluator: defaults to the one the task's kind names (probe or segmentation); executor:
+    the local one by default.
+    """
+    item = plan_task(task, backbone, root, data_source, store, config, report, evaluator)
+    if item is not None:
+        store_cells((executor or LocalExecutor()).evaluate([item], backbone, config, store.url,
+                                                           report), store, report)

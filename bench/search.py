@@ -67,26 +67,38 @@ class _OverBudget(Exception):
     """A trial another run's trials left no budget for (recorded as FAIL, not scored)."""
 
 
+def fit_head(head: Head, X: Any, y: Any, *, monitor: Any = None, groups: Any = None) -> Head:
+    """``head.fit``, given the persons of the rows when it takes them (a head registered by
+    a user before heads took ``groups`` still fits, on ungrouped inner folds)."""
+    import inspect
+
+    kwargs = {"monitor": monitor} if monitor is not None else {}
+    if groups is not None and "groups" in inspect.signature(head.fit).parameters:
+        kwargs["groups"] = groups
+    return head.fit(X, y, **kwargs)
+
+
 def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: int,
                  target_transform: str | None = None, trials: int = DEFAULT_TRIALS,
                  storage_url: str | None = None, study_name: str | None = None,
-                 fresh: bool = False) -> FittedHead:
+                 fresh: bool = False, groups: Any = None) -> FittedHead:
     """Fit `protocol`'s head on the training subset (X, y) only; search if the protocol has a
     search space. `storage_url` None keeps the study in memory (tests); `fresh` discards a
-    stored study of the same name first (a forced rerun), otherwise it is resumed."""
+    stored study of the same name first (a forced rerun), otherwise it is resumed. `groups`:
+    the person of each row of X; every inner split keeps a person on one side."""
     def new_head(params: dict[str, Any] | None) -> Head:
         return make_head(protocol.head, kind, seed=seed, params=params,
                          target_transform=target_transform)
 
     if not protocol.searched:
-        head = new_head(dict(protocol.defaults) or None).fit(X, y)
+        head = fit_head(new_head(dict(protocol.defaults) or None), X, y, groups=groups)
         return FittedHead(head, head.fit_info)
     if trials < 1:
         raise BenchError(f"trials={trials}: a searched protocol needs a budget of >= 1 trial")
     task_kind = get_kind(kind)  # its inner split and validation score: one per kind
-    split = task_kind.inner_split(y, seed)
+    split = task_kind.inner_split(y, seed, groups)
     if isinstance(split, str):
-        head = new_head(dict(protocol.defaults)).fit(X, y)
+        head = fit_head(new_head(dict(protocol.defaults)), X, y, groups=groups)
         info = replace(head.fit_info, hyperparameters={
             **head.fit_info.hyperparameters, "trials": trials}, selection=(
             f"fallback: fixed defaults {dict(protocol.defaults)} (the reference recipe), no "
@@ -98,6 +110,9 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
 
     _quiet_optuna()
     tr, va = split
+    groups_tr = None if groups is None else [groups[i] for i in tr]
+    grouping = ("person-grouped" if groups is not None and len(set(map(str, groups))) < len(y)
+                else "stratified")
     X_tr, X_va, y_tr, y_va = X[tr], X[va], y[tr], y[va]
 
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -124,7 +139,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        new_head(params).fit(X_tr, y_tr, monitor=monitor)
+        fit_head(new_head(params), X_tr, y_tr, monitor=monitor, groups=groups_tr)
         return best[0]
 
     if fresh and storage_url is not None and study_name is not None:
@@ -143,7 +158,7 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        head = new_head(dict(protocol.defaults)).fit(X, y)
+        head = fit_head(new_head(dict(protocol.defaults)), X, y, groups=groups)
         info = replace(head.fit_info, hyperparameters={
             **head.fit_info.hyperparameters, "study": study.study_name, "trials": trials},
             selection=(f"fallback: fixed defaults {dict(protocol.defaults)}: no optuna trial "
@@ -152,13 +167,13 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
         return FittedHead(head, info, study.study_name, states)
     best = max(complete, key=lambda t: (t.value, -t.number))
     params = {**protocol.defaults, **best.params}
-    head = new_head(params).fit(X, y)
+    head = fit_head(new_head(params), X, y, groups=groups)
     metric = task_kind.validation_metric
     info = replace(head.fit_info, hyperparameters={
         **head.fit_info.hyperparameters, "study": study.study_name, "trials": trials,
         "best_trial": best.number}, selection=(
         f"optuna TPE + MedianPruner, {trials} trial budget ({states}), on an inner "
-        f"{len(tr)}/{len(va)} train/validation split of the training subset (stratified, seed "
+        f"{len(tr)}/{len(va)} train/validation split of the training subset ({grouping}, seed "
         f"{seed}) maximising validation {metric} (best {best.value:.3f}, trial {best.number}); "
         f"refit on the full subset; study {study.study_name!r}"))
     head.set_fit_info(info)

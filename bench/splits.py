@@ -108,16 +108,30 @@ def make_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
     return split
 
 
+def split_label_counts(split: Split, samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
+    """People per label stratum on each side of the split: {"train": {...}, "test": {...}}."""
+    test = set(split.test_groups)
+    strata = _group_strata(samples, "fraction_stratum")
+    counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
+    for group, stratum in sorted(strata.items()):
+        side = counts["test" if group in test else "train"]
+        side[stratum] = side.get(stratum, 0) + 1
+    return counts
+
+
 def _check_labels_on_both_sides(split: Split, samples: Sequence[Sample]) -> None:
     test = set(split.test_groups)
     train_labels = {s.fraction_stratum for s in samples if s.group not in test}
     test_labels = {s.fraction_stratum for s in samples if s.group in test}
     all_labels = train_labels | test_labels
     if len(all_labels) > 1 and (train_labels != all_labels or test_labels != all_labels):
+        counts = split_label_counts(split, samples)
+        shown = "; ".join(f"{side}: " + ", ".join(f"{k} {counts[side].get(k, 0)}"
+                                                  for k in sorted(all_labels))
+                          for side in ("train", "test"))
         raise BenchError(
-            f"task {split.task}: cohort too small to split: label strata in train "
-            f"{sorted(train_labels)}, in test {sorted(test_labels)}; every stratum needs at least "
-            "two people"
+            f"task {split.task}: cohort too small to split: people per label stratum ({shown}); "
+            "every stratum needs at least two people so that both sides hold it"
         )
 
 

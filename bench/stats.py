@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -205,6 +205,48 @@ def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray, idx: np.ndar
     return out
 
 
+def survival_reference(train_time: Sequence[float], train_event: Sequence[bool],
+                       train_risk: Sequence[float]) -> dict[str, Any]:
+    """What Uno's C and the log-rank p of a cell need besides its test predictions, stored
+    with the cell at fit time so both get intervals like Harrell's C: the training subset's
+    (time, event) pairs (the censoring distribution), its longest follow-up (Uno's tau) and
+    the median training risk (the log-rank cut)."""
+    return {"train": [[float(t), bool(e)] for t, e in zip(train_time, train_event)],
+            "tau": float(np.max(train_time)), "risk_cut": float(np.median(train_risk))}
+
+
+def _survival_secondary(scorer: "Scorer", idx: np.ndarray) -> np.ndarray:
+    """Uno's C or the log-rank p of each row of resampled test indices (NaN where a draw
+    leaves it undefined, e.g. no comparable pair or one risk group)."""
+    from sksurv.compare import compare_survival
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    if not scorer.reference:
+        raise BenchError(f"{scorer.metric} needs the training reference stored at fit time; "
+                         "this cell has none (stored before it was recorded)")
+    time, event = scorer.y
+    train = np.asarray(scorer.reference["train"], dtype=float)
+    y_train = Surv.from_arrays(event=train[:, 1].astype(bool), time=train[:, 0])
+    out = np.full(idx.shape[0], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, rows in enumerate(idx):
+            y = Surv.from_arrays(event=event[rows], time=time[rows])
+            risk = scorer.prediction[rows]
+            try:
+                if scorer.metric == "c_uno":
+                    out[i] = concordance_index_ipcw(y_train, y, risk,
+                                                    tau=scorer.reference["tau"])[0]
+                else:
+                    high = risk > scorer.reference["risk_cut"]
+                    if high.any() and not high.all():
+                        out[i] = compare_survival(y, high)[1]
+            except (ValueError, ZeroDivisionError):
+                pass
+    return out
+
+
 @dataclass(frozen=True)
 class Scorer:
     """One cell's test predictions, ready to be scored on any rows of resampling indices."""
@@ -213,6 +255,9 @@ class Scorer:
     metric: str
     y: Any  # class indices (classification), values (regression), (time, event) (survival)
     prediction: np.ndarray
+    #: what a metric needs beyond the test split, stored at fit time (survival's Uno's C and
+    #: log-rank p: the training subset's survival data, its follow-up and risk cut)
+    reference: Mapping[str, Any] | None = None
 
     @property
     def n(self) -> int:
@@ -232,6 +277,8 @@ class Scorer:
                 return np.abs(err).mean(axis=1)
             return np.sqrt((err ** 2).mean(axis=1))
         time, event = self.y
+        if self.metric in ("c_uno", "logrank_p"):
+            return _survival_secondary(self, idx)
         return _harrell(time, event, self.prediction, idx)
 
     def point(self) -> float:
@@ -358,6 +405,27 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def shuffled_labels(scorers: Sequence[Scorer], n_perm: int, seed: int, key: str) -> np.ndarray:
+    """(n_perm,) the seed-mean metric with each cell's predictions scored against test labels
+    permuted across its samples: what a table's numbers are when there is no signal (the
+    chance row). Permutation j is the same for every seed's cell of one test split."""
+    if not scorers:
+        raise BenchError("no cells to score against shuffled labels")
+    salt = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([int(seed), salt])
+    n = scorers[0].n
+    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])
+    out = np.empty((len(scorers), n_perm))
+    everyone = np.arange(n)[None, :]
+    for i, scorer in enumerate(scorers):
+        for j, perm in enumerate(perms):
+            # permuting the predictions against fixed labels = permuting the labels
+            out[i, j] = replace(scorer, prediction=scorer.prediction[perm])(everyone)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(out, axis=0)
 
 
 # --------------------------------------------------------------------------- curves and ranks

@@ -40,6 +40,10 @@ class TaskSpec:
         fixed train/test split; label-fraction subsets stratify on the label alone so that
         "at least one per class" stays meaningful at 1%.
     select: meta/target values a subject must have to enter the task (e.g. baseline session).
+    min_per_stratum: the label floor: every training subset holds at least this many people
+        of each label stratum (class, event status, target bin) when the training split has
+        them, so "1%" never means one person. Declared per task, part of every cell's
+        configuration hash and shown by `brainbench list tasks` and in every table.
     status: "pending" tasks are listed everywhere with `pending_reason`, never silently skipped.
     """
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ ALPHA = 0.05
 RANDOM_SUFFIX = " [random-init]"
 CONTROL_SUFFIX = " [control]"
 UNVERIFIED_SUFFIX = " [unverified]"
+#: label permutations per seed behind a table's chance row
+CHANCE_PERMUTATIONS = 200
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class CellRecord:
     sample_ids: tuple[str, ...]
     scorer: stats.Scorer | None  # None: the metric cannot be recomputed from predictions
     persons: tuple[str, ...] = ()  # person of each sample (stores before schema 3: the sample)
+    #: what secondary metrics need from the training subset (stored at fit time; None: none)
+    reference: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,45 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     resampling: str = stats.DEFAULT_RESAMPLING  # see brainbench.stats.RESAMPLING
     flags: dict[str, list[str]] = field(default_factory=dict)  # backbone -> submission flags
+    #: backbone -> its declared pretraining data (brainbench.analyses.contamination.lookup)
+    pretraining: dict[str, Any] = field(default_factory=dict)
     _reps: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ contamination
+
+    def is_contaminated(self, entry: Entry, task: str) -> bool:
+        """Whether the entry's pretrained weights declare the task's evaluation dataset (never
+        for random-init or control entries: they saw nothing)."""
+        from brainbench.analyses.contamination import contaminated
+
+        if entry.is_reference_point:
+            return False
+        datasets = {str(c.provenance.get("dataset")) for k, c in self.cells.items()
+                    if k[0] == entry and k[1] == task}
+        return any(contaminated(self.pretraining, entry.backbone, d) for d in datasets)
+
+    def hide_contaminated(self) -> int:
+        """Drop every contaminated cell (--hide-contaminated); returns how many were dropped."""
+        from brainbench.analyses.contamination import HIDDEN_NOTE
+
+        drop = [k for k in self.cells if self.is_contaminated(k[0], k[1])]
+        for key in drop:
+            del self.cells[key]
+        self._reps.clear()
+        if drop:
+            self._note(HIDDEN_NOTE.format(n=len(drop)))
+        return len(drop)
+
+    def contamination_notes(self) -> list[str]:
+        """The footnotes contamination needs: the mark's meaning, undeclared pretraining."""
+        from brainbench.analyses.contamination import CONTAMINATED_NOTE, unknown_note
+
+        notes = []
+        if any(self.is_contaminated(e, t.id) for e in self.entries for t in self.tasks):
+            notes.append(CONTAMINATED_NOTE)
+        unknown = unknown_note(self.pretraining, [e.backbone for e in self.entries
+                                                  if not e.is_reference_point])
+        return notes + ([unknown] if unknown else [])
 
     # ------------------------------------------------------------------ lookups
 
@@ -244,6 +287,52 @@ class Analysis:
         sd = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
         low, high = stats.percentile_interval(self.replicates(entry, task, fraction), LEVEL)
         return Summary(float(np.mean(values)), sd, int(values.size), low, high)
+
+    def chance(self, task: str, fraction: float, n_perm: int = CHANCE_PERMUTATIONS
+               ) -> Summary | None:
+        """The chance row: the reference's (else the first entry's with this task) test
+        predictions scored against test labels permuted across samples: the mean over
+        permutations of the seed-mean, with the 2.5-97.5% range of the permutations. None
+        where the metric cannot be recomputed from predictions (segmentation's per-subject
+        scores)."""
+        candidates = [e for e in [self.reference, *self.entries] if e is not None]
+        recs = next((self.records(e, task, fraction) for e in candidates
+                     if self.has(e, task, fraction)), [])
+        if not recs or any(r.scorer is None or r.scorer.kind == "mean" for r in recs):
+            return None
+        key = ("chance", task, fraction)
+        if key not in self._reps:
+            self._reps[key] = stats.shuffled_labels([r.scorer for r in recs], n_perm,
+                                                    self.seed, f"chance|{task}|{fraction!r}")
+        draws = self._reps[key]
+        low, high = stats.percentile_interval(draws, LEVEL)
+        return Summary(float(np.nanmean(draws)), float(np.nanstd(draws)), len(recs), low, high)
+
+    def secondary(self, entry: Entry, task: str, fraction: float, metric: str
+                  ) -> Summary | None:
+        """A secondary metric recomputed from the stored cells with the training reference
+        they stored at fit time (Uno's C, log-rank p), with the same two-level interval as
+        the primary metric. None when a cell lacks the reference (stored before it was)."""
+        recs = self.records(entry, task, fraction)
+        if not recs or any(r.scorer is None or not r.reference for r in recs):
+            return None
+        key = (entry, task, fraction, metric)
+        if key not in self._reps:
+            scorers = [replace(r.scorer, metric=metric, reference=r.reference) for r in recs]
+            resample = self._resample(task, recs[0])
+            per_seed = np.stack([resample.score(s) for s in scorers])
+            draws = (stats.seed_draws(len(recs), self.n_boot, self.seed,
+                                      f"{task}|{fraction!r}|{len(recs)}")
+                     if self.resampling == "people+seeds" and len(recs) > 1 else None)
+            points = np.array([s.point() for s in scorers])
+            self._reps[key] = (points, stats.two_level(per_seed, draws,
+                                                       METRIC_RANGE.get(metric, (0.0, 1.0))))
+        points, reps = self._reps[key]
+        low, high = stats.percentile_interval(reps, LEVEL)
+        finite = points[np.isfinite(points)]
+        sd = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+        return Summary(float(np.mean(finite)) if finite.size else float("nan"), sd,
+                       int(finite.size), low, high)
 
     # ------------------------------------------------------------------ comparisons
 
@@ -529,7 +618,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
         cells[key] = CellRecord(
             entry, row["task"], float(row["fraction"]), int(row["seed"]), float(row["value"]),
             provenance, tuple(r[0] for r in rows), scorer,
-            tuple(known.get(r[0], r[0]) for r in rows))
+            tuple(known.get(r[0], r[0]) for r in rows), _fit_reference(row["hyperparameters"]))
     if unknown_persons:
         notes.append(f"{', '.join(sorted(unknown_persons))}: some cells were stored without the "
                      "person of each test sample (an earlier release) and are resampled per "
@@ -564,3 +653,14 @@ def _reference(entries: list[Entry], wanted: str | None) -> Entry | None:
     pretrained = [e for e in entries if not e.is_reference_point]
     return (pretrained or entries)[0]
 
+
+def _fit_reference(hyperparameters: Any) -> dict[str, Any] | None:
+    """The training reference a cell stored at fit time (brainbench.evaluators.probe)."""
+    from brainbench.evaluators.probe import REFERENCE_KEY
+
+    try:
+        values = json.loads(hyperparameters) if isinstance(hyperparameters, str) else hyperparameters
+    except json.JSONDecodeError:
+        return None
+    reference = values.get(REFERENCE_KEY) if isinstance(values, dict) else None
+    return reference if isinstance(reference, dict) else None

@@ -22,6 +22,7 @@ import html
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -29,10 +30,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from brainbench.errors import BenchError  # noqa: E402
+from brainbench.store import AnalysisResult  # noqa: E402
 from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
+from brainbench.leaderboard.analysis_pages import INDEX as ANALYSES_INDEX  # noqa: E402
+from brainbench.leaderboard.analysis_pages import write_analysis_pages  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
-from brainbench.leaderboard.tables import (CONTROL_NOTE, MCNEMAR_TITLE, RANDOM_NOTE,  # noqa: E402
-                                           SURVIVAL_NOTE,
+from brainbench.leaderboard.tables import (CHANCE_NOTE, CHANCE_ROW, CONTROL_NOTE,  # noqa: E402
+                                           MCNEMAR_TITLE, RANDOM_NOTE, SURVIVAL_NOTE,
                                            UNVERIFIED_NOTE, best_entries,
                                            mcnemar_note, protocol_note)
 
@@ -51,6 +55,7 @@ table.sortable th[data-key]::after{content:" \\2195";color:#888}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2";color:#000}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:#000}
 .badge.unverified{background:#8a1c1c}
+.badge.contaminated{background:#6d28d9}
 tr.random td{background:repeating-linear-gradient(135deg,#fff,#fff 6px,#fff4e5 6px,#fff4e5 12px)}
 .badge{display:inline-block;padding:0 0.35rem;border-radius:3px;font-size:0.75rem;
  font-weight:600;background:#b45309;color:#fff;margin-left:0.3rem}
@@ -157,6 +162,9 @@ def _score_cell(analysis: Analysis, entry: Entry, task: str, fraction: float,
                 f'p={c.p_holm:.3g}">ns</span>')
     elif c is not None and c.verdict == "ref":
         mark = ' <span class="ci">ref</span>'
+    if analysis.is_contaminated(entry, task):  # brainbench.analyses.contamination
+        mark += ('<span class="badge contaminated" title="the evaluation dataset is in this '
+                 'backbone\'s declared pretraining data">CONTAMINATED</span>')
     sd = "" if s.sd != s.sd else f" ± {s.sd:.3f} sd"
     interval = "" if s.ci_low != s.ci_low else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
     return (f'<td data-value="{_num(s.mean)}"><span class="{classes}">{s.mean:.3f}</span>{mark}'
@@ -185,6 +193,15 @@ def overall_table(analysis: Analysis, fraction: float, table_id: str | None,
         cells = "".join(_score_cell(analysis, entry, t, fraction, comparisons) for t in tasks)
         css = ' class="random"' if entry.is_random else ""
         rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{rank_cell}{cells}</tr>")
+    chance = [analysis.chance(t, fraction) for t in tasks]
+    if any(c is not None for c in chance):  # what no signal scores: the room below every row
+        cells = "".join('<td data-value="">–</td>' if c is None else
+                        f'<td data-value="{_num(c.mean)}">{c.mean:.3f}<br><span class="ci">'
+                        f'[{c.ci_low:.3f}, {c.ci_high:.3f}] shuffled labels</span></td>'
+                        for c in chance)
+        rows.append(f'<tr class="chance"><td data-value="~chance">{e(CHANCE_ROW)}<span '
+                    f'class="badge" title="{e(CHANCE_NOTE)}">CONTROL</span></td><td>control'
+                    f'</td><td data-value="">–</td>{cells}</tr>')
     ident = f' id="{e(table_id)}"' if table_id else ""
     return (f'<table class="sortable"{ident}><thead><tr>{"".join(heads)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
@@ -250,6 +267,8 @@ def legend(analysis: Analysis) -> str:
     items += [f"<b>{e(name)}</b> (submission bundle): {e('; '.join(f))}"
               for name, f in analysis.flags.items()
               if any(en.backbone == name for en in analysis.entries)]
+    items += [('<span class="badge contaminated">CONTAMINATED</span> ' if n.startswith("‡")
+               else "") + e(n) for n in analysis.contamination_notes()]
     items += [e(n) for n in analysis.notes]
     return '<ul class="note">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
@@ -354,8 +373,13 @@ def _task_figure(analysis: Analysis, task: str, out: Path) -> None:
         plt.close(fig)
 
 
-def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None) -> Path:
-    """Write the site into ``out_dir`` (replacing what a previous build left); returns index."""
+def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None,
+               analyses: Sequence[AnalysisResult] = (), results_dir: Path | None = None) -> Path:
+    """Write the site into ``out_dir`` (replacing what a previous build left); returns index.
+
+    ``analyses``: representation-analysis rows (brainbench.analyses) to give a page per
+    backbone and a comparison page, linked from the index; ``results_dir`` holds their figures.
+    """
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
@@ -385,6 +409,11 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None)
         sections += [f"<h2>Label fraction {f:g}</h2>", overall_table(analysis, f, None),
                      mcnemar_table(analysis, _classification(analysis, f))]
     sections.append(f"<h2>Tasks</h2><ul>{tasks}</ul>")
+    listing = write_analysis_pages(staging, analyses, results_dir)
+    if listing:
+        sections.append("<h2>Representation analyses</h2><p class=\"note\">PCA maps, tissue / "
+                        "lesion / site probes, CKA and kNN agreement (<code>brainbench analyze"
+                        f"</code>); <a href=\"{ANALYSES_INDEX}\">all analyses</a></p>{listing}")
     (staging / "index.html").write_text(_page("brainbench leaderboard", "\n".join(sections)),
                                         encoding="utf-8")
     for spec in analysis.tasks:

@@ -9,7 +9,7 @@ averaged together.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,21 @@ UNVERIFIED_NOTE = ("UNVERIFIED = imported results (brainbench import) whose prov
                    "weights; the unchecked fields are listed on the site's task pages.")
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
                "deliberate reference point); its numbers measure the untrained architecture.")
-SURVIVAL_NOTE = ("Survival intervals and tests are for Harrell's C; Uno's C and the log-rank "
-                 "p are shown as stored means (they need the training subset's survival data "
-                 "and risks: recoverable from the split manifest and the subset rule, not yet "
-                 "recomputed here).")
+SURVIVAL_NOTE = ("Survival: the paired tests are for Harrell's C; Uno's C and the log-rank p "
+                 "get intervals in the survival table of `brainbench table`, recomputed from "
+                 "each cell's test predictions and the training reference it stored at fit "
+                 "time (cells stored before that show none).")
+SURVIVAL_SECONDARY_NOTE = (
+    "Uno's C: IPCW concordance with the censoring distribution of the training subset, "
+    "truncated at its longest follow-up; log-rank p: test people split at the training "
+    "subset's median risk. Mean over seeds [the table's two-level bootstrap interval]; the "
+    "interval of a p-value shows how stable the separation is, not a test.")
+CHANCE_ROW = "chance (shuffled labels)"
+CHANCE_NOTE = ("chance (shuffled labels) = the reference row's (else the first row's) test "
+               "predictions scored against test labels permuted across samples (200 "
+               "permutations per seed): mean and "
+               "95% range of what a row scores with no signal. A row inside that range has "
+               "not shown it learned anything.")
 CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design: `intensity` "
                 "(hand-crafted intensity histograms and brain-size proxies: what a task gives "
                 "away without representation learning) and `oracle` (phantoms only: the latent "
@@ -91,10 +102,13 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
             keep["column"] = [f"{c} {{{p}}}" for c, p in zip(keep["column"], keep["protocol"])]
     selection = keep["selection"] if "selection" in keep else pd.Series("", index=keep.index)
     keep["fallback"] = selection.fillna("").str.startswith("fallback")
+    if "contaminated" not in keep:  # set by comparison_table from declared pretraining data
+        keep["contaminated"] = False
     grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
                           n_train=("n_train", "mean"), n_test=("n_test", "max"),
-                          fallback_seeds=("fallback", "sum")).reset_index()
+                          fallback_seeds=("fallback", "sum"),
+                          contaminated=("contaminated", "any")).reset_index()
     return summary
 
 
@@ -109,7 +123,24 @@ def _cell(mean: float, sd: float, seeds: int, fallback_seeds: int = 0) -> str:
 
 
 def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = "simple",
-                     pending: Sequence[TaskSpec] = ()) -> str:
+                     pending: Sequence[TaskSpec] = (), pretraining: Mapping | None = None,
+                     hide_contaminated: bool = False) -> str:
+    """``pretraining``: backbone -> declared pretraining data
+    (brainbench.analyses.contamination.lookup); cells on a dataset it declares are marked ‡,
+    or dropped with ``hide_contaminated``."""
+    from brainbench.analyses.contamination import (CONTAMINATED_NOTE, HIDDEN_NOTE, MARK,
+                                                   contaminated, unknown_note)
+
+    pretraining = pretraining or {}
+    if not frame.empty:
+        frame = frame.assign(contaminated=[
+            status == "pretrained" and contaminated(pretraining, b, d) for b, d, status in
+            zip(frame["backbone"], frame["dataset"], frame["weights_status"])])
+    hidden = 0
+    if hide_contaminated and not frame.empty:
+        hidden = int(frame.drop_duplicates("cell_id")["contaminated"].sum()) \
+            if "cell_id" in frame else int(frame["contaminated"].sum())
+        frame = frame[~frame["contaminated"]]
     summary = summarise(frame, tasks)
     order = {t.id: i for i, t in enumerate(tasks)}
     primary = {t.id: t.primary_metric for t in tasks}
@@ -126,7 +157,7 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
             arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
             metric = f"{key.metric}{arrow}" + (" *" if key.metric == primary[key.task] else "")
             cells = {r.column: _cell(r.mean, r.sd, r.seeds, r.fallback_seeds)
-                     for r in part.itertuples()}
+                     + (f" {MARK}" if r.contaminated else "") for r in part.itertuples()}
             sizes = f"{part.n_train.mean():.0f} / {part.n_test.max():.0f}"
             rows.append([key.task, key.dataset, metric, f"{key.fraction:g}"]
                         + [cells.get(c, "") for c in columns] + [sizes])
@@ -145,6 +176,14 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
         notes.append(RANDOM_NOTE)
     if any("[CONTROL]" in c for c in columns):
         notes.append(CONTROL_NOTE)
+    if not summary.empty and summary["contaminated"].any():
+        notes.append(CONTAMINATED_NOTE)
+    if hidden:
+        notes.append(HIDDEN_NOTE.format(n=hidden))
+    unknown = unknown_note(pretraining, set(frame.loc[frame["weights_status"] == "pretrained",
+                                                      "backbone"]) if not frame.empty else ())
+    if unknown:
+        notes.append(unknown)
     return table + "\n" + "\n".join(notes)
 
 
@@ -221,11 +260,19 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
             verdict = comparisons.get((entry, task))
             if verdict is not None and verdict.verdict in ("win", "loss", "ref"):
                 text += MARKS["latex" if latex else "markdown"][verdict.verdict]
+            if analysis.is_contaminated(entry, task):  # brainbench.analyses.contamination
+                text += r" \textsuperscript{\ddag}" if latex else " ‡"
             row.append(text)
         rank = ranks.get(entry)
         row.append(f"{rank.mean_rank:.2f} [{rank.ci[0]:.2f}, {rank.ci[1]:.2f}]" if rank
                    else "--" if latex else "–")
         rows.append(row)
+    chance = [analysis.chance(task, fraction) for task in tasks]
+    if any(c is not None for c in chance):
+        rows.append([esc(CHANCE_ROW), "CONTROL"]
+                    + [_fmt_interval(c.mean, c.ci_low, c.ci_high) if c is not None
+                       else "--" if latex else "–" for c in chance]
+                    + ["--" if latex else "–"])
     return headers, rows
 
 
@@ -265,10 +312,13 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
         notes.append(RANDOM_NOTE)
     if any(e.is_control for e in analysis.entries):
         notes.append(CONTROL_NOTE)
+    if any(analysis.chance(t.id, fraction) is not None for t in analysis.tasks):
+        notes.append(CHANCE_NOTE)
     if any(getattr(e, "is_unverified", False) for e in analysis.entries):
         notes.append(UNVERIFIED_NOTE)
     if any(t.kind == "survival" for t in analysis.tasks):
         notes.append(SURVIVAL_NOTE)
+    notes += analysis.contamination_notes()
     return notes + list(analysis.notes)
 
 
@@ -309,6 +359,33 @@ def mcnemar_rows(analysis, fraction: float, fmt: str = "markdown"
     return headers, rows
 
 
+SURVIVAL_TITLE = "Survival secondary metrics (Uno's C, log-rank p)"
+SURVIVAL_SECONDARY = ("c_uno", "logrank_p")
+
+
+def survival_rows(analysis, fraction: float, fmt: str = "markdown"
+                  ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Uno's C and the log-rank p per survival task, each the mean over
+    seeds with its two-level interval (recomputed from the cells' stored training
+    reference); no rows when no cell stored one."""
+    esc = latex_escape if fmt == "latex" else markdown_escape
+    dash = "--" if fmt == "latex" else "–"
+    tasks = [t.id for t in analysis.tasks if t.kind == "survival"]
+    columns = [(t, m) for t in tasks for m in SURVIVAL_SECONDARY]
+    rows = []
+    for entry in analysis.entries:
+        found = [analysis.secondary(entry, t, fraction, m) for t, m in columns]
+        if all(f is None for f in found):
+            continue
+        rows.append([esc(entry.display)] + [dash if f is None else
+                                            _fmt_interval(f.mean, f.ci_low, f.ci_high)
+                                            for f in found])
+    if not rows:
+        return [], []
+    arrows = {"c_uno": "↑", "logrank_p": "↓"}
+    return ["backbone"] + [f"{esc(t)} {m} {arrows[m]}" for t, m in columns], rows
+
+
 def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
     """A Markdown (tabulate github) or LaTeX (tabulate latex_raw) statistical table."""
     if fmt not in ("markdown", "latex"):
@@ -317,6 +394,9 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
     tablefmt = "latex_raw" if fmt == "latex" else "github"
     table = tabulate(rows, headers=headers, disable_numparse=True, tablefmt=tablefmt)
     m_headers, m_rows = mcnemar_rows(analysis, fraction, fmt)  # before the notes: it adds some
+    s_headers, s_rows = survival_rows(analysis, fraction, fmt)
+    s_table = tabulate(s_rows, headers=s_headers, disable_numparse=True,
+                       tablefmt="latex_raw" if fmt == "latex" else "github") if s_rows else ""
     notes = stats_table_notes(analysis, fraction)
     m_table = tabulate(m_rows, headers=m_headers, disable_numparse=True,
                        tablefmt=tablefmt) if m_rows else ""
@@ -326,11 +406,16 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
         text = table + "\n" + "\n".join(f"% {n}" for n in notes) + "\n"
         if m_table:
             text += f"\n{m_table}\n% {latex_escape(mcnemar_note(analysis, fraction))}\n"
+        if s_table:
+            text += f"\n{s_table}\n% {latex_escape(SURVIVAL_SECONDARY_NOTE)}\n"
         return text
     text = table + "\n\n" + "\n".join(f"- {markdown_escape(n)}" for n in notes) + "\n"
     if m_table:
         text += (f"\n**{MCNEMAR_TITLE}**\n\n{m_table}\n\n"
                  f"- {mcnemar_note(analysis, fraction, markdown_escape)}\n")
+    if s_table:
+        text += (f"\n**{SURVIVAL_TITLE}**\n\n{s_table}\n\n"
+                 f"- {markdown_escape(SURVIVAL_SECONDARY_NOTE)}\n")
     return text
 
 

@@ -1,83 +1,271 @@
-"""Forward throughput of each registered backbone at a profile: slices/s (2d) or volumes/s (3d).
+"""Encoder throughput as ratios measured in one run: model vs GEMM peak, pipeline vs raw forward.
 
-Encodes random inputs shaped by each backbone's contract (the profile's slice size and batch
-size; 3d backbones get their own grid, batched by --batch-3d), after one warm-up batch, until
---seconds have passed. Weights do not change speed, so random-init models are fine.
+Machines here are shared and noisy, so absolute figures mean little; every figure is printed
+next to the load average and as a ratio to a reference measured by this same process:
 
-    .venv/bin/python scripts/backbone_throughput.py --profile cpu [--models dinov2,brainiac]
+1. GEMM peak: GFLOP/s of a 2048x2048 ``torch.mm`` in fp32 and in bf16 on the device.
+2. Model: for each backbone, mode and batch size, items/s (slices for 2d, volumes for 3d) x
+   GFLOP per item (``torch.utils.flop_counter.FlopCounterMode``) as a fraction of both peaks.
+   Modes: ``fp32`` and ``bf16`` are the product's paths (``backbone.embed``; bf16 = autocast
+   over a copy whose Linear/Conv weights are pre-cast, brainbench.precision.bf16_matmul_copy);
+   the alternatives measured against it: ``bf16-autocast`` (plain ``torch.autocast`` over the
+   fp32 model), ``bf16-cast`` (the model cast wholly to bf16) and ``bf16-compile``
+   (``torch.compile`` of the product's bf16 forward; compile time shown apart; not in the
+   default modes: it compiled for ~50 s here and was not faster).
+3. ``--pipeline``: decode + preprocess + forward + cache write (``extract_features`` on
+   synthetic int16 ``.nii.gz`` volumes of ``--shape``, a fresh cache) as a fraction of the raw
+   forward at the same precision and batch, for each ``--workers`` count; plus the decode
+   seconds per volume and the decode workers the raw forward would need.
+
+    .venv/bin/python scripts/backbone_throughput.py --profile cpu --models braindino
+    .venv/bin/python scripts/backbone_throughput.py --device cuda --profile paper \\
+        --models braindino --modes bf16 --batches 64,128 --pipeline --workers 4,8,15
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
 
 from brainbench.backbone import BACKBONES, create_backbone
+from brainbench.precision import autocast, cpu_flags, resolve_precision
 from brainbench.profiles import PROFILES
 
+MODES = ("fp32", "bf16", "bf16-autocast", "bf16-cast", "bf16-compile")
+DEFAULT_MODES = ("fp32", "bf16", "bf16-autocast", "bf16-cast")
 
-def measure(name: str, profile, seconds: float, batch_3d: int, device: str, bf16: bool) -> list:
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, device: str, seconds: float, min_calls: int = 2) -> float:
+    """Seconds per call of `step` after one warm-up call, over at least `seconds`."""
+    step()
+    sync(device)
+    calls, started = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < seconds:
+        step()
+        calls += 1
+    sync(device)
+    return (time.perf_counter() - started) / calls
+
+
+def gemm_gflops(dtype: torch.dtype, device: str, seconds: float, n: int = 2048) -> float:
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / timed(lambda: torch.mm(a, b), device, seconds, min_calls=5) / 1e9
+
+
+def build(name: str, profile, device: str, precision: str = "fp32"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = create_backbone(name, image_size=profile.slice_size,
-                                   num_slices=profile.num_slices)
+                                   num_slices=profile.num_slices, precision=precision)
+    if device != "cpu" and hasattr(backbone, "to"):
+        backbone.to(device)
+        backbone.set_precision(resolve_precision(precision, device))
+    return backbone
+
+
+def gflop_per_item(backbone, x: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        backbone.embed(x)
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
+def forward_step(backbone, mode: str, x: torch.Tensor):
+    """The callable one mode times, and the seconds spent preparing it (compile)."""
+    if mode in ("fp32", "bf16"):
+        backbone.set_precision(mode)
+        return (lambda: backbone.embed(x)), 0.0
+    model = getattr(backbone, "model", None)
+    if model is None:
+        raise ValueError(f"{backbone.name} has no torch module to cast or compile")
+    if mode == "bf16-autocast":
+        def step():
+            with torch.inference_mode(), autocast("bf16", x.device.type):
+                return backbone.features(model, x)
+        return step, 0.0
+    if mode == "bf16-cast":
+        cast, xb = copy.deepcopy(model).to(torch.bfloat16), x.to(torch.bfloat16)
+
+        def step():
+            with torch.inference_mode():
+                return backbone.features(cast, xb)
+        return step, 0.0
+    backbone.set_precision("bf16")
+    fast = backbone._module
+    compiled = torch.compile(lambda batch: backbone.features(fast, batch))
+
+    def step():
+        with torch.inference_mode(), autocast("bf16", x.device.type):
+            return compiled(x)
+    started = time.perf_counter()
+    step()  # compiles
+    return step, time.perf_counter() - started
+
+
+def model_rows(name: str, profile, args, peaks: dict[str, float]) -> list[list]:
+    backbone = build(name, profile, args.device)
     contract = backbone.contract
-    if device != "cpu":
-        backbone.model.to(device)
-    batch = profile.batch_size if contract.dims == "2d" else batch_3d
-    x = torch.randn(batch, contract.in_channels, *contract.image_size)
+    if getattr(backbone, "reads_files", False):
+        return [[name, "-", "-", "-", "reads files, no forward pass", "", "", "", ""]]
+    batches = args.batches if contract.dims == "2d" else [args.batch_3d]
+    modes = args.modes if "bf16" in backbone.precisions else ["fp32"]  # controls: fp32 only
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, contract.in_channels, *contract.image_size, device=args.device)
+        gflop = gflop_per_item(backbone, x)
+        for mode in modes:
+            try:
+                step, prepare = forward_step(backbone, mode, x)
+                per_call = timed(step, args.device, args.seconds)
+            except Exception as exc:  # a mode a backbone cannot run is reported, not fatal
+                rows.append([name, mode, batch, f"{gflop:.2f}", f"failed: {type(exc).__name__}",
+                             "", "", "", str(exc)[:60]])
+                continue
+            rate = batch / per_call
+            achieved = rate * gflop
+            rows.append([name, mode, batch, f"{gflop:.2f}", f"{rate:.2f}", f"{achieved:.0f}",
+                         f"{achieved / peaks['fp32']:.2f}", f"{achieved / peaks['bf16']:.2f}",
+                         f"compile {prepare:.0f} s" if prepare else ""])
+        backbone.set_precision("fp32")
+    return rows
 
-    def forward() -> None:
-        if bf16:
-            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
-                backbone.features(backbone.model, x.to(device))
-        else:
-            backbone.embed(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    forward()  # warm-up
-    items, started = 0, time.perf_counter()
-    while True:
-        forward()
-        items += batch
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            break
-    unit = "slices/s" if contract.dims == "2d" else "volumes/s"
-    per_volume = items / elapsed / (contract.num_slices or 1)
-    return [name, contract.dims, "x".join(map(str, contract.image_size)), batch,
-            f"{items / elapsed:.2f} {unit}", f"{per_volume:.3f}",
-            f"{backbone.parameter_count() / 1e6:.1f}M"]
+def synthetic_volumes(root: Path, count: int, shape: tuple[int, ...]) -> list[Path]:
+    """int16 brain-like volumes (smooth ellipsoid, noise, zero background) as .nii.gz."""
+    import nibabel as nib
+
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape],
+                        indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.7
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        data = np.where(inside, 600 + 200 * grids[0] + 60 * rng.standard_normal(shape), 0)
+        path = root / f"vol{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.int16), np.eye(4)), str(path))
+        paths.append(path)
+    return paths
+
+
+def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
+    from brainbench.features import FeatureCache, effective_batch, extract_features
+    from brainbench.preprocess import load_volume, volume_to_input
+
+    backbone = build(name, profile, args.device, precision)
+    contract = backbone.contract
+    batch = effective_batch(backbone, profile.batch_size if contract.dims == "2d"
+                            else args.batch_3d)
+    items_per_volume = contract.num_slices or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = synthetic_volumes(Path(tmp), args.volumes, args.shape)
+        started = time.perf_counter()
+        for path in paths[:3]:
+            volume_to_input(load_volume(path), contract)
+        decode = (time.perf_counter() - started) / min(3, len(paths))
+        x = torch.randn(batch, contract.in_channels, *contract.image_size, device=args.device)
+
+        def raw_rate() -> float:
+            return batch / timed(lambda: backbone.embed(x), args.device, args.seconds)
+
+        before = raw_rate()
+        for workers in args.workers:
+            cache = FeatureCache(Path(tmp) / f"cache-{workers}")
+            _, stats = extract_features(backbone, paths, cache, batch_size=batch,
+                                        progress=False, workers=workers)
+            after = raw_rate()  # the raw forward on each side of the pipeline run (drift)
+            raw, before = (before + after) / 2, after
+            raw_volumes = raw / items_per_volume
+            rows.append([name, backbone.precision, batch, workers, f"{raw:.2f}",
+                         f"{stats.items_per_second:.2f}", f"{stats.items_per_second / raw:.2f}",
+                         f"{decode:.3f}", f"{raw_volumes * decode:.1f}", load()])
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--models", default=None, help="comma list (default: all registered)")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--models", default="braindino",
+                        help="comma list, or 'all' for every registered backbone")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"comma list of {MODES}")
+    parser.add_argument("--batches", default=None,
+                        help="comma list of 2d batch sizes (default: the profile's)")
     parser.add_argument("--batch-3d", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="autocast bf16 (CUDA)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also measure decode + preprocess + forward + cache write")
+    parser.add_argument("--precision", default="auto", help="pipeline precision")
+    parser.add_argument("--workers", default="0,1", help="pipeline decode workers, comma list")
+    parser.add_argument("--volumes", type=int, default=16, help="pipeline volumes")
+    parser.add_argument("--shape", default="240,240,155", help="pipeline volume shape")
     args = parser.parse_args()
 
-    import brainbench.baselines  # noqa: F401
-
     profile = PROFILES.get(args.profile)
-    names = args.models.split(",") if args.models else BACKBONES.names()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"profile {profile.name}: {profile.slice_size} px, {profile.num_slices} slices, "
-          f"batch {profile.batch_size}; device {args.device}{' bf16' if args.bf16 else ''}; "
-          f"torch threads {torch.get_num_threads()}; load average {load:.2f}")
-    rows = [measure(n, profile, args.seconds, args.batch_3d, args.device, args.bf16)
-            for n in names]
-    print(tabulate(rows, headers=["backbone", "dims", "input", "batch", "throughput",
-                                  "volumes/s", "params"]))
+    if args.device == "cuda":  # fp32 means fp32 (as the Ray executor runs it): no TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+
+    names = BACKBONES.names() if args.models == "all" else args.models.split(",")
+    args.modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    args.batches = ([int(b) for b in args.batches.split(",")] if args.batches
+                    else [profile.batch_size])
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.shape = tuple(int(n) for n in args.shape.split(","))
+    flags = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "avx512_fp16"})
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda" else
+                   next((line.split(":", 1)[1].strip() for line in
+                         Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name")), "cpu")
+                   if Path("/proc/cpuinfo").exists() else "cpu")
+    print(f"device {args.device} ({device_name}); bf16 flags {flags or 'none'}; auto -> "
+          f"{resolve_precision('auto', args.device)}; torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}; profile {profile.name} ({profile.slice_size} px, "
+          f"{profile.num_slices} slices); load average {load()}")
+    peaks = {"fp32": gemm_gflops(torch.float32, args.device, 2.0),
+             "bf16": gemm_gflops(torch.bfloat16, args.device, 2.0)}
+    print(f"GEMM 2048x2048: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
+          f"(bf16/fp32 {peaks['bf16'] / peaks['fp32']:.2f}); load average {load()}\n")
+    rows = [row for name in names for row in model_rows(name, profile, args, peaks)]
+    print(tabulate(rows, headers=["backbone", "mode", "batch", "GFLOP/item", "items/s",
+                                  "GFLOP/s", "of fp32 GEMM", "of bf16 GEMM", "note"]))
+    again = {"fp32": gemm_gflops(torch.float32, args.device, 2.0),
+             "bf16": gemm_gflops(torch.bfloat16, args.device, 2.0)}
+    print(f"GEMM again after the models: fp32 {again['fp32']:.0f}, bf16 {again['bf16']:.0f} "
+          f"GFLOP/s (fractions above use the first; a large change means the load changed); "
+          f"load average {load()}")
+    if args.pipeline:
+        precision = resolve_precision(args.precision, args.device)
+        rows = [row for name in names for row in pipeline_rows(name, profile, args, precision)]
+        print(f"\npipeline on {args.volumes} synthetic int16 volumes {args.shape} (.nii.gz), "
+              "fresh cache:")
+        print(tabulate(rows, headers=["backbone", "precision", "batch", "workers",
+                                      "raw items/s", "pipeline items/s", "pipeline/raw",
+                                      "decode s/vol", "workers needed", "load"]))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=NumericTarget(key="age", bins=(30.0, 45.0, 60.0, 75.0), unit="years"),
     target_description="age at scan (years)",
     primary_metric="mae",
+    min_per_stratum=2,  # label floor: >= 2 per age bin (5 bins: >= 10 people)
     secondary_metrics=("pearson_r", "r2"),
     stratify_meta=("site",),
     reference="IXI (alternates: Pixar ds000228, any BIDS participants.tsv)",

@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=ClassTarget(key="idh", classes=("wildtype", "mutant")),
     target_description="IDH status",
     primary_metric="auc",
+    min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
     reference="UCSF-PDGM (T1c + FLAIR)",
 ))

@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=ClassTarget(key="dx", classes=("CN", "MCI", "AD")),
     target_description="diagnosis at the visit (ADNIMERGE DX; Dementia -> AD)",
     primary_metric="auc",
+    min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
     reference="ADNI (alternate: OASIS-1, demented = CDR > 0); split by person, never by visit",
     alternates=(DatasetVariant(

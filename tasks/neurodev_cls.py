@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=ClassTarget(key="dx", classes=("TC", "ASD")),
     target_description="ABIDE DX_GROUP (1 = ASD, 2 = control)",
     primary_metric="auc",
+    min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
     stratify_meta=("site",),  # site is a confounder in ABIDE: keep it balanced across the split
     reference="ABIDE I",

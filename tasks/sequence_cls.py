@@ -11,6 +11,7 @@ TASK = register_task(TaskSpec(
     target=ModalityTarget(classes=("t1", "t1c", "t2", "flair")),
     target_description="sequence of the image",
     primary_metric="auc",
+    min_per_stratum=5,  # label floor: >= 5 people (each gives 4 images)
     secondary_metrics=("balanced_accuracy",),
     reference="BraTS 2021",
 ))

@@ -11,6 +11,7 @@ TASK = register_task(TaskSpec(
     target=NumericTarget(key="days", bins=(7.0, 90.0, 365.0), unit="days", transform="log1p"),
     target_description="days post stroke",
     primary_metric="mae",
+    min_per_stratum=3,  # label floor: >= 3 per time bin (4 bins: >= 12 people)
     secondary_metrics=("pearson_r",),
     reference="ATLAS R2.0",
 ))

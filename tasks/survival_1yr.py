@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=SurvivalHorizonTarget(time_key="os_days", event_key="event", horizon_days=365.0),
     target_description="death within 365 days of surgery (censored before 365 d excluded)",
     primary_metric="auc",
+    min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
     select={"session": "11"},  # pre-operative baseline scan; follow-ups are another time point
     reference="UPENN-GBM",

@@ -10,6 +10,7 @@ TASK = register_task(TaskSpec(
     target=SurvivalTarget(time_key="os_days", event_key="event"),
     target_description="overall survival from surgery (days, event)",
     primary_metric="c_harrell",
+    min_per_stratum=5,  # label floor: >= 5 per event status
     secondary_metrics=("c_uno", "logrank_p"),
     select={"session": "11"},
     reference="UPENN-GBM",

@@ -17,6 +17,7 @@ TASK = register_task(TaskSpec(
     target_description="voxel labels (2021: 1 NCR, 2 oedema, 4 ET; 2023: ET=3) -> regions "
                        "WT, TC, ET",
     primary_metric=SCORES[0],
+    min_per_stratum=3,  # label floor: >= 3 subjects
     secondary_metrics=(*SCORES[1:], "head_params", "backbone_params"),
     reference="BraTS 2021 (alternates: BraTS 2023 GLI/MEN/MET)",
 ))

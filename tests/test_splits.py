@@ -110,3 +110,27 @@ def test_small_cohort_with_many_sites_still_tests_every_label():
         test = set(split.test_groups)
         assert {s.target for s in samples if s.group in test} == {"ASD", "TC"}
         assert {s.target for s in samples if s.group not in test} == {"ASD", "TC"}
+
+
+def test_a_class_too_rare_to_split_is_named_with_its_counts_per_side():
+    samples = cohort(n_people=30, classes=("A", "B"))
+    samples.append(Sample(id="rare_v0", group="rare", images=(), target="C",
+                          split_stratum="C|s1", fraction_stratum="C"))
+    with pytest.raises(BenchError) as err:
+        make_split("t", "d", samples, "salt", 0.2)
+    message = str(err.value)
+    assert "people per label stratum" in message
+    # the lone C person is on one side only; both sides are listed with every stratum
+    assert ("train: A 12, B 12, C 1; test: A 3, B 3, C 0" in message
+            or "train: A 12, B 12, C 0; test: A 3, B 3, C 1" in message), message
+
+
+def test_label_floor_holds_at_the_smallest_fraction():
+    samples = cohort(n_people=200, classes=("A", "B"))
+    split = make_split("t", "d", samples, "salt", 0.2)
+    one = fraction_subset(split, samples, 0.01, seed=0)
+    floored = fraction_subset(split, samples, 0.01, seed=0, min_per_stratum=5)
+    labels = {s.group: s.fraction_stratum for s in samples}
+    assert sorted(labels[g] for g in one) == ["A", "B"]  # 1% of 80 per class -> 1 each
+    assert sorted(labels[g] for g in floored) == ["A"] * 5 + ["B"] * 5
+    assert set(one) <= set(floored)  # the floor extends, never reshuffles, the subset

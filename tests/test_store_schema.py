@@ -101,6 +101,11 @@ def test_table_of_a_v1_store_is_what_the_first_release_printed(v1_copy, tmp_path
                 for line in lines if line.startswith("|") and not line.startswith("|--")]
 
     now, then = cells(printed), cells(expected)
+    # the chance row (shuffled labels) is new: one per table, every probe task filled in
+    chance = [row for row in now if row[0] == "chance (shuffled labels)"]
+    assert len(chance) == 1 and chance[0][1] == "CONTROL"
+    assert sum(c.startswith("0.") for c in chance[0][3:9]) >= 5
+    now = [row for row in now if row[0] != "chance (shuffled labels)"]
     assert len(now) == len(then) and now[0] == then[0]
     for row_now, row_then in zip(now, then):
         for column, (a, b) in enumerate(zip(row_now, row_then)):

@@ -73,19 +73,30 @@ def evaluate_cell(task: TaskSpec, protocol: Protocol, train: Sequence[Sample],
     fitted = fit_protocol(protocol, task.kind, x_train, y_train, seed=seed,
                           target_transform=getattr(task.target, "transform", None),
                           trials=trials, storage_url=storage_url, study_name=study_name,
-                          fresh=fresh)
+                          fresh=fresh, groups=[s.group for s in train])
     x_test = np.stack([inputs[s.id] for s in test])
     prediction = fitted.head.predict(x_test)
     y_test = kind.target_array([s.target for s in test])
-    metrics = score(kind, fitted.head, y_test, prediction, x_train, y_train)
-    return fitted.info, prediction, metrics
+    metrics, reference = score(kind, fitted.head, y_test, prediction, x_train, y_train)
+    info = fitted.info
+    if reference is not None:  # secondary metrics recomputable from the stored cell
+        info = replace(info, hyperparameters={**info.hyperparameters,
+                                              REFERENCE_KEY: reference})
+    return info, prediction, metrics
+
+
+#: the hyperparameters entry holding what secondary metrics need from the training subset
+REFERENCE_KEY = "metric_reference"
 
 
 def score(kind: TaskKind, head: Any, y_test: Any, prediction: np.ndarray,
-          x_train: np.ndarray, y_train: Any) -> dict[str, float]:
+          x_train: np.ndarray, y_train: Any) -> tuple[dict[str, float], dict | None]:
+    """The test metrics, and the training reference the kind stores for recomputing them."""
     train_target = (y_train, head.predict(x_train)) if kind.needs_train_predictions() else None
-    return kind.test_metrics(y_test, prediction, classes=getattr(head, "classes_", None),
-                             train_target=train_target)
+    metrics = kind.test_metrics(y_test, prediction, classes=getattr(head, "classes_", None),
+                                train_target=train_target)
+    reference = kind.fit_reference(*train_target) if train_target is not None else None
+    return metrics, reference
 
 
 def sample_inputs(backbone: Backbone, samples: Sequence[Sample], cache: FeatureCache,
@@ -95,7 +106,8 @@ def sample_inputs(backbone: Backbone, samples: Sequence[Sample], cache: FeatureC
     or for attention protocols the per-slice tokens (modalities, slices, d)."""
     paths = [path for s in samples for _, path in s.images]
     tokens, stats = extract_features(backbone, paths, cache, batch_size=config.profile.batch_size,
-                                     progress=config.progress, desc=desc)
+                                     progress=config.progress, desc=desc,
+                                     workers=config.workers)
     if protocol is not None and protocol.name != HEAD:
         return {s.id: protocol_input(protocol, [tokens[Path(p)] for _, p in s.images])
                 for s in samples}, stats

@@ -150,7 +150,8 @@ class SegmentationEvaluator(Evaluator):
         keys, stats = extract_patch_tokens(backbone, [r for rs in requests.values() for r in rs],
                                            layers, token_cache,
                                            batch_size=config.profile.batch_size,
-                                           progress=config.progress, desc=task.id)
+                                           progress=config.progress, desc=task.id,
+                                           workers=config.workers)
         report.extraction.merge(stats)
         cache_digest = digest(stats.keys)
 

@@ -133,8 +133,10 @@ class TorchHead(Head):
             return F.mse_loss(out[:, 0], targets[0])  # the training loss, not the selection
         return cox_partial_likelihood(out[:, 0], targets[0], targets[1])
 
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "TorchHead":
-        """Train on (X, y); `monitor(epoch, self)` runs after each epoch (optuna pruning)."""
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "TorchHead":
+        """Train on (X, y); `monitor(epoch, self)` runs after each epoch (optuna pruning).
+        Fixed parameters, no inner selection, so ``groups`` (persons) is not needed."""
         import torch
 
         features = check_features(X, ndim=self.ndim, layout=self.layout, dtype=np.float32)

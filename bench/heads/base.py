@@ -123,8 +123,10 @@ class Head(ABC):
         return cls(kind, seed=seed, params=params, target_transform=target_transform)
 
     @abstractmethod
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "Head":
-        """Fit on the training subset only; return self."""
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "Head":
+        """Fit on the training subset only; return self. ``groups``: the person of each row,
+        so inner selection never splits a person (brainbench.heads.folds); None: one each."""
 
     @abstractmethod
     def predict(self, X: Any) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from brainbench.heads.base import Head, Monitor, register_head
+from brainbench.heads.folds import check_groups, grouped, kfold, smallest_class
 from brainbench.heads.linear import MAX_FOLDS
 from brainbench.heads.validation import check_features, check_n_train, check_targets
 from brainbench.kinds import get_kind, probe_kinds
@@ -97,39 +98,42 @@ class KNNHead(Head):
         except ValueError:
             return float("nan")
 
-    def _folds(self, y: Any, n: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str] | None:
-        from sklearn.model_selection import KFold, StratifiedKFold
-
+    def _folds(self, y: Any, n: int, groups: np.ndarray | None = None
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str] | None:
+        """Inner folds (person-grouped when a person has several rows) and how they read."""
+        by = "person-grouped " if grouped(groups) else ""
         if self.kind == "classification":
-            smallest = int(np.bincount(y).min())
+            smallest = smallest_class(y, groups)
             if smallest < 2:
                 return None
-            n_folds = min(MAX_FOLDS, smallest)
-            cv = StratifiedKFold(n_folds, shuffle=True, random_state=self.seed)
-            return list(cv.split(np.zeros(n), y)), f"stratified {n_folds}-fold"
+            folds = kfold(n, min(MAX_FOLDS, smallest), self.seed, strata=y, groups=groups,
+                          require_all=grouped(groups))
+            return (folds, f"{by}stratified {len(folds)}-fold") if len(folds) >= 2 else None
         if self.kind == "survival":
             n_events = int(y[0].sum())
             if n_events < 4:
                 return None
-            n_folds = min(MAX_FOLDS, n_events // 2)
-            cv = StratifiedKFold(n_folds, shuffle=True, random_state=self.seed)
-            return list(cv.split(np.zeros(n), y[0])), f"{n_folds}-fold stratified on event"
-        if n < 4:
+            folds = kfold(n, min(MAX_FOLDS, n_events // 2), self.seed, strata=y[0],
+                          groups=groups)
+            return ((folds, f"{by}{len(folds)}-fold stratified on event") if len(folds) >= 2
+                    else None)
+        people = len(np.unique(groups)) if grouped(groups) else n
+        if people < 4:
             return None
-        n_folds = min(MAX_FOLDS, n // 2)
-        return list(KFold(n_folds, shuffle=True, random_state=self.seed).split(np.zeros(n))), \
-            f"{n_folds}-fold"
+        folds = kfold(n, min(MAX_FOLDS, people // 2), self.seed, groups=groups)
+        return (folds, f"{by}{len(folds)}-fold") if len(folds) >= 2 else None
 
     @staticmethod
     def _take(y: Any, idx: np.ndarray) -> Any:
         return (y[0][idx], y[1][idx]) if isinstance(y, tuple) else y[idx]
 
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "KNNHead":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "KNNHead":
         features = l2_normalise(check_features(X))
         n = features.shape[0]
         check_n_train(n, n, self.who)
         labels, scored = self._labels(y, n)
-        plan = self._folds(labels, n)
+        plan = self._folds(labels, n, check_groups(groups, n, self.who))
         grid = [k for k in self.k_grid if k < n] or [1]
         if plan is None:
             chosen = min(FALLBACK_K, n - 1)

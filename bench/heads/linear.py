@@ -33,6 +33,7 @@ import numpy as np
 
 from brainbench.errors import BenchError
 from brainbench.heads.base import Head, Monitor, make_target_transform, register_head
+from brainbench.heads.folds import check_groups, grouped, kfold, smallest_class
 from brainbench.heads.validation import (
     check_features,
     classification_targets,
@@ -133,29 +134,35 @@ class LinearClassificationProbe(_LinearHead):
         )
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "LinearClassificationProbe":
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "LinearClassificationProbe":
+        from sklearn.model_selection import GridSearchCV
 
         features = self._training_features(X)
         targets = classification_targets(y, features.shape[0], self.who)
         labels, classes, counts = targets.labels, targets.classes, targets.counts
-        smallest = int(counts.min())
-        if smallest < 2:
+        people = check_groups(groups, features.shape[0], self.who)
+        smallest = smallest_class(labels, people)
+        folds = (kfold(len(labels), min(MAX_FOLDS, smallest), self.seed, strata=labels,
+                       groups=people, require_all=grouped(people)) if smallest >= 2 else [])
+        if len(folds) < 2:
             singles = [str(c) for c, k in zip(classes, counts) if k < 2]
             model = self._pipeline(FALLBACK_C).fit(features, labels)
             chosen = FALLBACK_C
             selection = (
                 f"fallback: fixed C={_fmt(FALLBACK_C)} (only 1 sample in class(es) "
-                f"{', '.join(singles)}; inner CV needs >= 2 per class)"
+                f"{', '.join(singles)}; inner CV needs >= 2 per class)" if singles else
+                f"fallback: fixed C={_fmt(FALLBACK_C)} (fewer than 2 person-grouped inner "
+                "folds keep every class on both sides)"
             )
         else:
-            n_folds = min(MAX_FOLDS, smallest)
+            n_folds = len(folds)
             scoring = "roc_auc" if classes.shape[0] == 2 else "roc_auc_ovr"
             search = GridSearchCV(
                 self._pipeline(FALLBACK_C),
                 {"logisticregression__C": list(self.c_grid)},
                 scoring=scoring,
-                cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.seed),
+                cv=folds,
                 refit=True,
                 error_score="raise",
             )
@@ -163,8 +170,9 @@ class LinearClassificationProbe(_LinearHead):
             model = search.best_estimator_
             chosen = float(search.best_params_["logisticregression__C"])
             auc_name = "ROC AUC" if classes.shape[0] == 2 else "macro one-vs-rest ROC AUC"
+            how = "person-grouped stratified" if grouped(people) else "stratified"
             selection = (
-                f"inner stratified {n_folds}-fold CV on the training subset maximising {auc_name} "
+                f"inner {how} {n_folds}-fold CV on the training subset maximising {auc_name} "
                 f"(mean {search.best_score_:.3f}) over C in "
                 f"{{{', '.join(_fmt(c) for c in self.c_grid)}}}; refit on the full subset"
             )
@@ -200,23 +208,43 @@ class RidgeRegressionProbe(_LinearHead):
         self.alpha_grid = tuple(alpha_grid)
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "RidgeRegressionProbe":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "RidgeRegressionProbe":
         from sklearn.linear_model import Ridge, RidgeCV
+        from sklearn.model_selection import GridSearchCV
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         features = self._training_features(X)
         target = self._fit_target(regression_targets(y, features.shape[0], self.who))
         transform_note = f"; {self.transform_.note}" if self.transform_ else ""
+        people = check_groups(groups, features.shape[0], self.who)
 
         n = features.shape[0]
-        if n < 3:
+        folds = kfold(n, MAX_FOLDS, self.seed, groups=people) if grouped(people) else []
+        if grouped(people) and len(folds) >= 2:
+            # leave-one-out would leave a person's other samples in training: K-fold over
+            # people instead, same grid and loss
+            search = GridSearchCV(make_pipeline(StandardScaler(), Ridge(alpha=FALLBACK_ALPHA)),
+                                  {"ridge__alpha": list(self.alpha_grid)},
+                                  scoring="neg_mean_squared_error", cv=folds, refit=True,
+                                  error_score="raise").fit(features, target)
+            model = search.best_estimator_
+            chosen = float(search.best_params_["ridge__alpha"])
+            selection = (
+                f"inner person-grouped {len(folds)}-fold CV on the training subset minimising "
+                f"squared error over alpha in {{{', '.join(_fmt(a) for a in self.alpha_grid)}}}"
+                f"; refit on the full subset{transform_note}"
+            )
+        elif n < 3 or grouped(people):
             model = make_pipeline(StandardScaler(), Ridge(alpha=FALLBACK_ALPHA))
             model.fit(features, target)
             chosen = FALLBACK_ALPHA
             selection = (
                 f"fallback: fixed alpha={_fmt(FALLBACK_ALPHA)} (only {n} training samples; "
-                f"leave-one-out needs >= 3){transform_note}"
+                f"leave-one-out needs >= 3){transform_note}" if not grouped(people) else
+                f"fallback: fixed alpha={_fmt(FALLBACK_ALPHA)} (fewer than 2 people for a "
+                f"person-grouped inner CV){transform_note}"
             )
         else:
             model = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alpha_grid))
@@ -317,19 +345,16 @@ class CoxSurvivalProbe(_LinearHead):
             return cox.fit(Z, y)
 
     def _inner_cv(
-        self, X: np.ndarray, y: np.ndarray, event: np.ndarray, n_folds: int
+        self, X: np.ndarray, y: np.ndarray, event: np.ndarray, n_folds: int,
+        groups: np.ndarray | None = None,
     ) -> tuple[float, float]:
         """(best alpha, its mean held-out Harrell C); NaNs when no fold could be scored."""
-        from sklearn.model_selection import KFold, StratifiedKFold
         from sksurv.metrics import concordance_index_censored
 
         n_censored = int((~event).sum())
-        if n_censored >= n_folds:
-            splitter: Any = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.seed)
-            folds = list(splitter.split(X, event))
-        else:  # (almost) no censoring: stratifying on a constant is meaningless
-            splitter = KFold(n_splits=n_folds, shuffle=True, random_state=self.seed)
-            folds = list(splitter.split(X))
+        # (almost) no censoring: stratifying on a constant is meaningless
+        folds = kfold(len(event), n_folds, self.seed, groups=groups,
+                      strata=event if n_censored >= n_folds else None)
 
         scores: list[list[float]] = [[] for _ in self.alpha_grid]
         for train_idx, test_idx in folds:
@@ -356,11 +381,13 @@ class CoxSurvivalProbe(_LinearHead):
         return self.alpha_grid[best], float(means[best])
 
     @_single_threaded_blas
-    def fit(self, X: Any, y: Any, monitor: Monitor | None = None) -> "CoxSurvivalProbe":
+    def fit(self, X: Any, y: Any, monitor: Monitor | None = None,
+            groups: Any = None) -> "CoxSurvivalProbe":
         from sksurv.util import Surv
 
         features = self._training_features(X)
         event, time = survival_targets(y, features.shape[0], self.who)
+        people = check_groups(groups, features.shape[0], self.who)
         n_events = int(event.sum())
         structured = Surv.from_arrays(event=event, time=time)
         n, d = features.shape
@@ -368,11 +395,13 @@ class CoxSurvivalProbe(_LinearHead):
         chosen: float = FALLBACK_COX_ALPHA
         selection = ""
         if n_folds >= 2:
-            best_alpha, best_score = self._inner_cv(features, structured, event, n_folds)
+            best_alpha, best_score = self._inner_cv(features, structured, event, n_folds,
+                                                    people)
             if not math.isnan(best_alpha):
                 chosen = float(best_alpha)
+                how = " person-grouped" if grouped(people) else ""
                 selection = (
-                    f"inner {n_folds}-fold CV stratified on event on the training subset "
+                    f"inner{how} {n_folds}-fold CV stratified on event on the training subset "
                     f"maximising held-out Harrell C (mean {best_score:.3f}) over alpha in "
                     f"{{{', '.join(_fmt(a) for a in self.alpha_grid)}}}; refit on the full subset"
                 )

@@ -47,15 +47,16 @@ class TaskKind(ABC):
     def target_array(self, values: Sequence[Any]) -> Any:
         """Stack per-sample labels into what heads and metrics take."""
 
-    def inner_split(self, y: Any, seed: int) -> InnerSplit:
-        """(train_idx, val_idx) inside the training subset for a searched protocol."""
-        from sklearn.model_selection import ShuffleSplit
+    def inner_split(self, y: Any, seed: int, groups: Any = None) -> InnerSplit:
+        """(train_idx, val_idx) inside the training subset for a searched protocol; whole
+        people on each side when ``groups`` (the person of each row) repeats."""
+        from brainbench.heads.folds import check_groups, hold_out
 
         n = len(y)
         if n < MIN_INNER:
             return f"only {n} training subjects (an inner split needs >= {MIN_INNER})"
-        splitter = ShuffleSplit(1, test_size=VALIDATION_SHARE, random_state=seed)
-        return next(splitter.split(np.zeros(n)))
+        return hold_out(n, VALIDATION_SHARE, seed,
+                        groups=check_groups(groups, n, "the inner split"))
 
     def validation_score(self, classes: Sequence[Any], y_val: Any,
                          prediction: np.ndarray) -> float:
@@ -70,6 +71,11 @@ class TaskKind(ABC):
 
         raise BenchError(f"task kind {self.name!r} is not scored from probe predictions; "
                          f"probe kinds: classification, regression, survival")
+
+    def fit_reference(self, y_train: Any, train_prediction: Any) -> dict[str, Any] | None:
+        """What secondary metrics need from the training subset to be recomputed from a
+        cell's stored test predictions (stored with the cell); None: nothing."""
+        return None
 
     def needs_train_predictions(self) -> bool:
         """Whether `test_metrics` needs the head's predictions on its training subset."""

@@ -17,8 +17,8 @@ class ClassificationKind(TaskKind):
     def target_array(self, values: Sequence[Any]) -> np.ndarray:
         return np.asarray(list(values), dtype=object).astype(str)
 
-    def inner_split(self, y: Any, seed: int) -> InnerSplit:
-        from sklearn.model_selection import StratifiedShuffleSplit
+    def inner_split(self, y: Any, seed: int, groups: Any = None) -> InnerSplit:
+        from brainbench.heads.folds import check_groups, hold_out
 
         n = len(y)
         if n < MIN_INNER:
@@ -28,8 +28,8 @@ class ClassificationKind(TaskKind):
             return (f"class(es) {[str(c) for c, k in zip(classes, counts) if k < 2]} have a "
                     "single training subject (an inner split needs >= 2 per class)")
         n_val = max(len(classes), int(round(VALIDATION_SHARE * n)))
-        splitter = StratifiedShuffleSplit(1, test_size=n_val, random_state=seed)
-        return next(splitter.split(np.zeros(n), np.asarray(y)))
+        return hold_out(n, VALIDATION_SHARE, seed, strata=np.asarray(y), n_val=n_val,
+                        groups=check_groups(groups, n, "the inner split"))
 
     def validation_score(self, classes: Sequence[Any], y_val: Any,
                          prediction: np.ndarray) -> float:

@@ -31,8 +31,8 @@ class SurvivalKind(TaskKind):
         return Surv.from_arrays(event=[bool(v[1]) for v in values],
                                 time=[float(v[0]) for v in values])
 
-    def inner_split(self, y: Any, seed: int) -> InnerSplit:
-        from sklearn.model_selection import StratifiedShuffleSplit
+    def inner_split(self, y: Any, seed: int, groups: Any = None) -> InnerSplit:
+        from brainbench.heads.folds import check_groups, hold_out
 
         n = len(y)
         if n < MIN_INNER:
@@ -40,8 +40,8 @@ class SurvivalKind(TaskKind):
         event, _ = survival_arrays(y)
         if event.sum() < 4:
             return f"only {int(event.sum())} event(s) (an inner split needs >= 4)"
-        splitter = StratifiedShuffleSplit(1, test_size=VALIDATION_SHARE, random_state=seed)
-        return next(splitter.split(np.zeros(n), event))
+        return hold_out(n, VALIDATION_SHARE, seed, strata=event,
+                        groups=check_groups(groups, n, "the inner split"))
 
     def validation_score(self, classes: Sequence[Any], y_val: Any,
                          prediction: np.ndarray) -> float:
@@ -58,6 +58,12 @@ class SurvivalKind(TaskKind):
 
     def needs_train_predictions(self) -> bool:
         return True  # Uno's C and the log-rank cut use the training subset
+
+    def fit_reference(self, y_train: Any, train_prediction: Any) -> dict[str, Any]:
+        from brainbench.stats import survival_reference
+
+        event, time = survival_arrays(y_train)
+        return survival_reference(time, event, np.asarray(train_prediction, dtype=float))
 
     def test_metrics(self, y_test: Any, prediction: Any, *, classes: Sequence[Any] = (),
                      train_target: Any = None) -> dict[str, float]:

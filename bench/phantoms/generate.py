@@ -37,7 +37,7 @@ from brainbench.phantoms.render import init_worker, render_scan
 from brainbench.phantoms.specs import CohortPlan
 from brainbench.phantoms.template import load_template
 
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "1.1"  # 1.1: BraTS sites vary their protocols more; a larger ABIDE effect
 DATASETS = tuple(PHANTOMS)
 MANIFEST = "_phantom.json"
 TRUTH_DIR = "_truth"

@@ -51,6 +51,8 @@ class SubmitConfig:
     require_weights: bool = False
     db_url: str | None = None
     progress: bool = True
+    precision: str = "auto"  # brainbench.precision; validated and run at the same one
+    workers: int | None = None  # decode processes (None: from the machine)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ def submit(config: SubmitConfig) -> SubmitResult:
 
     kind = submission_kind(config.backbone)
     started = time.perf_counter()
-    report = validate(config.backbone, config.profile, config.weights, config.require_weights)
+    report = validate(config.backbone, config.profile, config.weights, config.require_weights,
+                      precision=config.precision)
     validation_seconds = time.perf_counter() - started
     print(report.render(), flush=True)
     if not report.ok:
@@ -95,7 +98,8 @@ def submit(config: SubmitConfig) -> SubmitResult:
         model=str(config.backbone), fractions=config.fractions, profile=config.profile,
         cache_dir=config.cache_dir, results_dir=config.results_dir, tasks=config.tasks,
         seeds=config.seeds, weights=config.weights, require_weights=config.require_weights,
-        db_url=config.db_url, progress=config.progress))
+        db_url=config.db_url, progress=config.progress, precision=config.precision,
+        workers=config.workers))
     run_seconds = time.perf_counter() - started
     name = run_report.backbone
     ran = sorted({c.task for c in run_report.cells})

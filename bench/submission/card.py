@@ -18,6 +18,7 @@ unexpected key listed with its reason) and the input contract. No Python is need
     intensity = "robust_zscore"
     tokens = ["cls", "patch_mean"]
     feature_dim = 512
+    pretraining_datasets = ["ImageNet-1k"]  # what the weights saw; [] none, "unknown" (default)
     [parity]                           # optional: equality with the author's own code
     reference = "ref.npz"              # arrays named like tokens, made by the author's code
     input_seed = 7                     # numpy.random.default_rng(7).standard_normal(shape)
@@ -59,7 +60,7 @@ FAMILY_TOKENS = {"timm": ("cls", "patch_mean"), "open_clip": ("cls",),
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 TOP_FIELDS = {"name", "family", "architecture", "weights", "sha256", "checkpoint_key",
               "prefix", "description", "kwargs", "contract", "allowed_missing",
-              "allowed_unexpected", "parity"}
+              "allowed_unexpected", "parity", "pretraining_datasets"}
 CONTRACT_FIELDS = ("dims", "in_channels", "image_size", "num_slices", "intensity", "tokens",
                    "feature_dim")
 RANDOM_SEED = 0
@@ -159,6 +160,7 @@ class Card:
     allowed_missing: dict[str, str] = field(default_factory=dict)
     allowed_unexpected: dict[str, str] = field(default_factory=dict)
     parity: Parity | None = None
+    pretraining_datasets: tuple[str, ...] | None = None  # None: "unknown" (not declared)
 
 
 def _fail(path: Path, text: str) -> BenchError:
@@ -281,7 +283,16 @@ def read_card(path: str | Path) -> Card:
                 prefix=_typed(path, data, "prefix", str, required=False),
                 description=_typed(path, data, "description", str, required=False) or "",
                 allowed_missing=_reasons(path, data, "allowed_missing"),
-                allowed_unexpected=_reasons(path, data, "allowed_unexpected"), parity=parity)
+                allowed_unexpected=_reasons(path, data, "allowed_unexpected"), parity=parity,
+                pretraining_datasets=_pretraining(path, data))
+
+
+def _pretraining(path: Path, data: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The card's ``pretraining_datasets`` (brainbench.analyses.contamination): a list of
+    dataset names, [] for none, or "unknown" (also when absent)."""
+    from brainbench.analyses.contamination import FIELD, UNKNOWN, check_pretraining_datasets
+
+    return check_pretraining_datasets(data.get(FIELD, UNKNOWN), f"card {path}: field {FIELD!r}")
 
 
 # --------------------------------------------------------------------------- building
@@ -451,5 +462,7 @@ def card_backbone(card: Card, *, weights: Path | None = None, require_weights: b
         out = produce(module, x)
         return {t: out[t] for t in wanted}  # only the declared tokens
 
-    return FrozenBackbone(card.name, model, features, contract, info, architecture, report,
-                          dense=dense_tokens(card.family, model))
+    backbone = FrozenBackbone(card.name, model, features, contract, info, architecture, report,
+                              dense=dense_tokens(card.family, model))
+    backbone.pretraining_datasets = () if info.is_random else card.pretraining_datasets
+    return backbone

@@ -214,8 +214,9 @@ def _compare(a: dict, b: dict, tokens, rtol: float, atol: float) -> float:
 
 
 def validate(model: str | Path, profile: Profile, weights: str | Path | None = None,
-             require_weights: bool = False) -> ValidationReport:
-    """Build the backbone as the runner would and run every check; never stores anything."""
+             require_weights: bool = False, precision: str = "fp32") -> ValidationReport:
+    """Build the backbone as the runner would (at `precision`, brainbench.precision) and run
+    every check; never stores anything."""
     report = ValidationReport(source=str(model), profile=profile.name)
     rss0 = _rss_mb()
     started = time.perf_counter()
@@ -225,7 +226,7 @@ def validate(model: str | Path, profile: Profile, weights: str | Path | None = N
             backbone = create_backbone(str(model), weights=weights,
                                        require_weights=require_weights,
                                        image_size=profile.slice_size,
-                                       num_slices=profile.num_slices)
+                                       num_slices=profile.num_slices, precision=precision)
         except BenchError as exc:
             report.add("load", False, str(exc))
             return report
@@ -265,6 +266,7 @@ def _check_backbone(report: ValidationReport, backbone: Backbone) -> None:
                       f"{contract.feature_dim}"):
         return
     _check_weights(report, backbone)
+    _check_pretraining(report, backbone)
     _check_identity(report, backbone)
     modules = modules_of(backbone)
     if not report.add("frozen: modules", bool(modules),
@@ -517,6 +519,29 @@ def _check_patch_tokens(report: ValidationReport, backbone: Backbone, batch: tor
     report.add("patch tokens", not problem, problem or
                f"available, {depth} layers; last layer {tuple(last.shape)} float32, finite: "
                "tumor_seg can run")
+
+
+def _check_pretraining(report: ValidationReport, backbone: Backbone) -> None:
+    """The declared pretraining datasets (brainbench.analyses.contamination): well formed, and
+    which evaluation datasets they contain (those cells will be marked contaminated)."""
+    from brainbench.analyses.contamination import (FIELD, check_pretraining_datasets,
+                                                   evaluation_datasets)
+
+    value = getattr(backbone, FIELD, None)
+    try:
+        declared = None if value is None else check_pretraining_datasets(
+            value, f"backbone.{FIELD}")
+    except BenchError as exc:
+        report.add("pretraining data", False, str(exc))
+        return
+    if declared is None:
+        report.add("pretraining data", True, "not declared (unknown): contamination cannot be "
+                   f"checked; declare {FIELD} (a list of dataset names, [] for none)")
+        return
+    overlap = evaluation_datasets(declared)
+    report.add("pretraining data", True, (", ".join(declared) or "none") + (
+        f"; results on {', '.join(overlap)} will be marked CONTAMINATED" if overlap else
+        "; no evaluation dataset among them"))
 
 
 def _check_weights(report: ValidationReport, backbone: Backbone) -> None:

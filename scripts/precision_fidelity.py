@@ -1,0 +1,86 @@
+"""bf16 vs fp32 features per backbone: norm-relative error of cls and patch_mean on phantoms.
+
+Fidelity is measured, not assumed (issue 15): each backbone encodes the same phantom volumes
+through the product's extraction path (`extract_features`, fresh caches) once in fp32 and once
+in bf16, and the error ||bf16 - fp32|| / ||fp32|| is taken per item (slice for 2d, volume for
+3d); the median and the maximum over items are printed. Random-init weights unless a weights
+variable is set (e.g. BRAINDINO_WEIGHTS); the controls (intensity, oracle) have no network and
+record fp32 in both runs, so their error is 0 by construction.
+
+    .venv/bin/python scripts/precision_fidelity.py --profile cpu [--models braindino,clip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from brainbench.backbone import BACKBONES, create_backbone
+from brainbench.features import FeatureCache, extract_features
+from brainbench.profiles import PROFILES
+
+
+def phantom_images(root: Path, people: int) -> list[Path]:
+    """Every contrast of `people` phantom BraTS subjects (tumours: the widest intensity range)."""
+    from brainbench.phantoms import generate_phantoms
+
+    generate_phantoms(root, {"brats2021": people}, seed=0, workers=1, progress=False)
+    return sorted(root.rglob("*.nii.gz"))[: 4 * people]
+
+
+def relative_errors(exact: np.ndarray, fast: np.ndarray) -> np.ndarray:
+    """Per item ||fast - exact|| / ||exact||."""
+    return np.linalg.norm(fast - exact, axis=1) / np.maximum(np.linalg.norm(exact, axis=1),
+                                                             1e-12)
+
+
+def measure(name: str, profile, images: list[Path], tmp: Path) -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = {p: create_backbone(name, image_size=profile.slice_size,
+                                    num_slices=profile.num_slices, precision=p)
+                 for p in ("fp32", "bf16")}
+    tokens = {precision: extract_features(backbone, images,
+                                          FeatureCache(tmp / f"{name}-{precision}"),
+                                          batch_size=profile.batch_size, progress=False)[0]
+              for precision, backbone in built.items()}
+    row = [name, built["bf16"].precision]
+    for token in ("cls", "patch_mean"):
+        errors = np.concatenate([relative_errors(tokens["fp32"][p][token],
+                                                 tokens["bf16"][p][token]) for p in images])
+        row += [f"{np.median(errors):.2e}", f"{errors.max():.2e}"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--models", default="all", help="comma list (default: all registered)")
+    parser.add_argument("--people", type=int, default=2,
+                        help="phantom BraTS subjects (x4 contrasts)")
+    args = parser.parse_args()
+
+    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+
+    profile = PROFILES.get(args.profile)
+    names = BACKBONES.names() if args.models == "all" else args.models.split(",")
+    load = (lambda: f"{os.getloadavg()[0]:.2f}") if hasattr(os, "getloadavg") else (lambda: "?")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = phantom_images(Path(tmp) / "phantoms", args.people)
+        print(f"profile {profile.name} ({profile.slice_size} px, {profile.num_slices} slices); "
+              f"{len(images)} phantom volumes; load average {load()}")
+        rows = [measure(name, profile, images, Path(tmp)) for name in names]
+    print(tabulate(rows, headers=["backbone", "bf16 run at", "cls median", "cls max",
+                                  "patch_mean median", "patch_mean max"]))
+    print(f"errors: ||bf16 - fp32|| / ||fp32|| per slice (2d) or volume (3d); load average "
+          f"{load()}")
+
+
+if __name__ == "__main__":
+    main()

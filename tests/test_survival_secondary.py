@@ -1,0 +1,56 @@
+"""Uno's C and the log-rank p get intervals: each survival cell stores the training reference
+they need at fit time, and the table recomputes both from the stored test predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainbench.cli import main
+from brainbench.leaderboard.analysis import load_analysis
+from brainbench.profiles import PROFILES
+from brainbench.runner import RunConfig, run
+from brainbench.store import ResultStore, default_url
+
+
+@pytest.fixture(scope="module")
+def survival_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("surv")
+    config = RunConfig(model="intensity", fractions=(1.0,), seeds=(0, 1, 2),
+                       profile=PROFILES.get("tiny"), cache_dir=root / "cache",
+                       results_dir=root / "results", tasks=("survival_cox",), progress=False)
+    run(config)
+    return root
+
+
+def test_stored_reference_reproduces_the_stored_secondary_metrics(survival_store):
+    store = ResultStore(default_url(survival_store / "results"))
+    analysis = load_analysis(store, tasks=["survival_cox"])
+    entry = analysis.entries[0]
+    frame = store.frame(task="survival_cox")
+    for metric in ("c_uno", "logrank_p"):
+        stored = frame[frame.metric == metric].sort_values("seed")["value"].to_numpy(float)
+        records = analysis.records(entry, "survival_cox", 1.0)
+        assert all(r.reference and len(r.reference["train"]) > 0 for r in records)
+        from dataclasses import replace
+
+        recomputed = [replace(r.scorer, metric=metric, reference=r.reference).point()
+                      for r in records]
+        np.testing.assert_allclose(recomputed, stored, rtol=1e-9, equal_nan=True)
+        summary = analysis.secondary(entry, "survival_cox", 1.0, metric)
+        assert summary is not None and summary.n_seeds == int(np.isfinite(stored).sum())
+        assert summary.ci_low <= summary.mean <= summary.ci_high
+        assert summary.ci_high - summary.ci_low > 0  # resampling people and seeds moves it
+
+
+def test_the_table_prints_the_survival_intervals(survival_store, capsys):
+    code = main(["table", "--fraction", "1", "--profile", "tiny", "--tasks", "survival_cox",
+                 "--results", str(survival_store / "results"),
+                 "--out", str(survival_store / "reports")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Survival secondary metrics (Uno's C, log-rank p)" in out
+    line = next(l for l in out.splitlines() if l.startswith("| intensity"))
+    assert "[" in line
+    rows = [l for l in out.splitlines() if "survival_cox c_uno" in l]
+    assert rows, out
