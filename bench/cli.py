@@ -52,7 +52,8 @@ def _precision_options(p: argparse.ArgumentParser, workers: bool = True) -> None
                    help="auto (bf16 where the hardware runs it fast, else fp32) | fp32 | bf16")
     if workers:
         p.add_argument("--workers", default=None,
-                       help="decode processes (default: one per spare core; 0: in this process)")
+                       help="decode processes (default: 0 = a thread in this process for a CPU "
+                            "model, one per spare core for a GPU model)")
 
 
 def _precision(text: str) -> str:
@@ -334,13 +335,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from brainbench.paths import results_dir
-    from brainbench.results_io import import_results
+    from brainbench.paths import cache_dir, results_dir
+    from brainbench.results_io import DataLookup, import_results
     from brainbench.store import ResultStore, default_url
 
     store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    lookup = DataLookup(Path(args.cache or cache_dir()), Path(args.data) if args.data else None)
     for path in args.files:
-        report = import_results(store, Path(path))
+        report = import_results(store, Path(path), lookup=lookup)
         print(f"imported {report.cells} cell(s) of {report.backbone} on {report.task} from "
               f"{path} ({report.replaced} replaced) into {store.url}")
 
@@ -584,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="validate JSON results files and add them to the store")
     p.add_argument("files", nargs="+")
+    p.add_argument("--data", default=None,
+                   help="folder with the real datasets the cells were computed on, to recompute "
+                        "their training subsets (default: as `run`: DATA / dataset config)")
+    p.add_argument("--cache", default=None,
+                   help="cache folder holding the phantom cohorts and voxel hashes (default: as "
+                        "`run`: $BRAINBENCH_CACHE or ~/.cache/brainbench)")
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_import)

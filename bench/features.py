@@ -138,9 +138,14 @@ class ExtractionStats:
         self.keys += other.keys
 
 
-def default_workers() -> int:
-    """Decode worker processes for this machine: one per core beyond the one that runs the
-    forward pass's Python loop, at most 16 (a GPU can need many; a 2-core CPU gets one)."""
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Decode worker processes for a model on `device`: for a GPU, which encodes a volume in
+    tens of ms while decoding one takes ~0.3-0.5 core-s, one per core beyond the one that
+    feeds it (at most 16); for a CPU model 0 (the in-process thread), because there the
+    forward pass owns the cores, decoding is < 10% of the work, and a worker process slowed
+    the forward pass by 15-40% on the 2-core machine (BENCHMARKS.md "Data path")."""
+    if torch.device(device).type != "cuda":
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -209,11 +214,13 @@ def _threaded(volumes: _Volumes, lookahead: int
 def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: int,
               workers: int | None = None) -> Iterator[tuple[str, torch.Tensor | BaseException]]:
     """Volumes decoded and preprocessed ahead of the forward pass, in file order: by
-    `workers` DataLoader processes (None: `default_workers()`), or a background thread for 0.
+    `workers` DataLoader processes (None: `default_workers`), or a background thread for 0.
     Whole-volume reads (slice-wise gzip reads are quadratic, nibabel issue 1058). The worker
     processes start here, before any progress-bar thread exists."""
     volumes = _Volumes(todo, backbone.contract)
-    workers = min(default_workers() if workers is None else check_workers(workers), len(volumes))
+    if workers is None:
+        workers = default_workers(getattr(backbone, "device", None) or "cpu")
+    workers = min(check_workers(workers), len(volumes))
     if workers == 0:
         return _threaded(volumes, lookahead)
     loader = torch.utils.data.DataLoader(volumes, batch_size=None, shuffle=False,
@@ -252,7 +259,7 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
                    dtype: Any = np.float32, progress: bool = True, desc: str = "features",
                    lookahead: int = 4, workers: int | None = None) -> None:
     """The one encoding loop: volumes are read and preprocessed by `workers` processes
-    (None: one per spare core; 0: a background thread) while the backbone runs, their
+    (None: `default_workers`; 0: a background thread) while the backbone runs, their
     items (slices, or whole volumes for 3d backbones) packed into forward calls of exactly
     `batch_size` items (the last may be smaller; capped by the backbone's ``max_batch``), and
     each volume's outputs concatenated and handed to `on_volume` once all of its items are

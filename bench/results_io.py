@@ -14,17 +14,24 @@ survival: Harrell's C; segmentation: the mean of the per-subject scores); the we
 recomputed from ``weights_status`` and ``weights_sha256``, and a "pretrained" claim refused
 for a sha256 recorded as random-init (in the store or in the file) or a random-by-definition
 backbone; ``split_hash`` against the split manifest of the importing results folder when it
-holds one. What cannot be checked from the file (metrics needing the training subset,
-``n_train`` / ``subset_hash``, a split without a manifest) is recorded per cell under the
-reserved hyperparameters key ``import_verification`` and the leaderboard marks such rows
-UNVERIFIED.
+holds one. When the cohort a cell was computed on is present on the importing machine (a
+`DataLookup`: the phantom cohort its ``data_source`` names in the cache folder, or real data
+whose DATA / dataset-config label equals its ``data_source``), the task is prepared as
+`brainbench run` prepares it (voxel hashes, duplicate merge, split, verified against the
+manifest by content) and the training subset recomputed: ``split_hash``, ``subset_hash`` and
+``n_train`` must equal the recomputed values, once per (task, dataset, data source) per file.
+What cannot be checked (metrics needing the training subset, ``n_train`` / ``subset_hash``
+without the cohort, a split with neither manifest nor cohort) is recorded per cell under the
+reserved hyperparameters key ``import_verification``, with what was looked for and where, and
+the leaderboard marks such rows UNVERIFIED.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, dataclass, fields, replace
+import re
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -125,12 +132,29 @@ CONTROLS = frozenset({"intensity", "oracle"})
 _HEX = frozenset("0123456789abcdef")
 
 
+@dataclass(frozen=True)
+class DataLookup:
+    """Where an import looks for the cohorts its cells were computed on, as `brainbench run`
+    finds them: phantom cohorts under ``cache_dir/phantoms/``, real data through DATA
+    (``data_dir``), ``BRAINBENCH_DATA_<NAME>`` and the dataset config. Voxel hashes are
+    read from (and added to) the same cache's ``voxel_hashes.json``."""
+
+    cache_dir: Path
+    data_dir: Path | None = None
+
+
 @dataclass
 class ImportContext:
     """What a file's claims are checked against besides the file itself."""
 
     results_dir: Path | None  # where split manifests live (None: not checkable)
     random_shas: set[str]  # weights sha256 the store (or this file) records as random-init
+    lookup: DataLookup | None = None  # where the cohorts are looked for (None: nowhere)
+    #: (task, dataset, data_source) -> the prepared task, or why its cohort is not present:
+    #: a file's cells share one preparation
+    cohorts: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    locations: Any = None  # brainbench.datasets.locations.DataLocations, read on first use
+    hash_cache: Any = None  # brainbench.leakage.HashCache of lookup.cache_dir, on first use
 
 
 def _finite(value: Any, where: str, field_name: str) -> None:
@@ -352,16 +376,12 @@ def _check_metrics(cell: Cell, metrics: dict, preds: list, where: str) -> dict[s
 
 def _check_split(cell: Cell, where: str, context: ImportContext) -> dict[str, str | None]:
     """split_hash against the split manifest of the importing results folder, when present;
-    the training subset (n_train, subset_hash) needs the cohort's samples: unverified."""
+    then the split and the training subset (n_train, subset_hash) recomputed from the cohort,
+    when it is present (`_check_subset`)."""
     from brainbench.pipeline import manifest_path
     from brainbench.splits import read_manifest
     from brainbench.taskspec import get_task
 
-    subset = "the training subset needs the cohort's samples to recompute"
-    out: dict[str, str | None] = {"n_train": subset, "subset_hash": subset}
-    if context.results_dir is None:
-        out["split_hash"] = "no results folder to look for the split manifest in"
-        return out
     spec = get_task(cell.task)
     if cell.dataset != spec.dataset:
         try:
@@ -369,23 +389,167 @@ def _check_split(cell: Cell, where: str, context: ImportContext) -> dict[str, st
         except BenchError as exc:
             raise BenchError(f"{where}.cell: field 'dataset' {cell.dataset!r} does not verify: "
                              f"{exc}") from None
-    manifest = manifest_path(context.results_dir, cell.data_source, spec)
-    if not manifest.exists():
+    out: dict[str, str | None] = {}
+    manifest = (manifest_path(context.results_dir, cell.data_source, spec)
+                if context.results_dir is not None else None)
+    if manifest is None:
+        out["split_hash"] = "no results folder to look for the split manifest in"
+    elif not manifest.exists():
         out["split_hash"] = ("no split manifest in the importing results folder "
                              f"(splits/{manifest.parent.name}/{manifest.name})")
-        return out
-    stored = read_manifest(manifest)
-    if stored["hash"] != cell.split_hash:
-        raise BenchError(f"{where}.cell: field 'split_hash' does not verify: "
-                         f"{cell.split_hash[:12]}... but the split manifest {manifest} holds "
-                         f"{stored['hash'][:12]}...; the results are of another split")
-    n_train_groups = len(stored["train"])
-    if cell.n_train < 1 or (cell.fraction == 1.0 and cell.n_train < n_train_groups):
-        raise BenchError(f"{where}.cell: field 'n_train' does not verify: {cell.n_train} "
-                         f"training samples at fraction {cell.fraction:g}, but the split "
-                         f"manifest {manifest} has {n_train_groups} training people")
-    out["split_hash"] = None
+    else:
+        stored = read_manifest(manifest)
+        if stored["hash"] != cell.split_hash:
+            raise BenchError(f"{where}.cell: field 'split_hash' does not verify: "
+                             f"{cell.split_hash[:12]}... but the split manifest {manifest} "
+                             f"holds {stored['hash'][:12]}...; the results are of another split")
+        n_train_groups = len(stored["train"])
+        if cell.n_train < 1 or (cell.fraction == 1.0 and cell.n_train < n_train_groups):
+            raise BenchError(f"{where}.cell: field 'n_train' does not verify: {cell.n_train} "
+                             f"training samples at fraction {cell.fraction:g}, but the split "
+                             f"manifest {manifest} has {n_train_groups} training people")
+        out["split_hash"] = None
+    subset = _check_subset(cell, spec, where, context,
+                           manifest if manifest is not None and manifest.exists() else None)
+    if subset is None:  # recomputed: all three verified
+        out.update(split_hash=None, n_train=None, subset_hash=None)
+    else:
+        out.update(n_train=subset, subset_hash=subset)
     return out
+
+
+#: the data_source label `brainbench run` gives a phantom cohort (brainbench.runner.prepare_data)
+_PHANTOM_SOURCE = re.compile(r"phantom:(v(?P<version>[0-9][0-9A-Za-z.]*)-seed\d+-n\d+)")
+
+
+def _phantom_root(cell: Cell, lookup: DataLookup) -> Path | str:
+    """The phantom cohort folder of the cell's data_source in the cache, or why it is absent."""
+    from brainbench.datasets import ADAPTERS
+    from brainbench.phantoms import PHANTOM_VERSION
+
+    match = _PHANTOM_SOURCE.fullmatch(cell.data_source)
+    if match is None:
+        return (f"data_source {cell.data_source!r} is not a phantom cohort brainbench generates "
+                "(phantom:v<version>-seed<S>-n<N>), so there is no cohort to look for")
+    folder = Path(lookup.cache_dir) / "phantoms" / match.group(1)
+    if not folder.is_dir():
+        other = (f"; this brainbench generates phantom version v{PHANTOM_VERSION}"
+                 if match.group("version") != PHANTOM_VERSION else
+                 "; `brainbench run` with the cell's profile and this --cache generates it")
+        return (f"the training subset needs the cohort's samples: phantom cohort "
+                f"{match.group(1)} not found in the cache folder (looked for {folder}){other}")
+    dataset_folder = folder / ADAPTERS.get(cell.dataset).folder
+    if not dataset_folder.is_dir():
+        return (f"the training subset needs the cohort's samples: the phantom cohort {folder} "
+                f"holds no {cell.dataset} (looked for {dataset_folder})")
+    return folder
+
+
+def _real_root(cell: Cell, context: ImportContext) -> Path | str:
+    """The local folder of the cell's dataset when the local data is the data the cell was
+    computed on (its DATA / dataset-config label equals the cell's data_source), or why not."""
+    from brainbench.datasets import ADAPTERS
+    from brainbench.datasets.locations import data_locations
+
+    lookup = context.lookup
+    assert lookup is not None
+    if context.locations is None:
+        context.locations = data_locations(lookup.data_dir)
+    locations = context.locations
+    needs = "the training subset needs the cohort's samples: "
+    if not locations.real:
+        return (f"{needs}no real data configured here (looked for --data / DATA, "
+                f"BRAINBENCH_DATA_{cell.dataset.upper()} and the dataset config brainbench.toml)")
+
+    def present(name: str) -> bool:
+        try:
+            return locations.present(name)
+        except BenchError:  # the root holds no dataset at all
+            return False
+
+    where = locations.root if locations.root is not None else "the dataset config"
+    if not present(cell.dataset):
+        return f"{needs}dataset {cell.dataset} not found in the local data ({where})"
+    named = [entry.partition("=")[0] for entry in cell.data_source.removeprefix("real:").split(";")]
+    labels = {locations.source_label([cell.dataset])}
+    together = [n for n in named if n in ADAPTERS and present(n)]
+    if together:
+        labels.add(locations.source_label(together))
+    if cell.data_source not in labels:
+        return (f"{needs}data_source {cell.data_source!r} is not the local data (here DATA / "
+                f"the dataset config give {sorted(labels)[0]!r})")
+    return Path(locations.path_for(cell.dataset))
+
+
+def _prepared_cohort(cell: Cell, spec: Any, where: str, context: ImportContext,
+                     manifest: Path | None) -> Any:
+    """The task prepared on the cell's cohort as `brainbench run` prepares it (once per
+    (task, dataset, data source) per file), or why the cohort is not present."""
+    from brainbench.leakage import HashCache
+    from brainbench.pipeline import prepare_task
+
+    key = (cell.task, cell.dataset, cell.data_source)
+    if key in context.cohorts:
+        return context.cohorts[key]
+    lookup = context.lookup
+    if lookup is None:
+        found: Path | str = ("the training subset needs the cohort's samples to recompute (no "
+                             "local data was looked for)")
+    elif cell.data_source.startswith("phantom:"):
+        found = _phantom_root(cell, lookup)
+    elif cell.data_source.startswith("real:"):
+        found = _real_root(cell, context)
+    else:
+        found = (f"data_source {cell.data_source!r} names neither a phantom cohort nor real "
+                 "data, so there is no cohort to look for")
+    if isinstance(found, Path):
+        if context.hash_cache is None:
+            context.hash_cache = HashCache(Path(lookup.cache_dir) / "voxel_hashes.json")
+        try:
+            found = prepare_task(spec, found, cell.data_source, hash_cache=context.hash_cache,
+                                 manifest=manifest)  # an existing manifest is only verified
+        except BenchError as exc:
+            raise BenchError(f"{where}: the cohort of data_source {cell.data_source!r} is "
+                             f"present ({found}) but cannot be prepared to recompute the "
+                             f"training subset: {exc}") from None
+    context.cohorts[key] = found
+    return found
+
+
+def _check_subset(cell: Cell, spec: Any, where: str, context: ImportContext,
+                  manifest: Path | None) -> str | None:
+    """Recompute the split and the cell's training subset from the cohort, when present, and
+    refuse a file whose split_hash, subset_hash or n_train differ. None: verified; else why
+    the subset could not be recomputed."""
+    from brainbench.splits import fraction_subset, subset_hash
+
+    prepared = _prepared_cohort(cell, spec, where, context, manifest)
+    if isinstance(prepared, str):
+        return prepared
+    source = f"the {cell.dataset} cohort in {prepared.loaded.cohort.root}"
+    if prepared.split.hash != cell.split_hash:
+        raise BenchError(f"{where}.cell: field 'split_hash' does not verify: the file says "
+                         f"{cell.split_hash[:12]}... but the split recomputed from {source} is "
+                         f"{prepared.split.hash[:12]}...; the results are of another split")
+    try:
+        groups = fraction_subset(prepared.split, prepared.samples, cell.fraction, cell.seed,
+                                 spec.min_per_stratum)
+    except BenchError as exc:
+        raise BenchError(f"{where}.cell: fields 'fraction' / 'seed' do not verify: {exc}") from None
+    recomputed_hash, n_train = subset_hash(groups), len(prepared.members(groups))
+    wrong = []
+    if recomputed_hash != cell.subset_hash:
+        wrong.append(f"field 'subset_hash' does not verify: the file says "
+                     f"{cell.subset_hash[:12]}... but the training subset recomputed from "
+                     f"{source} (fraction {cell.fraction:g}, seed {cell.seed}) is "
+                     f"{recomputed_hash[:12]}...")
+    if n_train != cell.n_train:
+        wrong.append(f"field 'n_train' does not verify: the file says {cell.n_train} but the "
+                     f"training subset recomputed from {source} (fraction {cell.fraction:g}, "
+                     f"seed {cell.seed}) has {n_train} samples")
+    if wrong:
+        raise BenchError(f"{where}.cell: " + "; ".join(wrong))
+    return None
 
 
 def _check_primary(cell: Cell, metrics: dict, preds: list, where: str) -> None:
@@ -424,7 +588,8 @@ def _known_random_shas(store: ResultStore, backbone: str) -> set[str]:
 
 
 def import_results(store: ResultStore, path: Path, results_dir: Path | None = None,
-                   reference: ResultStore | None = None) -> ImportReport:
+                   reference: ResultStore | None = None,
+                   lookup: DataLookup | None = None) -> ImportReport:
     """Validate the whole file, then write every cell in one transaction (replacing any
     stored cell with the same identity).
 
@@ -432,7 +597,9 @@ def import_results(store: ResultStore, path: Path, results_dir: Path | None = No
     recorded per cell under ``hyperparameters["import_verification"]`` and shown as
     unverified on the leaderboard. results_dir: where the split manifests live (default: the
     folder of an SQLite store). reference: the store whose records the claims are checked
-    against when `store` is a scratch copy (default: `store`)."""
+    against when `store` is a scratch copy (default: `store`). lookup: where the cohorts are
+    looked for to recompute the split and training subsets (`brainbench import` passes its
+    --cache / --data; None: nowhere, n_train and subset_hash stay unverified)."""
     payload = read_results_file(path)
     where = str(path)
     backbone = _need(payload, "backbone", (str,), where)
@@ -453,7 +620,7 @@ def import_results(store: ResultStore, path: Path, results_dir: Path | None = No
         if isinstance(cell, dict) and cell.get("weights_status") == "random-init":
             random_shas.add(str(cell.get("weights_sha256")))
     context = ImportContext(Path(results_dir) if results_dir is not None
-                            else _results_dir_of(reference), random_shas)
+                            else _results_dir_of(reference), random_shas, lookup)
     validated = [_validate_cell(item, backbone, task, f"{where}: cells[{i}]", context)
                  for i, item in enumerate(items)]
     ids = [c.cell_id for c, *_ in validated]

@@ -300,6 +300,11 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
                          + f" ({people} test people)"
                          for task, (mdd, people) in detectable.items())
                      + ". Smaller true differences are likely to go unmarked.")
+    floors = [f"{t.id} {t.min_per_stratum}" for t in analysis.tasks]
+    if floors:
+        notes.append("Training subsets take max(k, ceil(fraction x n)) people of each label "
+                     "stratum (class, event status or target bin); label floor k per task: "
+                     + ", ".join(floors) + ".")
     if protocol_note(analysis):
         notes.append(protocol_note(analysis))
     if ref:

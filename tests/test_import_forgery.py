@@ -249,3 +249,72 @@ def test_honest_round_trip_records_what_could_not_be_verified(exported, tmp_path
     local = load_analysis(store, models=["strong"], tasks=["brain_age"], n_boot=20)
     assert not any(e.is_unverified for e in local.entries)
     assert "UNVERIFIED" not in stats_table(local, 1.0, "markdown")
+
+
+# ------------------------------------------- n_train / subset_hash against the local cohort
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    """One real tiny run (intensity control, brain_age, fraction 0.5, seeds 0 and 1) on the
+    phantom cohort in its cache, exported: the cohort is present for imports using that cache."""
+    from brainbench.cli import main
+
+    root = tmp_path_factory.mktemp("subset")
+    assert main(["run", "--model", "intensity", "--profile", "tiny", "--tasks", "brain_age",
+                 "--fraction", "0.5", "--seeds", "0,1", "--cache", str(root / "cache"),
+                 "--results", str(root / "source"), "--no-progress"]) == 0
+    source = ResultStore(f"sqlite:///{root / 'source' / 'results.db'}")
+    return root / "cache", export_results(source, root / "export")[0]
+
+
+def _import(path: Path, results: Path, cache: Path) -> int:
+    from brainbench.cli import main
+
+    return main(["import", str(path), "--results", str(results), "--cache", str(cache)])
+
+
+def test_n_train_and_subset_hash_verify_against_the_present_cohort(computed, tmp_path):
+    cache, exported_file = computed
+    assert _import(exported_file, tmp_path / "r", cache) == 0
+    cells = _target(tmp_path, "r").cells()
+    assert len(cells) == 2
+    for c in cells:
+        record = c.cell.hyperparameters[VERIFICATION_KEY]
+        assert {"n_train", "subset_hash", "split_hash"} <= set(record["verified"])
+        assert not unverified_fields(c.cell.hyperparameters)
+
+
+@pytest.mark.parametrize("field_name", ["n_train", "subset_hash"])
+def test_forged_training_subset_is_refused_naming_the_field(computed, tmp_path, capsys,
+                                                            field_name):
+    cache, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    cell = data["cells"][1]["cell"]
+    honest = cell[field_name]
+    cell[field_name] = honest + 1 if field_name == "n_train" else "ab" * 32
+    before = dict(cell, **{field_name: honest})
+    assert Cell(**before).cell_id == Cell(**cell).cell_id  # the cell id does not cover it
+    forged = _write(tmp_path, data)
+    target = _target(tmp_path, "r")
+    assert _import(forged, tmp_path / "r", cache) == 2
+    err = capsys.readouterr().err
+    assert f"cells[1].cell: field '{field_name}' does not verify" in err and str(forged) in err
+    assert "Traceback" not in err and "recomputed from the ixi cohort" in err
+    if field_name == "n_train":
+        assert f"the file says {honest + 1} but" in err and f"has {honest} samples" in err
+    else:
+        assert f"is {honest[:12]}..." in err
+    assert target.frame().empty  # nothing written
+
+
+def test_without_the_cohort_the_subset_stays_unverified_saying_where_it_looked(computed,
+                                                                               tmp_path):
+    _, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    data["cells"][0]["cell"]["n_train"] += 1  # not checkable here: imported, marked unverified
+    assert _import(_write(tmp_path, data), tmp_path / "r", tmp_path / "elsewhere") == 0
+    for c in _target(tmp_path, "r").cells():
+        missing = unverified_fields(c.cell.hyperparameters)
+        assert set(missing) >= {"n_train", "subset_hash"}
+        assert str(tmp_path / "elsewhere" / "phantoms") in missing["n_train"]
+        assert "not found in the cache folder" in missing["subset_hash"]

@@ -22,7 +22,6 @@ from brainbench.errors import BenchError
 N_SPLITS = 5
 MIN_PEOPLE = 2  # classes held by fewer people are left out (named in the details)
 PROBE_C = 1.0  # inverse L2 strength of the logistic probes (features are standardised)
-PROBE_COMPONENTS = 64  # the probe reads the first principal components of the training folds
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,8 @@ class ProbeScore:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _folds(labels: np.ndarray, groups: np.ndarray, seed: int
+           ) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedGroupKFold
 
     people = len(set(groups))
@@ -57,32 +57,27 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, se
     """(n, K) out-of-fold class probabilities of a standardised logistic probe and its class
     order; classes balanced so rare tissue classes count as much as common ones.
 
-    The probe is linear in the tokens: standardise, project on the first PROBE_COMPONENTS
-    principal components of the training folds, logistic regression. The projection keeps
-    lbfgs from crawling on 768-d tokens of thousands of patches (minutes per fit under load);
-    a probe is then a few seconds.
+    BLAS runs single-threaded here: on a shared 2-core machine its threads only contend, and
+    the fits took ~25x longer with them (measured, load average 7-12).
     """
     from threadpoolctl import threadpool_limits
 
     classes = np.unique(labels)
     proba = np.zeros((len(labels), len(classes)))
-    with threadpool_limits(1):  # small BLAS calls: threads only contend (measured 30x slower)
+    with threadpool_limits(1):
         _fit_folds(features, labels, groups, seed, classes, proba)
     return proba, classes
 
 
 def _fit_folds(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int,
                classes: np.ndarray, proba: np.ndarray) -> None:
-    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     for train, test in _folds(labels, groups, seed):
-        components = min(PROBE_COMPONENTS, features.shape[1], len(train) - 1)
-        model = make_pipeline(StandardScaler(), PCA(components, svd_solver="covariance_eigh"),
-                              LogisticRegression(C=PROBE_C, class_weight="balanced",
-                                                 max_iter=2000))
+        model = make_pipeline(StandardScaler(), LogisticRegression(
+            C=PROBE_C, class_weight="balanced", max_iter=2000))
         model.fit(features[train], labels[train])
         columns = np.searchsorted(classes, model.classes_)
         proba[np.ix_(test, columns)] = model.predict_proba(features[test])
@@ -107,9 +102,14 @@ def _interval(resample: stats.PersonResample, scorer) -> tuple[float | None, flo
 
 
 def classify(features: np.ndarray, labels: Sequence[str], persons: Sequence[str], *,
-             metric: str, seed: int = 0, n_boot: int = 1000, key: str = "") -> ProbeScore:
+             metric: str, seed: int = 0, n_boot: int = 1000, key: str = "",
+             min_items: int = 1) -> ProbeScore:
     """Grouped probe of ``labels`` from ``features``: ``balanced_accuracy`` (chance 1/K) or,
-    for two classes, ``auc`` (chance 0.5; the positive class is the last in sorted order)."""
+    for two classes, ``auc`` (chance 0.5; the positive class is the last in sorted order).
+
+    Classes held by fewer than MIN_PEOPLE people or ``min_items`` items are left out (named in
+    the details): a handful of patches gives a score, and a shuffled control, of pure noise.
+    """
     features = np.asarray(features, dtype=np.float64)
     y = np.asarray([str(v) for v in labels])
     groups = np.asarray([str(p) for p in persons])
@@ -117,14 +117,16 @@ def classify(features: np.ndarray, labels: Sequence[str], persons: Sequence[str]
         raise BenchError(f"probe inputs disagree: features {features.shape}, {len(y)} labels, "
                          f"{len(groups)} persons")
     people = {c: len(set(groups[y == c])) for c in np.unique(y)}
-    dropped = {str(c): n for c, n in people.items() if n < MIN_PEOPLE}
+    dropped = {str(c): f"{n} people, {int((y == c).sum())} items" for c, n in people.items()
+               if n < MIN_PEOPLE or (y == c).sum() < min_items}
     if dropped:  # a class seen in one person cannot be scored out of fold by person
         keep = ~np.isin(y, list(dropped))
         features, y, groups = features[keep], y[keep], groups[keep]
     classes = np.unique(y)
     if len(classes) < 2:
         raise BenchError(f"a probe needs at least two classes held by >= {MIN_PEOPLE} people "
-                         f"each, got {[str(c) for c in classes]} (dropped: {dropped})")
+                         f"and >= {min_items} items each, got {[str(c) for c in classes]} "
+                         f"(dropped: {dropped})")
     if metric == "auc" and len(classes) != 2:
         raise BenchError(f"auc needs exactly two classes, got {list(classes)}")
     proba, order = out_of_fold(features, y, groups, seed)
@@ -155,9 +157,8 @@ def classify(features: np.ndarray, labels: Sequence[str], persons: Sequence[str]
     counts = {str(c): int((y == c).sum()) for c in classes}
     return ProbeScore(metric, float(value), lower, upper, chance, float(shuffled), {
         "n_items": int(len(y)), "n_people": int(resample.n_people), "classes": counts,
-        "folds": len(_folds(y, groups, seed)), "probe": f"StandardScaler + PCA("
-        f"{PROBE_COMPONENTS}) + LogisticRegression(C={PROBE_C}, class_weight=balanced), "
-        "StratifiedGroupKFold by person",
+        "folds": len(_folds(y, groups, seed)), "probe": f"StandardScaler + LogisticRegression"
+        f"(C={PROBE_C}, class_weight=balanced), StratifiedGroupKFold by person",
         "n_boot": n_boot, "seed": seed, "dropped_classes": dropped})
 
 

@@ -45,6 +45,7 @@ REFERENCE_DEPTHS = (0.35, 0.5, 0.65)  # reference slices, as fractions of the sl
 LESION_SLICES = 3  # per person: the slices of the grid holding the most lesion
 LESION_MIN = 0.3  # a patch is "lesion" with at least this lesion fraction ...
 BRAIN_MIN = 0.5  # ... and "healthy" with none and at least this much brain
+MIN_PATCHES = 10  # patch classes with fewer patches are left out of a probe
 PCA_EXAMPLES = 3
 KNN_K = 5
 TRUTH_VERSION = 1
@@ -283,7 +284,8 @@ def tissue_analyses(backbone: Backbone, ctx: _Context) -> list[AnalysisResult]:
     try:
         score = measures.classify(np.concatenate(features), labels, persons,
                                   metric="balanced_accuracy", seed=ctx.config.seed,
-                                  n_boot=ctx.config.n_boot, key=f"tissue|{dataset}")
+                                  n_boot=ctx.config.n_boot, key=f"tissue|{dataset}",
+                                  min_items=MIN_PATCHES)
     except BenchError as exc:
         ctx.report.note(f"{dataset}: tissue_probe skipped on the {grids[0].shape[2:]} patch "
                         f"grid of profile {ctx.config.profile.name}: {exc}")
@@ -368,7 +370,7 @@ def lesion_analyses(backbone: Backbone, ctx: _Context) -> list[AnalysisResult]:
     try:
         score = measures.classify(np.concatenate(features), labels, persons, metric="auc",
                                   seed=ctx.config.seed, n_boot=ctx.config.n_boot,
-                                  key=f"lesion|{dataset}")
+                                  key=f"lesion|{dataset}", min_items=MIN_PATCHES)
     except BenchError as exc:
         ctx.report.note(f"{dataset}: lesion_probe skipped: {exc}")
         return []
