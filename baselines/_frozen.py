@@ -51,7 +51,10 @@ class FrozenBackbone(Backbone):
         self.load_report = load_report
         self.dense = dense
         self._architecture = dict(architecture)
-        self._bf16: torch.nn.Module | None = None  # made by set_precision("bf16")
+        # derived copies by precision (set_precision("bf16")), held in a dict, not as module
+        # attributes: they are not extra encoder parameters (parameter_count and submission
+        # validation count the fp32 model, the one whose weights are hashed)
+        self._copies: dict[str, torch.nn.Module] = {}
 
     @property
     def device(self) -> torch.device:
@@ -59,27 +62,27 @@ class FrozenBackbone(Backbone):
 
     def to(self, device: str | torch.device) -> "FrozenBackbone":
         self.model.to(device)
-        if self._bf16 is not None:
-            self._bf16.to(device)
+        for copy in self._copies.values():
+            copy.to(device)
         return self
 
     def set_precision(self, precision: str) -> None:
         """bf16 runs a copy of the model with its Linear/Conv weights already in bf16, under
         autocast: what autocast computes, without re-casting the weights on every call."""
         super().set_precision(precision)
-        if self.precision == "bf16" and self._bf16 is None:
-            self._bf16 = bf16_matmul_copy(self.model)
+        if self.precision == "bf16" and "bf16" not in self._copies:
+            self._copies["bf16"] = bf16_matmul_copy(self.model)
 
     def share_precision(self, other: "FrozenBackbone") -> None:
         """Run at `other`'s precision, sharing its bf16 copy when both wrap the same model."""
         if other.model is self.model:
-            self._bf16 = other._bf16
+            self._copies = dict(other._copies)
         self.set_precision(other.precision)
 
     @property
     def _module(self) -> torch.nn.Module:
         """The module a forward pass runs: the fp32 model, or its bf16-matmul copy."""
-        return self._bf16 if self.precision == "bf16" and self._bf16 is not None else self.model
+        return self._copies.get(self.precision, self.model)
 
     def _input(self, batch: Any, what: str) -> torch.Tensor:
         """The batch checked against the contract, as float32 on the model's device."""

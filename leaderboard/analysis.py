@@ -288,6 +288,15 @@ class Analysis:
         low, high = stats.percentile_interval(self.replicates(entry, task, fraction), LEVEL)
         return Summary(float(np.mean(values)), sd, int(values.size), low, high)
 
+    def precisions(self, fraction: float) -> dict[str, list[str]]:
+        """Entry display name -> the feature precisions of its cells at ``fraction``."""
+        out: dict[str, set[str]] = {}
+        for (entry, _, f, _), record in self.cells.items():
+            if f == fraction:
+                out.setdefault(entry.display, set()).add(record.provenance.get("precision",
+                                                                              "fp32"))
+        return {name: sorted(found) for name, found in out.items()}
+
     def chance(self, task: str, fraction: float, n_perm: int = CHANCE_PERMUTATIONS
                ) -> Summary | None:
         """The chance row: the reference's (else the first entry's with this task) test
@@ -589,6 +598,8 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                                           "protocol", "n_train", "n_test", "selection",
                                           "dataset")}
         provenance["trials"] = None if pd.isna(row["trials"]) else int(row["trials"])
+        # stores before schema 4 (NULL) were all fp32
+        provenance["precision"] = row.get("precision") or "fp32"
         provenance["unverified"] = dict(row["unverified"])
         key = (entry, row["task"], float(row["fraction"]), int(row["seed"]))
         kind = get_kind(spec.kind)

@@ -300,6 +300,12 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
                          + f" ({people} test people)"
                          for task, (mdd, people) in detectable.items())
                      + ". Smaller true differences are likely to go unmarked.")
+    precisions = analysis.precisions(fraction)
+    if precisions:
+        notes.append("Feature precision (brainbench.precision; bf16 and fp32 cells are "
+                     "different cells): " + "; ".join(f"{name} {'+'.join(found)}"
+                                                      for name, found in precisions.items())
+                     + ".")
     floors = [f"{t.id} {t.min_per_stratum}" for t in analysis.tasks]
     if floors:
         notes.append("Training subsets take max(k, ceil(fraction x n)) people of each label "

@@ -206,8 +206,8 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
             return batch / timed(lambda: backbone.embed(x), args.device, args.seconds)
 
         before = raw_rate()
-        for workers in args.workers:
-            cache = FeatureCache(Path(tmp) / f"cache-{workers}")
+        for run, workers in enumerate(args.workers):
+            cache = FeatureCache(Path(tmp) / f"cache-{run}")  # fresh: every volume a miss
             _, stats = extract_features(backbone, paths, cache, batch_size=batch,
                                         progress=False, workers=workers)
             after = raw_rate()  # the raw forward on each side of the pipeline run (drift)

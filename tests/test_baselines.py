@@ -317,9 +317,13 @@ def test_wrong_or_truncated_checkpoints_fail_naming_keys(tmp_path, name):
 def test_resolution_order_env_then_hf_cache_and_require(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
+    import brainbench.backbone as backbone_module
+
     spec = dinov2.spec("dinov2", False)
     monkeypatch.delenv(spec.env_var, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    # the random-init warning is once per process: another test may have used it up
+    monkeypatch.setattr(backbone_module, "_warned", set())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     build = lambda: tiny_dinov2(False)  # noqa: E731
     with pytest.raises(BenchError, match=f"needs trained weights.*{spec.env_var}"):
