@@ -194,17 +194,18 @@ def overall_table(analysis: Analysis, fraction: float, table_id: str | None,
         css = ' class="random"' if entry.is_random else ""
         rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{rank_cell}{cells}</tr>")
     chance = [analysis.chance(t, fraction) for t in tasks]
-    if any(c is not None for c in chance):  # what no signal scores: the room below every row
+    foot = ""
+    if any(c is not None for c in chance):  # what no signal scores (a footer: never sorted)
         cells = "".join('<td data-value="">–</td>' if c is None else
                         f'<td data-value="{_num(c.mean)}">{c.mean:.3f}<br><span class="ci">'
                         f'[{c.ci_low:.3f}, {c.ci_high:.3f}] shuffled labels</span></td>'
                         for c in chance)
-        rows.append(f'<tr class="chance"><td data-value="~chance">{e(CHANCE_ROW)}<span '
-                    f'class="badge" title="{e(CHANCE_NOTE)}">CONTROL</span></td><td>control'
-                    f'</td><td data-value="">–</td>{cells}</tr>')
+        foot = (f'<tfoot><tr class="chance"><td>{e(CHANCE_ROW)}<span class="badge" '
+                f'title="{e(CHANCE_NOTE)}">CONTROL</span></td><td>control</td><td>–</td>'
+                f'{cells}</tr></tfoot>')
     ident = f' id="{e(table_id)}"' if table_id else ""
     return (f'<table class="sortable"{ident}><thead><tr>{"".join(heads)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+            f'<tbody>{"".join(rows)}</tbody>{foot}</table>')
 
 
 def mcnemar_table(analysis: Analysis, columns: list[tuple[str, str, float]]) -> str:

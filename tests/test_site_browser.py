@@ -62,6 +62,8 @@ class OverallTable(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "table" and self.inside:
             self.inside = self.in_body = False
+        elif tag == "tbody":  # the footer (the chance row) is not a ranked entry
+            self.in_body = False
         elif tag == "td" and self._text is not None:
             self.rows.append("".join(self._text).replace("RANDOM-INIT", "").strip())
             self._text = None
@@ -93,6 +95,8 @@ def test_table_renders_and_sorts_in_chromium(site, tmp_path):
     assert plain.sorted is None
     assert plain.rows == [e.label for e in analysis.entries]  # rendered, in the given order
     assert "<script>" in plain.rows  # the name is text, not an element
+    dom = chromium(url, tmp_path / "p4", "--dump-dom")
+    assert dom.index("chance (shuffled labels)") > dom.index("</tbody>")  # a footer, never sorted
 
     ranks = analysis.mean_ranks(1.0)
     by_rank = [e.label for e in sorted(analysis.entries, key=lambda e: ranks[e].mean_rank)]
