@@ -48,8 +48,6 @@ _CELL_TYPES: dict[str, tuple[type, ...]] = {
     f.name: ({"str": (str,), "int": (int,), "float": (int, float),
               "dict[str, Any]": (dict,)}[str(f.type)]) for f in fields(Cell)}
 _CELL_DEFAULTS = {f.name for f in fields(Cell) if f.default is not MISSING}
-#: the precisions a cell's features can have been computed in (brainbench.precision)
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -222,9 +220,11 @@ def _validate_cell(item: Any, backbone: str, task: str, where: str,
     values = {name: _need(data, name, types, f"{where}.cell")
               for name, types in _CELL_TYPES.items()
               if name in data or name not in _CELL_DEFAULTS}  # files before precision: fp32
-    if values.get("precision", "fp32") not in PRECISIONS:
+    from brainbench.precision import RESOLVED
+
+    if values.get("precision", "fp32") not in RESOLVED:
         raise BenchError(f"{where}.cell: field precision is {values['precision']!r}; expected "
-                         f"one of {', '.join(PRECISIONS)}")
+                         f"one of {', '.join(RESOLVED)}")
     for name, types in _CELL_TYPES.items():
         if float in types:  # 1 and 1.0 hash differently: a fraction is always a float
             _finite(values[name], f"{where}.cell", name)

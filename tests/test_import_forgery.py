@@ -318,3 +318,15 @@ def test_without_the_cohort_the_subset_stays_unverified_saying_where_it_looked(c
         assert set(missing) >= {"n_train", "subset_hash"}
         assert str(tmp_path / "elsewhere" / "phantoms") in missing["n_train"]
         assert "not found in the cache folder" in missing["subset_hash"]
+
+
+def test_precision_is_part_of_the_cell_and_checked(exported, tmp_path):
+    _, files = exported
+    _refused(tmp_path, files["strong__brain_age.json"],
+             lambda d: d["cells"][0]["cell"].update(precision="fp16"),
+             r"field precision is 'fp16'; expected one of fp32, bf16")
+
+    def relabel(d):  # claim bf16 for an fp32 cell, keeping the id: the id no longer matches
+        d["cells"][0]["cell"].update(precision="bf16")
+
+    _refused(tmp_path, files["strong__brain_age.json"], relabel, r"cell_id .* does not match")
