@@ -25,6 +25,7 @@ PRECISION ?= auto
 WORKERS ?=
 EXECUTOR ?= local
 RAY_ADDRESS ?=
+SPLIT ?=
 # optional extras installed into the venv (CI adds cluster: Ray, for --executor ray)
 EXTRAS ?= test
 
@@ -34,7 +35,8 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
 	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
 	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) \
-	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)))
+	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))) \
+	$(if $(SPLIT),--split $(SPLIT))
 
 .PHONY: venv bench test list results phantoms benchmark clean table curves leaderboard data-check \
 	validate submit import-bundle analyze
@@ -71,7 +73,7 @@ list: $(STAMP)
 
 results: $(STAMP)
 	$(BIN)/brainbench results --format $(FORMAT) $(if $(MODELS),--models $(MODELS)) \
-		$(if $(TASKS),--tasks $(TASKS)) \
+		$(if $(TASKS),--tasks $(TASKS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION))
 
 table: $(STAMP)

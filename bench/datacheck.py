@@ -147,6 +147,8 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
         "test_samples": sum(1 for s in merged if s.group in test),
         "test_labels": dict(sorted(Counter(s.fraction_stratum for s in merged if s.group in test).items())),
     }
+    if split.variant:
+        report.split["variant"] = split.label
     if results_dir is not None:
         manifest = manifest_path(results_dir, data_source, task)
         report.split["manifest"] = str(manifest)
@@ -209,6 +211,8 @@ def render(r: DataCheckReport, max_findings: int = 40) -> str:
         lines += [f"split: {s['train_people']} people ({s['train_samples']} samples) train, "
                   f"{s['test_people']} people ({s['test_samples']} samples) test; hash {str(s['hash'])[:12]}",
                   f"  test labels: {_counts(s['test_labels'])}"]
+        if "variant" in s:
+            lines += [f"  split variant: {s['variant']} (the test set is that whole site)"]
         if "manifest" in s:
             lines += [f"  manifest: {s['manifest']} ({s['stored']})"]
     for f in r.findings[:max_findings]:

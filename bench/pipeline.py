@@ -16,11 +16,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from brainbench.backbone import Backbone
 from brainbench.datasets import load_cohort
+from brainbench.errors import BenchError
 from brainbench.kinds import TaskKind, get_kind
 from brainbench.leakage import HashCache, assert_no_leakage, merge_duplicate_groups
 from brainbench.profiles import Profile
 from brainbench.provenance import code_version
-from brainbench.splits import Split, fraction_subset, make_split, record_split, subset_hash
+from brainbench.splits import (Split, fraction_subset, make_site_split, make_split, record_split,
+                               subset_hash)
 from brainbench.store import Cell
 from brainbench.subjects import Cohort
 from brainbench.taskspec import Sample, TaskSpec, build_samples
@@ -114,13 +116,33 @@ def prepare_task(task: TaskSpec, root: Path, data_source: str, *,
     if hashes:
         samples = [s for s in samples if all(Path(p) in hashes for _, p in s.images)]
         samples, duplicates = merge_duplicate_groups(samples, hashes)  # before the split
-    split = make_split(task.id, task.dataset, samples, task.split_salt, task.test_fraction,
-                       require_all_labels=get_kind(task.kind).require_all_labels)
+    split, unsited = _split(task, samples)
+    if unsited:
+        samples = [s for s in samples if s.site is not None]
+        duplicates.append(f"{len(unsited)} person(s) without a {task.split.meta!r} left out of "
+                          f"the {task.split.name} split: {', '.join(unsited[:5])}"
+                          f"{' ...' if len(unsited) > 5 else ''}")
     if manifest is not None:
         record_split(split, manifest)
     if hashes:
         assert_no_leakage(task.id, samples, split.test_groups, hashes)
     return PreparedTask(task, data_source, loaded, samples, split, duplicates)
+
+
+def _split(task: TaskSpec, samples: Sequence[Sample]) -> tuple[Split, list[str]]:
+    """The task's fixed split (standard, or its split variant) and the persons a site-held-out
+    split leaves out for lack of a site."""
+    require_all = get_kind(task.kind).require_all_labels
+    if task.split is None:
+        return make_split(task.id, task.dataset, samples, task.split_salt, task.test_fraction,
+                          require_all_labels=require_all), []
+    unsited = sorted({s.group for s in samples if s.site is None})
+    sited = [s for s in samples if s.site is not None]
+    if not sited:
+        raise BenchError(f"task {task.id}: the {task.split.name} split needs each subject's "
+                         f"{task.split.meta!r}, and dataset {task.dataset} gives none")
+    return make_site_split(task.id, task.dataset, sited, task.split_salt, task.test_fraction,
+                           task.split.name, require_all_labels=require_all), unsited
 
 
 # ------------------------------------------------------------------------------ cell planner
@@ -159,6 +181,6 @@ def plan_cells(prepared: PreparedTask, backbone: Backbone, profile: Profile, *, 
                 n_train=len(prepared.members(groups)), n_test=n_test, hyperparameters={},
                 selection=selection, code_version=code_version(), config_hash=config_hash,
                 split_hash=split.hash, subset_hash=subset_hash(groups), cache_key="",
-                precision=getattr(backbone, "precision", "fp32"))
+                precision=getattr(backbone, "precision", "fp32"), split=split.label)
             planned.append(PlannedCell(cell, groups, detail))
     return planned

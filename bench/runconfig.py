@@ -35,6 +35,7 @@ class RunConfig:
     workers: int | None = None  # decode processes; None: from the machine, 0: in-process
     executor: str = "local"  # where cells run: local (this process) | ray (brainbench.executors)
     ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS or a local one)
+    split: str = ""  # a declared split variant (e.g. "site-held-out"); "": the standard split
 
     def seeds_for(self, task: TaskSpec) -> tuple[int, ...]:
         return self.seeds or task.seeds
@@ -62,6 +63,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     extraction: ExtractionStats = field(default_factory=ExtractionStats)
     unavailable: list[str] = field(default_factory=list)  # tasks whose dataset is not under DATA
+    other_split: list[str] = field(default_factory=list)  # tasks without the --split variant
 
     def note(self, text: str) -> None:
         """Add a note once (tasks sharing a cohort report its notes once)."""

@@ -29,7 +29,7 @@ from brainbench.taskspec import TaskSpec, all_tasks, check_fraction, get_task
 log = logging.getLogger("brainbench")
 
 __all__ = ["CellOutcome", "RunConfig", "RunReport", "build_backbone", "manifest_path",
-           "plan_task", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
+           "on_split", "plan_task", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
 
 
 def resolve_tasks(names: Sequence[str] | None,
@@ -57,6 +57,29 @@ def resolve_tasks(names: Sequence[str] | None,
     picked = [t for t in tasks if names or t.id in chosen]
     picked += [get_task(t) for t in chosen if t not in {p.id for p in picked}]
     return [t.on_dataset(chosen[t.id]) if t.id in chosen else t for t in picked]
+
+
+def on_split(tasks: Sequence[TaskSpec], split: str, explicit: bool
+             ) -> tuple[list[TaskSpec], list[str]]:
+    """The tasks evaluated on split variant ``split`` ("" = the standard split: all of them),
+    and the tasks left out because they declare no such split. A task named explicitly that
+    lacks the variant is an error."""
+    if not split:
+        return list(tasks), []
+    from brainbench.taskspec import SPLIT_VARIANTS
+
+    if split not in SPLIT_VARIANTS:
+        raise BenchError(f"SPLIT={split!r} (--split): expected one of "
+                         f"{', '.join(SPLIT_VARIANTS)} (or nothing: the standard split)")
+    lacking = [t for t in tasks if split not in t.split_names]
+    if lacking and explicit:
+        lacking[0].with_split(split)  # raises, naming the task and what it declares
+    chosen = [t.with_split(split) for t in tasks if split in t.split_names]
+    if not chosen:
+        raise BenchError(f"no selected task declares the split {split!r}; tasks that do: "
+                         + (", ".join(t.id for t in all_tasks() if split in t.split_names)
+                            or "none"))
+    return chosen, [f"{t.id} (declares no {split} split)" for t in lacking]
 
 
 def prepare_data(config: RunConfig, datasets: set[str]) -> tuple[dict[str, Path], str]:
@@ -119,6 +142,7 @@ def run(config: RunConfig) -> RunReport:
     for fraction in config.fractions:
         check_fraction(fraction)
     tasks = resolve_tasks(config.tasks, config.datasets)
+    tasks, without_split = on_split(tasks, config.split, explicit=bool(config.tasks))
     get_protocol(config.protocol)  # a bad name fails before anything starts
     if config.executor != "local":
         config = _for_cluster(config)
@@ -134,6 +158,7 @@ def run(config: RunConfig) -> RunReport:
                            weights_source=backbone.weights.source, data_source=data_source,
                            store_url=store.shown,  # printed: no password
                            precision=backbone.precision)
+        report.other_split += without_split
 
         def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
             for task in tasks:

@@ -36,26 +36,49 @@ def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _split_digest(train: Iterable[str], test: Iterable[str], variant: str = "",
+                  held_out: Sequence[str] = ()) -> str:
+    """The split hash: its lists, plus the variant and held-out sites for a split variant
+    (standard splits keep the hashes every earlier manifest and store holds)."""
+    content: dict[str, object] = {"schema": SPLIT_SCHEMA, "train": sorted(train),
+                                  "test": sorted(test)}
+    if variant:
+        content.update(variant=variant, held_out=sorted(held_out))
+    return digest(content)
+
+
 @dataclass(frozen=True)
 class Split:
+    """A fixed train/test split; ``variant`` names a split variant ("" = the standard one) and
+    ``held_out`` what it holds out (the test site of a site-held-out split)."""
+
     task: str
     dataset: str
     salt: str
     test_fraction: float
     train_groups: tuple[str, ...]
     test_groups: tuple[str, ...]
+    variant: str = ""
+    held_out: tuple[str, ...] = ()
 
     @property
     def hash(self) -> str:
-        return digest({"schema": SPLIT_SCHEMA, "train": sorted(self.train_groups),
-                       "test": sorted(self.test_groups)})
+        return _split_digest(self.train_groups, self.test_groups, self.variant, self.held_out)
+
+    @property
+    def label(self) -> str:
+        """What a cell records as its split: "" or e.g. "site-held-out:IOP"."""
+        return f"{self.variant}:{','.join(self.held_out)}" if self.variant else ""
 
     def to_manifest(self) -> dict:
-        return {
+        manifest = {
             "schema": SPLIT_SCHEMA, "task": self.task, "dataset": self.dataset, "salt": self.salt,
             "test_fraction": self.test_fraction, "hash": self.hash,
             "train": sorted(self.train_groups), "test": sorted(self.test_groups),
         }
+        if self.variant:
+            manifest.update(variant=self.variant, held_out=sorted(self.held_out))
+        return manifest
 
 
 def _group_strata(samples: Sequence[Sample], attr: str) -> dict[str, str]:
@@ -106,6 +129,45 @@ def make_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
     if require_all_labels:
         _check_labels_on_both_sides(split, samples)
     return split
+
+
+def make_site_split(task: str, dataset: str, samples: Sequence[Sample], salt: str,
+                    test_fraction: float, variant: str,
+                    require_all_labels: bool = True) -> Split:
+    """Hold out one whole site as the test set (`brainbench.taskspec.SiteHeldOut`): the site
+    closest in people to ``test_fraction`` of the cohort among those that leave every label on
+    both sides and at least one training site. Samples must all carry a site."""
+    sites = _group_strata(samples, "site")
+    labels = _group_strata(samples, "fraction_stratum")
+    people: dict[str, list[str]] = defaultdict(list)
+    for group, site in sites.items():
+        people[site].append(group)
+    all_labels = set(labels.values())
+    target = test_fraction * len(sites)
+
+    def usable(site: str) -> bool:
+        held = set(people[site])
+        test_labels = {labels[g] for g in held}
+        train_labels = {labels[g] for g in labels if g not in held}
+        both = test_labels == all_labels == train_labels if require_all_labels else True
+        return len(people) >= 2 and both and len(held) < len(sites)
+
+    candidates = sorted((abs(len(groups) - target), site) for site, groups in people.items()
+                        if usable(site))
+    if not candidates:
+        per_site = "; ".join(
+            f"site {site}: " + ", ".join(f"{label} {sum(labels[g] == label for g in groups)}"
+                                         for label in sorted(all_labels))
+            for site, groups in sorted(people.items()))
+        raise BenchError(
+            f"task {task}: no site can be held out: every label must appear in the held-out "
+            f"site and in the other sites, and at least two sites are needed (people per "
+            f"site and label: {per_site or 'no sites'})")
+    held_site = candidates[0][1]
+    test = sorted(people[held_site])
+    train = sorted(g for g in sites if sites[g] != held_site)
+    return Split(task, dataset, salt, test_fraction, tuple(train), tuple(test),
+                 variant=variant, held_out=(held_site,))
 
 
 def split_label_counts(split: Split, samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
@@ -204,8 +266,13 @@ def read_manifest(manifest: Path) -> dict:
     if not isinstance(stored.get("hash"), str):
         raise BenchError(f"split manifest {manifest}: field 'hash' must be a string, got "
                          f"{stored.get('hash')!r}; delete it to re-create it")
-    recomputed = digest({"schema": SPLIT_SCHEMA, "train": sorted(stored["train"]),
-                         "test": sorted(stored["test"])})
+    variant, held_out = stored.get("variant", ""), stored.get("held_out", [])
+    if not isinstance(variant, str) or not isinstance(held_out, list) or not all(
+            isinstance(h, str) for h in held_out):
+        raise BenchError(f"split manifest {manifest}: fields 'variant' / 'held_out' must be a "
+                         f"string and a list of strings, got {variant!r} / {held_out!r}; "
+                         "delete it to re-create it")
+    recomputed = _split_digest(stored["train"], stored["test"], variant, held_out)
     if recomputed != stored["hash"]:
         raise BenchError(f"split manifest {manifest}: field 'hash' ({stored['hash'][:12]}) does "
                          f"not verify: its 'train' and 'test' lists hash to {recomputed[:12]}; "

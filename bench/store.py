@@ -40,7 +40,7 @@ from sqlalchemy.exc import (DatabaseError, IntegrityError, OperationalError, Pro
 from brainbench.errors import BenchError
 
 #: The schema version this code reads and writes (see the module docstring).
-STORE_SCHEMA = 4
+STORE_SCHEMA = 5
 SCHEMA_ROW = "store"
 PREDICTIONS_CHUNK = 500  # cell ids per IN query (SQLite allows 999 bound parameters)
 _OPEN_ATTEMPTS = 5  # a concurrent opener migrating the same store: retry, then see it done
@@ -93,6 +93,9 @@ results_table = Table(
     # schema 4: the numeric precision the features were computed in ("fp32", "bf16"); NULL in
     # stores before schema 4, which were all fp32
     Column("precision", String(16), nullable=True),
+    # schema 5: the split variant the cell was evaluated on (e.g. "site-held-out:IOP"); NULL
+    # is the task's standard stratified split, the only one stores before schema 5 hold
+    Column("split", String(128), nullable=True),
 )
 # schema 2: a cell holds each metric once (also what a concurrent second writer of the same
 # cell on a server database now runs into, instead of silently doubling the cell's rows)
@@ -168,6 +171,7 @@ class Cell:
     subset_hash: str
     cache_key: str
     precision: str = "fp32"  # what the features were computed in (brainbench.precision)
+    split: str = ""  # split variant ("site-held-out:<site>"); "" = the task's standard split
 
     @property
     def cell_id(self) -> str:
@@ -180,6 +184,8 @@ class Cell:
                     "config_hash": self.config_hash}
         if self.precision != "fp32":  # fp32 cells keep the identities stores already hold
             identity["precision"] = self.precision
+        if self.split:  # standard-split cells keep the identities stores already hold
+            identity["split"] = self.split
         return digest(identity)
 
 
@@ -285,6 +291,12 @@ def _precision_and_analyses(conn: Connection, url: str) -> None:
     analyses_table.create(conn, checkfirst=True)
 
 
+def _split_column(conn: Connection, url: str) -> None:
+    """v4 -> v5: results.split (NULL = the task's standard split, what every earlier run used)."""
+    type_ = results_table.c.split.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE results ADD COLUMN split {type_}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "unique index ux_results_cell_metric on results(cell_id, metric)",
               _unique_cell_metric),
@@ -292,6 +304,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _person_column, adds={"predictions": ("person",)}),
     Migration(3, "column results.precision and table analyses", _precision_and_analyses,
               adds={"results": ("precision",)}),
+    Migration(4, "column results.split (the split variant of a cell)", _split_column,
+              adds={"results": ("split",)}),
 )
 assert [m.source for m in MIGRATIONS] == list(range(1, STORE_SCHEMA)), "one step per version"
 
@@ -392,6 +406,7 @@ def _cell_rows(cell: Cell, metrics: Mapping[str, Any], predictions: Iterable[Pre
     cell_id = cell.cell_id
     base = asdict(cell)
     base["hyperparameters"] = json.dumps(cell.hyperparameters, sort_keys=True, default=str)
+    base["split"] = cell.split or None  # NULL: the standard split, as in every older store
     rows = [dict(base, cell_id=cell_id, metric=name, value=_number(value),
                  created_at=created_at) for name, value in metrics.items()]
     if not rows:
@@ -655,14 +670,19 @@ class ResultStore:
                 raise BenchError(f"results have no column {column!r} to filter on; columns: "
                                  f"{', '.join(results_table.c.keys())}")
             col = results_table.c[column]
+            if column == "split" and wanted == "":  # the standard split is stored as NULL
+                query = query.where(col.is_(None))
+                continue
             query = query.where(col.in_(list(wanted)) if isinstance(wanted, (list, tuple, set))
                                 else col == wanted)
         return query
 
     def frame(self, **filters: Any) -> pd.DataFrame:
-        """All result rows (optionally filtered by column == value, or column in list)."""
+        """All result rows (optionally filtered by column == value, or column in list;
+        ``split=""`` selects the standard split). ``split`` is "" for standard-split rows."""
         with self.engine.connect() as conn:
-            return pd.read_sql(self._query(**filters), conn)
+            frame = pd.read_sql(self._query(**filters), conn)
+        return frame.assign(split=frame["split"].fillna("").astype(str))
 
     def cells(self, with_predictions: bool = False, **filters: Any) -> list[StoredCell]:
         """The stored cells whose rows match ``filters`` (as `frame`), sorted by cell id, each
@@ -687,6 +707,7 @@ class ResultStore:
                                  f"{values['hyperparameters']!r} are not JSON") from None
             values["fraction"], values["seed"] = float(values["fraction"]), int(values["seed"])
             values["precision"] = values["precision"] or "fp32"  # stores before schema 4
+            values["split"] = values["split"] or ""  # stores before schema 5
             values["n_train"], values["n_test"] = int(values["n_train"]), int(values["n_test"])
             out.append(StoredCell(Cell(**values), metrics, preds.get(cell_id, []),
                                   first["created_at"], cell_id, persons.get(cell_id)))

@@ -33,6 +33,27 @@ class DatasetVariant:
 
 
 @dataclass(frozen=True)
+class SiteHeldOut:
+    """Robustness to unseen sites: train on the other sites, test on one held-out site.
+
+    The held-out site is a pure function of the cohort, so the split is as fixed as the
+    standard one: among the sites whose removal leaves every label on both sides (and at
+    least one training site), the one whose number of people is closest to the task's
+    test_fraction of the cohort (ties: the site name). The site is recorded in the manifest
+    and in each cell's ``split`` ("site-held-out:<site>"); subjects without a site are left
+    out of this split, with a note.
+    """
+
+    meta: str = "site"  # the subject meta key that names the site
+
+    name = "site-held-out"
+
+
+SplitVariant = SiteHeldOut  # the declared split variants (the standard split is implicit)
+SPLIT_VARIANTS: dict[str, type] = {SiteHeldOut.name: SiteHeldOut}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One endpoint: which data, which label, how it is split and scored.
 
@@ -45,6 +66,9 @@ class TaskSpec:
         them, so "1%" never means one person. Declared per task, part of every cell's
         configuration hash and shown by `brainbench list tasks` and in every table.
     status: "pending" tasks are listed everywhere with `pending_reason`, never silently skipped.
+    split_variants: the other splits the task declares (e.g. `SiteHeldOut` for datasets with
+        sites), run with `brainbench run --split NAME`; `with_split` makes the spec that
+        evaluates on one of them, and ``split`` is then set.
     """
 
     id: str
@@ -67,6 +91,21 @@ class TaskSpec:
     reference: str = ""
     alternates: tuple[DatasetVariant, ...] = ()  # other datasets that serve this endpoint
     base_dataset: str = ""  # set on a spec made by on_dataset(): the card's default dataset
+    split_variants: tuple[SplitVariant, ...] = ()
+    split: SplitVariant | None = None  # set by with_split(): the variant evaluated on
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.split_variants)
+
+    def with_split(self, name: str) -> "TaskSpec":
+        """This endpoint evaluated on its declared split variant ``name``."""
+        for variant in self.split_variants:
+            if variant.name == name:
+                return replace(self, split=variant)
+        declared = ", ".join(self.split_names) or "none"
+        raise BenchError(f"task {self.id} declares no split {name!r}; its split variants: "
+                         f"{declared} (known variants: {', '.join(SPLIT_VARIANTS)})")
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -82,14 +121,16 @@ class TaskSpec:
                                target_description=alt.target_description,
                                stratify_meta=alt.stratify_meta, select=dict(alt.select),
                                reference=alt.reference or self.reference, alternates=(),
-                               base_dataset=self.base_dataset or self.dataset)
+                               base_dataset=self.base_dataset or self.dataset,
+                               split_variants=self.split_variants, split=self.split)
         raise BenchError(f"task {self.id} cannot run on dataset {name!r}; valid datasets: "
                          f"{', '.join(self.datasets)}")
 
     @property
     def manifest_name(self) -> str:
-        """Split manifest file name; alternates get their own so they never clash."""
-        return f"{self.id}@{self.dataset}.json" if self.base_dataset else f"{self.id}.json"
+        """Split manifest file name; alternates and split variants get their own."""
+        stem = f"{self.id}@{self.dataset}" if self.base_dataset else self.id
+        return f"{stem}.{self.split.name}.json" if self.split else f"{stem}.json"
 
     @property
     def split_salt(self) -> str:
@@ -111,6 +152,7 @@ class Sample:
     target: Any
     split_stratum: str
     fraction_stratum: str
+    site: str | None = None  # the subject's acquisition site, where the adapter knows it
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -138,6 +180,12 @@ def _selected(task: TaskSpec, subject: Subject) -> bool:
         if have != wanted:
             return False
     return True
+
+
+def _site(task: TaskSpec, subject: Subject) -> str | None:
+    key = task.split.meta if task.split else "site"
+    value = subject.meta.get(key)
+    return None if value is None or value == "" else str(value)
 
 
 def _missing_modalities(task: TaskSpec, subject: Subject) -> list[str]:
@@ -168,6 +216,7 @@ def build_samples(task: TaskSpec, cohort: Cohort) -> tuple[list[Sample], list[st
                         target=modality,
                         split_stratum=meta_stratum or "all",
                         fraction_stratum=modality,
+                        site=_site(task, subject),
                     )
                 )
             continue
@@ -184,6 +233,7 @@ def build_samples(task: TaskSpec, cohort: Cohort) -> tuple[list[Sample], list[st
                 target=value,
                 split_stratum="|".join(filter(None, [label_stratum, meta_stratum])),
                 fraction_stratum=label_stratum,
+                site=_site(task, subject),
             )
         )
     if unlabeled:

@@ -149,6 +149,8 @@ class Analysis:
     flags: dict[str, list[str]] = field(default_factory=dict)  # backbone -> submission flags
     #: backbone -> its declared pretraining data (brainbench.analyses.contamination.lookup)
     pretraining: dict[str, Any] = field(default_factory=dict)
+    #: the same selection on the site-held-out split (brainbench.leaderboard.robustness)
+    unseen_sites: "Analysis | None" = None
     _reps: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ contamination
@@ -540,13 +542,14 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                   profile: str | None = None, data_source: str | None = None,
                   head: str | None = None, reference: str | None = None,
                   n_boot: int = 1000, seed: int = 0, protocol: str | None = None,
-                  resampling: str = stats.DEFAULT_RESAMPLING) -> Analysis:
+                  resampling: str = stats.DEFAULT_RESAMPLING, split: str = "") -> Analysis:
     """Read the selected cells (primary metric + predictions) and set up the statistics.
 
     reference: a backbone name (or entry label); default the first pretrained entry in the
     order of ``models`` (else by name), else the first entry; none with a single entry.
     protocol: keep one protocol (``paper``) or one protocol and budget (``paper[20 trials]``).
     resampling: ``people+seeds`` (two-level bootstrap, default) or ``people`` (heads fixed).
+    split: "" the standard split's cells; a split variant's name (``site-held-out``) its cells.
     """
     if resampling not in stats.RESAMPLING:
         raise BenchError(f"resampling {resampling!r} is not one of {list(stats.RESAMPLING)}")
@@ -554,6 +557,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     frame = store.frame(backbone=list(models) if models else None,
                         task=[t.id for t in task_specs] if task_specs else None,
                         profile=profile, data_source=data_source, head=head)
+    frame = frame[frame["split"].str.startswith(f"{split}:") if split else frame["split"] == ""]
     if fractions:
         frame = frame[frame["fraction"].isin(list(fractions))]
     if models:
@@ -596,7 +600,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                                           "split_hash", "subset_hash", "config_hash",
                                           "created_at", "profile", "data_source", "head",
                                           "protocol", "n_train", "n_test", "selection",
-                                          "dataset")}
+                                          "dataset", "split")}
         provenance["trials"] = None if pd.isna(row["trials"]) else int(row["trials"])
         # stores before schema 4 (NULL) were all fp32
         provenance["precision"] = row.get("precision") or "fp32"

@@ -35,9 +35,12 @@ from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa:
 from brainbench.leaderboard.analysis_pages import INDEX as ANALYSES_INDEX  # noqa: E402
 from brainbench.leaderboard.analysis_pages import write_analysis_pages  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
+from brainbench.leaderboard.robustness import (ROBUSTNESS_NOTE, ROBUSTNESS_TITLE,  # noqa: E402
+                                               site_drops)
 from brainbench.leaderboard.tables import (CHANCE_NOTE, CHANCE_ROW, CONTROL_NOTE,  # noqa: E402
                                            MCNEMAR_TITLE, RANDOM_NOTE, SURVIVAL_NOTE,
-                                           UNVERIFIED_NOTE, best_entries,
+                                           SURVIVAL_SECONDARY, SURVIVAL_SECONDARY_NOTE,
+                                           SURVIVAL_TITLE, UNVERIFIED_NOTE, best_entries,
                                            mcnemar_note, protocol_note)
 
 e = html.escape
@@ -363,6 +366,63 @@ def _efficiency_table(analysis: Analysis, task: str) -> str:
             "(lower is better) reaching 95% means error ≤ full-data error / 0.95.</p>")
 
 
+def _interval(mean: float, low: float, high: float) -> str:
+    if low != low:  # no interval (the metric cannot be recomputed from predictions)
+        return f"{mean:.3f}"
+    return f'{mean:.3f}<br><span class="ci">[{low:.3f}, {high:.3f}]</span>'
+
+
+def _survival_table(analysis: Analysis, task: str) -> str:
+    """Uno's C and the log-rank p per fraction (survival tasks whose cells stored their
+    training reference); empty otherwise."""
+    if next(t for t in analysis.tasks if t.id == task).kind != "survival":
+        return ""
+    columns = [(f, m) for f in analysis.fractions(task) for m in SURVIVAL_SECONDARY]
+    rows = []
+    for entry in analysis.entries:
+        found = [analysis.secondary(entry, task, f, m) for f, m in columns]
+        if all(x is None for x in found):
+            continue
+        cells = "".join("<td>–</td>" if x is None else
+                        f"<td>{_interval(x.mean, x.ci_low, x.ci_high)}</td>" for x in found)
+        css = ' class="random"' if entry.is_random else ""
+        rows.append(f"<tr{css}><td>{e(entry.display)}</td>{cells}</tr>")
+    if not rows:
+        return ""
+    heads = "".join(f"<th>{e(m)} {'↑' if m == 'c_uno' else '↓'}<br>fraction {f:g}</th>"
+                    for f, m in columns)
+    return (f"<h2>{e(SURVIVAL_TITLE)}</h2><table><thead><tr><th>backbone</th>{heads}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+            f'<p class="note">{e(SURVIVAL_SECONDARY_NOTE)}</p>')
+
+
+def _unseen_site_table(analysis: Analysis, task: str) -> str:
+    """In-distribution vs held-out-site score and the drop, per fraction; empty without
+    site-held-out results for the task."""
+    unseen = analysis.unseen_sites
+    if unseen is None:
+        return ""
+    rows = []
+    for f in analysis.fractions(task):
+        for d in site_drops(analysis, unseen, f):
+            if d.task != task:
+                continue
+            css = ' class="random"' if d.entry.is_random else ""
+            inside, outside = d.in_distribution, d.unseen
+            rows.append(
+                f"<tr{css}><td>{e(d.entry.display)}</td><td>{f:g}</td>"
+                f"<td>{_interval(inside.mean, inside.ci_low, inside.ci_high)}</td>"
+                f"<td>{e(d.site)} ({d.people} people)</td>"
+                f"<td>{_interval(outside.mean, outside.ci_low, outside.ci_high)}</td>"
+                f"<td>{_interval(d.drop, *d.drop_ci)}</td></tr>")
+    if not rows:
+        return ""
+    return (f"<h2>{e(ROBUSTNESS_TITLE)}</h2><table><thead><tr><th>backbone</th>"
+            "<th>fraction</th><th>in-distribution</th><th>held-out site</th>"
+            f"<th>unseen site</th><th>drop</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+            f'</table><p class="note">{e(ROBUSTNESS_NOTE)}</p>')
+
+
 def _task_figure(analysis: Analysis, task: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     try:
@@ -429,7 +489,8 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None,
                 _fraction_table(analysis, spec.id),
                 mcnemar_table(analysis, [(f"fraction {f:g}", spec.id, f)
                                          for f in analysis.fractions(spec.id)]),
-                legend(analysis),
+                legend(analysis), _survival_table(analysis, spec.id),
+                _unseen_site_table(analysis, spec.id),
                 "<h2>Label efficiency</h2>", _efficiency_table(analysis, spec.id),
                 "<h2>Provenance of every cell</h2>", _provenance_table(analysis, spec.id)]
         (staging / f"task-{spec.id}.html").write_text(_page(f"brainbench: {spec.id}",

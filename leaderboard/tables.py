@@ -404,7 +404,13 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
     headers, rows = stats_table_rows(analysis, fraction, fmt)
     tablefmt = "latex_raw" if fmt == "latex" else "github"
     table = tabulate(rows, headers=headers, disable_numparse=True, tablefmt=tablefmt)
+    from brainbench.leaderboard.robustness import (ROBUSTNESS_NOTE, ROBUSTNESS_TITLE,
+                                                   robustness_rows)
+
     m_headers, m_rows = mcnemar_rows(analysis, fraction, fmt)  # before the notes: it adds some
+    r_headers, r_rows = robustness_rows(analysis, fraction, fmt)
+    r_table = tabulate(r_rows, headers=r_headers, disable_numparse=True,
+                       tablefmt=tablefmt) if r_rows else ""
     s_headers, s_rows = survival_rows(analysis, fraction, fmt)
     s_table = tabulate(s_rows, headers=s_headers, disable_numparse=True,
                        tablefmt="latex_raw" if fmt == "latex" else "github") if s_rows else ""
@@ -419,6 +425,8 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
             text += f"\n{m_table}\n% {latex_escape(mcnemar_note(analysis, fraction))}\n"
         if s_table:
             text += f"\n{s_table}\n% {latex_escape(SURVIVAL_SECONDARY_NOTE)}\n"
+        if r_table:
+            text += f"\n{r_table}\n% {latex_escape(ROBUSTNESS_NOTE)}\n"
         return text
     text = table + "\n\n" + "\n".join(f"- {markdown_escape(n)}" for n in notes) + "\n"
     if m_table:
@@ -427,6 +435,9 @@ def stats_table(analysis, fraction: float, fmt: str = "markdown") -> str:
     if s_table:
         text += (f"\n**{SURVIVAL_TITLE}**\n\n{s_table}\n\n"
                  f"- {markdown_escape(SURVIVAL_SECONDARY_NOTE)}\n")
+    if r_table:
+        text += (f"\n**{ROBUSTNESS_TITLE}**\n\n{r_table}\n\n"
+                 f"- {markdown_escape(ROBUSTNESS_NOTE)}\n")
     return text
 
 

@@ -1,4 +1,4 @@
-from brainbench.taskspec import DatasetVariant, TaskSpec, register_task
+from brainbench.taskspec import DatasetVariant, SiteHeldOut, TaskSpec, register_task
 from brainbench.targets import NumericTarget
 
 TASK = register_task(TaskSpec(
@@ -12,6 +12,7 @@ TASK = register_task(TaskSpec(
     primary_metric="mae",
     min_per_stratum=2,  # label floor: >= 2 per age bin (5 bins: >= 10 people)
     secondary_metrics=("pearson_r", "r2"),
+    split_variants=(SiteHeldOut(),),  # train on the other sites, test on one unseen
     stratify_meta=("site",),
     reference="IXI (alternates: Pixar ds000228, any BIDS participants.tsv)",
     alternates=(DatasetVariant(

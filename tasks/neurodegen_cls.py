@@ -1,4 +1,4 @@
-from brainbench.taskspec import DatasetVariant, TaskSpec, register_task
+from brainbench.taskspec import DatasetVariant, SiteHeldOut, TaskSpec, register_task
 from brainbench.targets import ClassTarget
 
 TASK = register_task(TaskSpec(
@@ -12,6 +12,7 @@ TASK = register_task(TaskSpec(
     primary_metric="auc",
     min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
+    split_variants=(SiteHeldOut(),),  # train on the other sites, test on one unseen
     reference="ADNI (alternate: OASIS-1, demented = CDR > 0); split by person, never by visit",
     alternates=(DatasetVariant(
         dataset="oasis1",

@@ -1,4 +1,4 @@
-from brainbench.taskspec import TaskSpec, register_task
+from brainbench.taskspec import SiteHeldOut, TaskSpec, register_task
 from brainbench.targets import ClassTarget
 
 TASK = register_task(TaskSpec(
@@ -13,5 +13,6 @@ TASK = register_task(TaskSpec(
     min_per_stratum=5,  # label floor: >= 5 per class
     secondary_metrics=("balanced_accuracy",),
     stratify_meta=("site",),  # site is a confounder in ABIDE: keep it balanced across the split
+    split_variants=(SiteHeldOut(),),  # train on the other sites, test on one unseen
     reference="ABIDE I",
 ))

@@ -1,4 +1,4 @@
-from brainbench.taskspec import TaskSpec, register_task
+from brainbench.taskspec import SiteHeldOut, TaskSpec, register_task
 from brainbench.targets import NumericTarget
 
 TASK = register_task(TaskSpec(
@@ -13,5 +13,6 @@ TASK = register_task(TaskSpec(
     primary_metric="mae",
     min_per_stratum=3,  # label floor: >= 3 per time bin (4 bins: >= 12 people)
     secondary_metrics=("pearson_r",),
+    split_variants=(SiteHeldOut(),),  # train on the other sites, test on one unseen
     reference="ATLAS R2.0",
 ))

@@ -47,7 +47,7 @@ def indexes(path: Path) -> set[str]:
 
 def test_fixture_is_a_first_release_store():
     assert tables(FIXTURE / "results.db") == {"results", "predictions"}
-    assert STORE_SCHEMA == 4 and len(MIGRATIONS) == STORE_SCHEMA - 1
+    assert STORE_SCHEMA == 5 and len(MIGRATIONS) == STORE_SCHEMA - 1
 
 
 def test_v1_store_migrates_and_keeps_every_row(v1_copy):
@@ -59,9 +59,9 @@ def test_v1_store_migrates_and_keeps_every_row(v1_copy):
                                                                             STORE_SCHEMA)]
     assert "ux_results_cell_metric" in indexes(v1_copy)  # the 1 -> 2 step
     # the 3 -> 4 step adds results.precision, NULL (= fp32, all the first release ran) and
-    # the analyses table
+    # the analyses table; the 4 -> 5 step results.split, NULL (= the standard split)
     assert rows(v1_copy, "SELECT * FROM results ORDER BY id") == [
-        (*row, None) for row in before_results]
+        (*row, None, None) for row in before_results]
     assert "analyses" in tables(v1_copy)
     # the 2 -> 3 step adds predictions.person, NULL (unknown) for every earlier prediction
     assert rows(v1_copy, "SELECT * FROM predictions ORDER BY id") == [
@@ -72,6 +72,7 @@ def test_v1_store_migrates_and_keeps_every_row(v1_copy):
     assert len(cells) == CELLS
     for item in cells:  # the identity hash of the first release is the current one
         assert item.cell.cell_id == item.cell_id and item.cell.precision == "fp32"
+        assert item.cell.split == ""
     assert sum(len(item.predictions) for item in cells) == PREDICTIONS
     preds = store.predictions(frame["cell_id"])
     assert sum(map(len, preds.values())) == PREDICTIONS

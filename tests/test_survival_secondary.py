@@ -54,3 +54,15 @@ def test_the_table_prints_the_survival_intervals(survival_store, capsys):
     assert "[" in line
     rows = [l for l in out.splitlines() if "survival_cox c_uno" in l]
     assert rows, out
+
+
+def test_the_site_task_page_shows_the_survival_intervals(survival_store):
+    from brainbench.leaderboard.site import build_site
+
+    store = ResultStore(default_url(survival_store / "results"))
+    analysis = load_analysis(store, tasks=["survival_cox"])
+    build_site(analysis, survival_store / "site")
+    page = (survival_store / "site" / "task-survival_cox.html").read_text()
+    summary = analysis.secondary(analysis.entries[0], "survival_cox", 1.0, "c_uno")
+    assert "Survival secondary metrics (Uno&#x27;s C, log-rank p)" in page
+    assert f"{summary.mean:.3f}<br><span class=\"ci\">[{summary.ci_low:.3f}, " in page
