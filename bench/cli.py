@@ -56,6 +56,13 @@ def _precision_options(p: argparse.ArgumentParser, workers: bool = True) -> None
                             "model, one per spare core for a GPU model)")
 
 
+def _split_option(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--split", default=None,
+                   help=f"{verb} a declared split variant instead of the standard split: "
+                        "site-held-out (tasks whose datasets record sites; `brainbench list "
+                        "tasks` shows each task's variants)")
+
+
 def _precision(text: str) -> str:
     from brainbench.precision import PRECISIONS
 
@@ -86,14 +93,16 @@ def cmd_list(args: argparse.Namespace) -> None:
 
         rows = [[t.id, t.kind, " / ".join(t.datasets), "+".join(t.modalities), t.primary_metric,
                  t.stratify_description(), ",".join(f"{f:g}" for f in t.fractions),
-                 t.min_per_stratum, len(t.seeds),
+                 t.min_per_stratum, len(t.seeds), ", ".join(t.split_names) or "-",
                  t.status + (f": {t.pending_reason}" if t.pending_reason else "")]
                 for t in all_tasks()]
         print(tabulate(rows, headers=["task", "kind", "dataset", "modalities", "primary",
                                       "split strata", "fractions", "label floor", "seeds",
-                                      "status"]))
+                                      "split variants", "status"]))
         print("label floor: every training subset holds at least this many people per label "
               "stratum (class, event status or target bin) that the training split has")
+        print("split variants: run with --split NAME (SPLIT=NAME); site-held-out trains on "
+              "the other sites and tests on one held-out site (README 'Unseen sites')")
     elif args.what == "backbones":
         from brainbench.backbone import BACKBONES, create_backbone
 
@@ -129,10 +138,14 @@ def cmd_list(args: argparse.Namespace) -> None:
     else:
         from brainbench.profiles import PROFILES
 
+        from brainbench.taskspec import DEFAULT_TEST_FRACTION
+
         rows = [[p.name, p.slice_size or "-", p.num_slices or "-", p.batch_size,
-                 p.phantom_subjects, p.description] for p in map(PROFILES.get, PROFILES.names())]
+                 p.phantom_subjects, f"{p.phantom_test_fraction or DEFAULT_TEST_FRACTION:g}",
+                 p.description] for p in map(PROFILES.get, PROFILES.names())]
         print(tabulate(rows, headers=["profile", "slice size", "slices", "batch",
-                                      "phantom people/dataset", "description"]))
+                                      "phantom people/dataset", "phantom test share",
+                                      "description"]))
 
 
 def _print_table(config, pending=()) -> None:
@@ -142,9 +155,16 @@ def _print_table(config, pending=()) -> None:
 
     store = ResultStore(config.db_url or default_url(config.results_dir))
     tasks = [t for t in resolve_tasks(config.tasks) if t.status == "ready"]
+    split = getattr(config, "split", "") or ""
     frame = store.frame(backbone=list(config.models) if config.models else None,
                         task=[t.id for t in tasks],
                         profile=config.profile.name if config.profile else None)
+    frame = frame[frame["split"].str.startswith(f"{split}:") if split else frame["split"] == ""]
+    if split:
+        held = sorted(set(zip(frame["task"], frame["split"])))
+        print(f"split variant {split}; held out: "
+              + (", ".join(f"{task} {label.partition(':')[2]}" for task, label in held)
+                 or "nothing stored yet"))
     if config.fractions:
         frame = frame[frame["fraction"].isin(config.fractions)]
     if config.data_source:
@@ -176,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         db_url=args.db, force=args.force, progress=not args.no_progress,
         protocol=args.protocol, trials=args.trials, precision=_precision(args.precision),
         workers=_workers(args.workers), executor=args.executor,
-        ray_address=args.ray_address or None)
+        ray_address=args.ray_address or None, split=args.split or "")
     started = time.perf_counter()
     report = run(config)
     elapsed = time.perf_counter() - started
@@ -194,11 +214,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"note: {note}")
     for task in report.unavailable:
         print(f"not run, no data: {task}")
+    for task in report.other_split:
+        print(f"not run on split {config.split}: {task}")
     print()
     _print_table(SimpleNamespace(db_url=args.db, results_dir=config.results_dir,
                                  tasks=config.tasks, models=(report.backbone,),
                                  profile=config.profile, fractions=config.fractions,
-                                 data_source=report.data_source, format="simple"),
+                                 data_source=report.data_source, format="simple",
+                                 split=config.split),
                  pending=report.pending)
 
 
@@ -213,7 +236,8 @@ def cmd_results(args: argparse.Namespace) -> None:
         tasks=_names(args.tasks), models=_names(args.models),
         profile=PROFILES.get(args.profile) if args.profile else None,
         fractions=_floats(args.fraction, "FRACTION") if args.fraction else None,
-        data_source=None, format=args.format, hide_contaminated=args.hide_contaminated))
+        data_source=None, format=args.format, hide_contaminated=args.hide_contaminated,
+        split=args.split or ""))
 
 
 def _analysis(args: argparse.Namespace, fractions=None):
@@ -230,6 +254,12 @@ def _analysis(args: argparse.Namespace, fractions=None):
                              data_source=args.data_source, reference=args.reference,
                              n_boot=args.bootstrap, seed=args.bootstrap_seed,
                              protocol=args.protocol, resampling=args.resample)
+    from brainbench.leaderboard.robustness import load_unseen_sites
+
+    analysis.unseen_sites = load_unseen_sites(
+        store, _names(args.models), tasks=_names(args.tasks), fractions=fractions,
+        profile=args.profile, data_source=args.data_source, n_boot=args.bootstrap,
+        seed=args.bootstrap_seed, protocol=args.protocol, resampling=args.resample)
     submissions = getattr(args, "submissions", None)
     analysis.pretraining = lookup({e.backbone for e in analysis.entries},
                                   Path(submissions) if submissions else None)
@@ -334,17 +364,37 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"written: {path}")
 
 
-def cmd_import(args: argparse.Namespace) -> None:
-    from brainbench.paths import cache_dir, results_dir
-    from brainbench.results_io import DataLookup, import_results
-    from brainbench.store import ResultStore, default_url
+def _data_lookup(args: argparse.Namespace):
+    """Where `import` / `import-bundle` look for the cohorts (--cache, --data) to recompute
+    the split and training subsets of the cells."""
+    from brainbench.paths import cache_dir
+    from brainbench.results_io import DataLookup
 
-    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
-    lookup = DataLookup(Path(args.cache or cache_dir()), Path(args.data) if args.data else None)
-    for path in args.files:
-        report = import_results(store, Path(path), lookup=lookup)
+    return DataLookup(Path(args.cache or cache_dir()), Path(args.data) if args.data else None)
+
+
+def _import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None,
+                   help="folder with the real datasets the cells were computed on, to recompute "
+                        "their training subsets (default: as `run`: DATA / dataset config)")
+    p.add_argument("--cache", default=None,
+                   help="cache folder holding the phantom cohorts and voxel hashes (default: as "
+                        "`run`: $BRAINBENCH_CACHE or ~/.cache/brainbench)")
+    p.add_argument("--results", default=None)
+    p.add_argument("--db", default=None)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from brainbench.paths import results_dir
+    from brainbench.results_io import import_files
+    from brainbench.store import default_url
+
+    # every file is verified before the store is opened: a refusal creates nothing
+    store, reports = import_files(args.db or default_url(Path(args.results or results_dir())),
+                                  [Path(f) for f in args.files], _data_lookup(args))
+    for report in reports:
         print(f"imported {report.cells} cell(s) of {report.backbone} on {report.task} from "
-              f"{path} ({report.replaced} replaced) into {store.url}")
+              f"{report.path} ({report.replaced} replaced) into {store.shown}")
 
 
 def _submit_common(p: argparse.ArgumentParser) -> None:
@@ -391,14 +441,15 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 def cmd_import_bundle(args: argparse.Namespace) -> None:
     from brainbench.paths import results_dir
-    from brainbench.store import ResultStore, default_url
+    from brainbench.store import default_url, shown_url
     from brainbench.submission.bundle import import_bundle
 
-    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    url = args.db or default_url(Path(args.results or results_dir()))
     for bundle in args.bundles:
-        cells, target = import_bundle(Path(bundle), store,
-                                      Path(args.out) if args.out else None)
-        print(f"imported {cells} cell(s) from {bundle} into {store.url}; bundle at {target}")
+        cells, target = import_bundle(Path(bundle), url, Path(args.out) if args.out else None,
+                                      lookup=_data_lookup(args))
+        print(f"imported {cells} cell(s) from {bundle} into {shown_url(url)}; bundle at "
+              f"{target}")
 
 
 def cmd_phantoms(args: argparse.Namespace) -> None:
@@ -418,9 +469,10 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     from brainbench.leakage import HashCache
     from brainbench.paths import cache_dir, results_dir
     from brainbench.profiles import PROFILES
-    from brainbench.runner import RunConfig, prepare_data, resolve_tasks
+    from brainbench.runner import RunConfig, on_split, prepare_data, resolve_tasks
 
-    tasks = resolve_tasks(_names(args.task), _names(args.dataset))
+    tasks, _ = on_split(resolve_tasks(_names(args.task), _names(args.dataset)),
+                        args.split or "", explicit=bool(args.task))
     config = RunConfig(model="", fractions=(), profile=PROFILES.get(args.profile),
                        cache_dir=Path(args.cache or cache_dir()),
                        results_dir=Path(args.results or results_dir()),
@@ -433,7 +485,8 @@ def cmd_data_check(args: argparse.Namespace) -> None:
         if task.dataset not in roots:
             absent.append(f"{task.id} (dataset {task.dataset} not found)")
             continue
-        report = check_task(task, roots[task.dataset], data_source=data_source,
+        report = check_task(task.for_profile(config.profile, data_source), roots[task.dataset],
+                            data_source=data_source,
                             results_dir=config.results_dir, hash_cache=hashes,
                             headers_only=args.headers_only)
         print(report.render() + "\n")
@@ -500,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="--executor ray: the cluster's address, e.g. 127.0.0.1:6379 or auto "
                         "(default: $RAY_ADDRESS, else a private local Ray instance)")
+    _split_option(p, "evaluate on")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -512,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hide-contaminated", action="store_true",
                    help="drop cells whose evaluation dataset is in the backbone's declared "
                         "pretraining data")
+    _split_option(p, "show the cells of")
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
     p.set_defaults(func=cmd_results)
@@ -586,14 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="validate JSON results files and add them to the store")
     p.add_argument("files", nargs="+")
-    p.add_argument("--data", default=None,
-                   help="folder with the real datasets the cells were computed on, to recompute "
-                        "their training subsets (default: as `run`: DATA / dataset config)")
-    p.add_argument("--cache", default=None,
-                   help="cache folder holding the phantom cohorts and voxel hashes (default: as "
-                        "`run`: $BRAINBENCH_CACHE or ~/.cache/brainbench)")
-    p.add_argument("--results", default=None)
-    p.add_argument("--db", default=None)
+    _import_options(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("validate", help="check a backbone card / file before any long run")
@@ -620,8 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundles", nargs="+")
     p.add_argument("--out", default=None, help="where the bundle is copied (default "
                                                "$BRAINBENCH_SUBMISSIONS or leaderboard/submissions)")
-    p.add_argument("--results", default=None)
-    p.add_argument("--db", default=None)
+    _import_options(p)
     p.set_defaults(func=cmd_import_bundle)
 
     p = sub.add_parser("phantoms", help="generate the phantom cohorts (done by run when needed)")
@@ -641,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read headers and lengths only (no voxel hashes, no duplicate check)")
     p.add_argument("--cache", default=None)
     p.add_argument("--results", default=None, help="where split manifests are compared")
+    _split_option(p, "check")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_data_check)
 

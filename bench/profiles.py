@@ -9,7 +9,13 @@ from brainbench.registry import Registry
 
 @dataclass(frozen=True)
 class Profile:
-    """slice_size / num_slices override 2d backbones' defaults (None keeps the backbone's own)."""
+    """slice_size / num_slices override 2d backbones' defaults (None keeps the backbone's own).
+
+    phantom_test_fraction: the share of people each task's fixed split puts in the test set on
+    this profile's phantom cohorts (None: the task's own, 0.2). Power comes from test people,
+    so the powered profile tests on half of each cohort; real data always keeps the task's
+    split. Part of each cell's configuration hash and of its split manifest's name.
+    """
 
     name: str
     description: str
@@ -18,6 +24,7 @@ class Profile:
     batch_size: int
     phantom_subjects: int  # people per phantom dataset
     phantom_seed: int = 0
+    phantom_test_fraction: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -30,9 +37,10 @@ for _profile in (
             slice_size=112, num_slices=16, batch_size=16, phantom_subjects=80),
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
-    Profile("powered", "statistical power by design: 400 phantom people per dataset (about 80 "
-            "test people per task), 8 axial slices at 64x64 so that a random-init ViT encodes "
-            "them on a CPU", slice_size=64, num_slices=8, batch_size=32, phantom_subjects=400),
+    Profile("powered", "statistical power by design: 400 phantom people per dataset, half of "
+            "them test people (about 200 per task), 8 axial slices at 64x64 so that a "
+            "random-init ViT encodes them on a CPU", slice_size=64, num_slices=8,
+            batch_size=32, phantom_subjects=400, phantom_test_fraction=0.5),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
             slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):

@@ -4,7 +4,9 @@ One file holds every stored cell of one backbone on one task (all weights, fract
 profiles): the cell's identity and provenance, its metric values with their original
 timestamp, and the per-subject test predictions the statistics are computed from. A pull
 request can carry such a file; `import_results` verifies it completely before writing
-anything, and then writes all cells in one transaction: a bad file changes nothing.
+anything, and then writes all cells in one transaction: a bad file changes nothing
+(`import_files`, behind `brainbench import` and `import-bundle`, verifies every file before
+it opens the store, so a refused import does not even create a results.db).
 
 What is verified, never trusted: format, schema version, every field's type; each cell id
 recomputed from its fields; every metric finite or null; predictions present (a cell without
@@ -19,11 +21,13 @@ holds one. When the cohort a cell was computed on is present on the importing ma
 whose DATA / dataset-config label equals its ``data_source``), the task is prepared as
 `brainbench run` prepares it (voxel hashes, duplicate merge, split, verified against the
 manifest by content) and the training subset recomputed: ``split_hash``, ``subset_hash`` and
-``n_train`` must equal the recomputed values, once per (task, dataset, data source) per file.
-What cannot be checked (metrics needing the training subset, ``n_train`` / ``subset_hash``
-without the cohort, a split with neither manifest nor cohort) is recorded per cell under the
-reserved hyperparameters key ``import_verification``, with what was looked for and where, and
-the leaderboard marks such rows UNVERIFIED.
+``n_train`` must equal the recomputed values, ``n_test`` the number of recomputed test samples,
+the predictions' sample ids exactly those test samples and (probe tasks) each target that
+sample's label; the cohort is prepared once per (task, dataset, data source) per file.
+What cannot be checked (metrics needing the training subset, ``n_train``, ``subset_hash`` and
+the test samples (``test_samples``) without the cohort, a split with neither manifest nor
+cohort) is recorded per cell under the reserved hyperparameters key ``import_verification``,
+with what was looked for and where, and the leaderboard marks such rows UNVERIFIED.
 """
 
 from __future__ import annotations
@@ -285,7 +289,7 @@ def _validate_cell(item: Any, backbone: str, task: str, where: str,
         raise BenchError(f"{where}: field 'n_test' does not verify: {len(preds)} predictions "
                          f"but n_test={cell.n_test}")
     verification = _check_metrics(cell, metrics, preds, where)
-    verification.update(_check_split(cell, where, context))
+    verification.update(_check_split(cell, preds, where, context))
     verification.update(weights)
     hyper = {k: v for k, v in cell.hyperparameters.items() if k != VERIFICATION_KEY}
     hyper[VERIFICATION_KEY] = {
@@ -374,21 +378,16 @@ def _check_metrics(cell: Cell, metrics: dict, preds: list, where: str) -> dict[s
     return out
 
 
-def _check_split(cell: Cell, where: str, context: ImportContext) -> dict[str, str | None]:
+def _check_split(cell: Cell, preds: list, where: str, context: ImportContext
+                 ) -> dict[str, str | None]:
     """split_hash against the split manifest of the importing results folder, when present;
-    then the split and the training subset (n_train, subset_hash) recomputed from the cohort,
-    when it is present (`_check_subset`)."""
+    then the split, its test samples (n_test, the predictions' sample ids and targets) and the
+    training subset (n_train, subset_hash) recomputed from the cohort, when it is present
+    (`_check_subset`)."""
     from brainbench.pipeline import manifest_path
     from brainbench.splits import read_manifest
-    from brainbench.taskspec import get_task
 
-    spec = get_task(cell.task)
-    if cell.dataset != spec.dataset:
-        try:
-            spec = spec.on_dataset(cell.dataset)
-        except BenchError as exc:
-            raise BenchError(f"{where}.cell: field 'dataset' {cell.dataset!r} does not verify: "
-                             f"{exc}") from None
+    spec = _split_spec(cell, where)
     out: dict[str, str | None] = {}
     manifest = (manifest_path(context.results_dir, cell.data_source, spec)
                 if context.results_dir is not None else None)
@@ -409,13 +408,39 @@ def _check_split(cell: Cell, where: str, context: ImportContext) -> dict[str, st
                              f"training samples at fraction {cell.fraction:g}, but the split "
                              f"manifest {manifest} has {n_train_groups} training people")
         out["split_hash"] = None
-    subset = _check_subset(cell, spec, where, context,
+    subset = _check_subset(cell, spec, preds, where, context,
                            manifest if manifest is not None and manifest.exists() else None)
-    if subset is None:  # recomputed: all three verified
-        out.update(split_hash=None, n_train=None, subset_hash=None)
+    if subset is None:  # recomputed: all verified
+        out.update(split_hash=None, n_train=None, subset_hash=None, test_samples=None)
     else:
-        out.update(n_train=subset, subset_hash=subset)
+        out.update(n_train=subset, subset_hash=subset,
+                   test_samples=subset.replace("training subset", "test split", 1))
     return out
+
+
+def _split_spec(cell: Cell, where: str) -> Any:
+    """The task spec whose split the cell was scored on, as `brainbench run` builds it: the
+    cell's dataset, its profile's phantom test share and its split variant."""
+    from brainbench.profiles import PROFILES
+    from brainbench.taskspec import get_task
+
+    spec = get_task(cell.task)
+    try:
+        if cell.dataset != spec.dataset:
+            spec = spec.on_dataset(cell.dataset)
+    except BenchError as exc:
+        raise BenchError(f"{where}.cell: field 'dataset' {cell.dataset!r} does not verify: "
+                         f"{exc}") from None
+    if cell.profile in PROFILES.names():
+        spec = spec.for_profile(PROFILES.get(cell.profile), cell.data_source)
+    if cell.split:
+        variant = cell.split.partition(":")[0]
+        try:
+            spec = spec.with_split(variant)
+        except BenchError as exc:
+            raise BenchError(f"{where}.cell: field 'split' {cell.split!r} does not verify: "
+                             f"{exc}") from None
+    return spec
 
 
 #: the data_source label `brainbench run` gives a phantom cohort (brainbench.runner.prepare_data)
@@ -488,7 +513,7 @@ def _prepared_cohort(cell: Cell, spec: Any, where: str, context: ImportContext,
     from brainbench.leakage import HashCache
     from brainbench.pipeline import prepare_task
 
-    key = (cell.task, cell.dataset, cell.data_source)
+    key = (cell.task, cell.dataset, cell.data_source, spec.test_fraction, cell.split)
     if key in context.cohorts:
         return context.cohorts[key]
     lookup = context.lookup
@@ -516,11 +541,11 @@ def _prepared_cohort(cell: Cell, spec: Any, where: str, context: ImportContext,
     return found
 
 
-def _check_subset(cell: Cell, spec: Any, where: str, context: ImportContext,
+def _check_subset(cell: Cell, spec: Any, preds: list, where: str, context: ImportContext,
                   manifest: Path | None) -> str | None:
     """Recompute the split and the cell's training subset from the cohort, when present, and
-    refuse a file whose split_hash, subset_hash or n_train differ. None: verified; else why
-    the subset could not be recomputed."""
+    refuse a file whose split_hash, test samples (`_check_test_samples`), subset_hash or
+    n_train differ. None: verified; else why the subset could not be recomputed."""
     from brainbench.splits import fraction_subset, subset_hash
 
     prepared = _prepared_cohort(cell, spec, where, context, manifest)
@@ -531,6 +556,11 @@ def _check_subset(cell: Cell, spec: Any, where: str, context: ImportContext,
         raise BenchError(f"{where}.cell: field 'split_hash' does not verify: the file says "
                          f"{cell.split_hash[:12]}... but the split recomputed from {source} is "
                          f"{prepared.split.hash[:12]}...; the results are of another split")
+    if prepared.split.label != cell.split:
+        raise BenchError(f"{where}.cell: field 'split' does not verify: the file says "
+                         f"{cell.split!r} but the split recomputed from {source} is "
+                         f"{prepared.split.label or 'the standard split'!r}")
+    _check_test_samples(cell, prepared, preds, where, source)
     try:
         groups = fraction_subset(prepared.split, prepared.samples, cell.fraction, cell.seed,
                                  spec.min_per_stratum)
@@ -550,6 +580,35 @@ def _check_subset(cell: Cell, spec: Any, where: str, context: ImportContext,
     if wrong:
         raise BenchError(f"{where}.cell: " + "; ".join(wrong))
     return None
+
+
+def _check_test_samples(cell: Cell, prepared: Any, preds: list, where: str,
+                        source: str) -> None:
+    """The predictions are of exactly the recomputed split's test samples (n_test of them),
+    each with that sample's own target: metrics recomputed from invented subjects or edited
+    targets would otherwise verify."""
+    test = {s.id: s for s in prepared.test}
+    if cell.n_test != len(test):
+        raise BenchError(f"{where}.cell: field 'n_test' does not verify: the file says "
+                         f"{cell.n_test} but the test split recomputed from {source} has "
+                         f"{len(test)} samples")
+    ids = {p["sample_id"] for p in preds}
+    extra, missing = sorted(ids - set(test)), sorted(set(test) - ids)
+    if extra or missing:
+        raise BenchError(f"{where}: field 'predictions' does not verify: their sample ids are "
+                         f"not the test samples of the split recomputed from {source}: "
+                         f"{len(extra)} not in the test split {extra[:3]}, {len(missing)} test "
+                         f"sample(s) without a prediction {missing[:3]}")
+    kind = prepared.kind
+    if kind.evaluator != "probe":  # segmentation targets name files on the computing machine
+        return
+    for j, p in enumerate(preds):  # as the store keeps them (brainbench.store._cell_rows)
+        expected = json.loads(json.dumps(kind.stored_target(test[p["sample_id"]].target),
+                                         default=str))
+        if p["target"] != expected:
+            raise BenchError(f"{where}.predictions[{j}]: field 'target' does not verify: the "
+                             f"file says {p['target']!r} for sample {p['sample_id']!r} but "
+                             f"{source} gives {expected!r}")
 
 
 def _check_primary(cell: Cell, metrics: dict, preds: list, where: str) -> None:
@@ -575,16 +634,100 @@ def read_results_file(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _results_dir_of(store: ResultStore) -> Path | None:
-    url = store.url
+def _results_dir_of(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///")).parent
     return None
 
 
-def _known_random_shas(store: ResultStore, backbone: str) -> set[str]:
-    frame = store.frame(backbone=backbone, weights_status="random-init")
-    return set(frame["weights_sha256"]) if not frame.empty else set()
+def _known_random_shas(store: ResultStore | None, backbone: str) -> set[str]:
+    frame = store.frame(backbone=backbone, weights_status="random-init") if store else None
+    return set(frame["weights_sha256"]) if frame is not None and not frame.empty else set()
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A results file that passed every check, ready to be written (`write_verified`)."""
+
+    path: Path
+    backbone: str
+    task: str
+    cells: list[StoredCell]
+
+
+def verify_results(path: Path, reference: ResultStore | None, results_dir: Path | None = None,
+                   lookup: DataLookup | None = None) -> VerifiedFile:
+    """Check the whole file (see the module docstring), writing nothing. reference: the store
+    whose records the claims are checked against (None: no store exists yet). results_dir:
+    where the split manifests live (default: the folder of an SQLite reference)."""
+    payload = read_results_file(path)
+    where = str(path)
+    backbone = _need(payload, "backbone", (str,), where)
+    task = _need(payload, "task", (str,), where)
+    from brainbench.taskspec import get_task
+
+    try:
+        get_task(task)
+    except BenchError as exc:
+        raise BenchError(f"{where}: {exc}") from None
+    items = _need(payload, "cells", (list,), where)
+    if not items:
+        raise BenchError(f"{where}: no cells")
+    random_shas = _known_random_shas(reference, backbone)
+    for item in items:  # a sha this file itself calls random-init cannot be pretrained
+        cell = item.get("cell") if isinstance(item, dict) else None
+        if isinstance(cell, dict) and cell.get("weights_status") == "random-init":
+            random_shas.add(str(cell.get("weights_sha256")))
+    if results_dir is None and reference is not None:
+        results_dir = _results_dir_of(reference.url)
+    context = ImportContext(Path(results_dir) if results_dir is not None else None,
+                            random_shas, lookup)
+    validated = [_validate_cell(item, backbone, task, f"{where}: cells[{i}]", context)
+                 for i, item in enumerate(items)]
+    ids = [c.cell_id for c, *_ in validated]
+    if len(set(ids)) != len(ids):
+        raise BenchError(f"{where}: the same cell appears twice")
+    return VerifiedFile(Path(path), backbone, task, [
+        StoredCell(cell, metrics, [(p["sample_id"], p["target"], p["prediction"]) for p in preds],
+                   created_at, persons={p["sample_id"]: p["person"] for p in preds
+                                        if "person" in p} or None)
+        for cell, created_at, metrics, preds in validated])
+
+
+def write_verified(store: ResultStore, files: list[VerifiedFile]) -> list[ImportReport]:
+    """Write the cells of every verified file in ONE transaction (replacing stored cells of
+    the same identity): all files are imported, or none."""
+    seen: dict[str, Path] = {}
+    for verified in files:
+        for item in verified.cells:
+            first = seen.setdefault(item.cell.cell_id, verified.path)
+            if first != verified.path:
+                raise BenchError(f"{verified.path}: cell {item.cell.cell_id[:12]} is also in "
+                                 f"{first}; import each cell once")
+    reports = [ImportReport(f.path, f.backbone, f.task, len(f.cells),
+                            sum(store.has_cell(c.cell.cell_id) for c in f.cells)) for f in files]
+    store.write_cells([item for f in files for item in f.cells])
+    return reports
+
+
+def existing_store(url: str) -> ResultStore | None:
+    """The store at `url`, or None for an SQLite file that does not exist yet: opening it would
+    create it (and its folder), and a refused import must leave the results folder as it was."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    return ResultStore(url)
+
+
+def import_files(target: ResultStore | str, paths: list[Path],
+                 lookup: DataLookup | None = None) -> tuple[ResultStore, list[ImportReport]]:
+    """Verify every file against the target store (a URL: the store there, if it exists), then
+    open or create it and write them all in one transaction: a refused file changes nothing,
+    and a store that did not exist is not created."""
+    url = target if isinstance(target, str) else target.url
+    reference = existing_store(url) if isinstance(target, str) else target
+    verified = [verify_results(Path(p), reference, _results_dir_of(url), lookup) for p in paths]
+    store = reference if reference is not None else ResultStore(url)
+    return store, write_verified(store, verified)
 
 
 def import_results(store: ResultStore, path: Path, results_dir: Path | None = None,
@@ -600,40 +743,9 @@ def import_results(store: ResultStore, path: Path, results_dir: Path | None = No
     against when `store` is a scratch copy (default: `store`). lookup: where the cohorts are
     looked for to recompute the split and training subsets (`brainbench import` passes its
     --cache / --data; None: nowhere, n_train and subset_hash stay unverified)."""
-    payload = read_results_file(path)
-    where = str(path)
-    backbone = _need(payload, "backbone", (str,), where)
-    task = _need(payload, "task", (str,), where)
-    from brainbench.taskspec import get_task
-
-    try:
-        get_task(task)
-    except BenchError as exc:
-        raise BenchError(f"{where}: {exc}") from None
-    items = _need(payload, "cells", (list,), where)
-    if not items:
-        raise BenchError(f"{where}: no cells")
-    reference = reference if reference is not None else store
-    random_shas = _known_random_shas(reference, backbone)
-    for item in items:  # a sha this file itself calls random-init cannot be pretrained
-        cell = item.get("cell") if isinstance(item, dict) else None
-        if isinstance(cell, dict) and cell.get("weights_status") == "random-init":
-            random_shas.add(str(cell.get("weights_sha256")))
-    context = ImportContext(Path(results_dir) if results_dir is not None
-                            else _results_dir_of(reference), random_shas, lookup)
-    validated = [_validate_cell(item, backbone, task, f"{where}: cells[{i}]", context)
-                 for i, item in enumerate(items)]
-    ids = [c.cell_id for c, *_ in validated]
-    if len(set(ids)) != len(ids):
-        raise BenchError(f"{where}: the same cell appears twice")
-    replaced = sum(store.has_cell(i) for i in ids)
-    store.write_cells([StoredCell(cell, metrics,
-                                  [(p["sample_id"], p["target"], p["prediction"]) for p in preds],
-                                  created_at,
-                                  persons={p["sample_id"]: p["person"] for p in preds
-                                           if "person" in p} or None)
-                       for cell, created_at, metrics, preds in validated])
-    return ImportReport(Path(path), backbone, task, len(validated), replaced)
+    verified = verify_results(path, reference if reference is not None else store,
+                              results_dir, lookup)
+    return write_verified(store, [verified])[0]
 
 
 def unverified_fields(hyperparameters: Any) -> dict[str, str]:

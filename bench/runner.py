@@ -197,6 +197,7 @@ def plan_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
 
     evaluator: defaults to the one the task's kind names (probe or segmentation).
     """
+    task = task.for_profile(config.profile, data_source)
     evaluator = evaluator or make_evaluator(get_kind(task.kind).evaluator)
     reason = evaluator.unsupported_reason(backbone)
     if reason:

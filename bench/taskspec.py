@@ -13,6 +13,7 @@ from brainbench.targets import ModalityTarget, Target
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+DEFAULT_TEST_FRACTION = 0.2
 
 Kind = Literal["classification", "regression", "survival", "segmentation"]
 
@@ -84,7 +85,7 @@ class TaskSpec:
     select: Mapping[str, Any] = field(default_factory=dict)
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     seeds: tuple[int, ...] = DEFAULT_SEEDS
-    test_fraction: float = 0.2
+    test_fraction: float = DEFAULT_TEST_FRACTION
     min_per_stratum: int = 1
     status: Literal["ready", "pending"] = "ready"
     pending_reason: str = ""
@@ -128,9 +129,20 @@ class TaskSpec:
 
     @property
     def manifest_name(self) -> str:
-        """Split manifest file name; alternates and split variants get their own."""
+        """Split manifest file name; alternates, split variants and other test fractions get
+        their own (a profile's phantom_test_fraction draws a different split)."""
         stem = f"{self.id}@{self.dataset}" if self.base_dataset else self.id
+        if self.test_fraction != DEFAULT_TEST_FRACTION:
+            stem += f".test{self.test_fraction:g}"
         return f"{stem}.{self.split.name}.json" if self.split else f"{stem}.json"
+
+    def for_profile(self, profile: Any, data_source: str) -> "TaskSpec":
+        """The task as its split is drawn on this data: on phantom cohorts a profile's
+        ``phantom_test_fraction`` replaces the test fraction; real data keeps the task's."""
+        share = getattr(profile, "phantom_test_fraction", None)
+        if share is None or not data_source.startswith("phantom:") or share == self.test_fraction:
+            return self
+        return replace(self, test_fraction=share)
 
     @property
     def split_salt(self) -> str:

@@ -1,25 +1,20 @@
 """Environment failures end in a message naming the file and exit code 2, never a traceback;
-damaged caches are misses, headers that promise more than the file holds are refused before
-anything is allocated."""
+headers that promise more than the file holds are refused before anything is allocated.
+Damaged stores and caches, crashes and concurrent writers: tests/test_fault_injection.py."""
 
 from __future__ import annotations
 
 import gzip
-import json
-import logging
 import struct
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 import brainbench.cli as cli
 from brainbench.cli import main
 from brainbench.datacheck import length_problem
 from brainbench.errors import BenchError
-from brainbench.features import FeatureCache
 from brainbench.leakage import HashCache, voxel_hash
 from brainbench.pipeline import manifest_path
 from brainbench.preprocess import load_volume, read_voxels
@@ -48,14 +43,6 @@ def results_file(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- store, folders
-
-
-def test_corrupt_store_file(tmp_path, capsys, results_file):
-    (tmp_path / "results.db").write_bytes(b"this is not an sqlite database" * 40)
-    _fails(capsys, ["results", "--results", str(tmp_path)], str(tmp_path / "results.db"),
-           "file is not a database")
-    _fails(capsys, ["import", str(results_file), "--results", str(tmp_path)],
-           str(tmp_path / "results.db"))
 
 
 def test_results_folder_that_is_a_file(tmp_path, capsys, results_file):
@@ -121,24 +108,6 @@ def test_malformed_split_manifest_on_import(tmp_path, capsys, results_file):
 # --------------------------------------------------------------------------- caches
 
 
-def test_malformed_hash_cache_is_rebuilt_with_a_note(tmp_path, caplog):
-    brain = write_nifti(tmp_path / "a.nii.gz", random_brain(0))
-    for content in ("{not json", "[1, 2]", json.dumps({"schema": 2, "entries": [1]}),
-                    json.dumps({"schema": 2, "entries": {"k": 5}})):
-        path = tmp_path / "hashes.json"
-        path.write_text(content)
-        with caplog.at_level(logging.WARNING, logger="brainbench"):
-            cache = HashCache(path)
-        assert cache.entries == {} and str(path) in caplog.text
-        caplog.clear()
-        assert cache.hashes([brain])[brain] == voxel_hash(brain)
-        assert json.loads(path.read_text())["schema"] == 2  # rewritten whole
-    folder = tmp_path / "dir.json"
-    folder.mkdir()
-    with pytest.raises(BenchError, match=f"{folder} is a folder"):
-        HashCache(folder)
-
-
 def test_unwritable_hash_cache_names_the_file(tmp_path):
     brain = write_nifti(tmp_path / "a.nii.gz", random_brain(0))
     blocker = tmp_path / "blocker"
@@ -146,37 +115,6 @@ def test_unwritable_hash_cache_names_the_file(tmp_path):
     cache = HashCache(blocker / "hashes.json")
     with pytest.raises(BenchError, match="cannot write the voxel hash cache"):
         cache.hashes([brain])
-
-
-def test_bad_feature_cache_entry_is_a_logged_miss(tmp_path, caplog):
-    contract = SimpleNamespace(tokens=("cls", "patch_mean"), feature_dim=8)
-    cache = FeatureCache(tmp_path)
-    good = {"cls": np.ones((4, 8), np.float32), "patch_mean": np.zeros((4, 8), np.float32)}
-    cache.save("ab" * 32, good)
-    assert set(cache.load("ab" * 32, contract)) == {"cls", "patch_mean"}
-    bad_entries = {
-        "wrong shape": {"cls": np.ones((4, 7), np.float32), "patch_mean": np.ones((4, 7))},
-        "wrong names": {"cls": np.ones((4, 8), np.float32)},
-        "non-finite": {"cls": np.full((4, 8), np.nan, np.float32),
-                       "patch_mean": np.ones((4, 8), np.float32)},
-        "integer dtype": {"cls": np.ones((4, 8), np.int64),
-                          "patch_mean": np.ones((4, 8), np.float32)},
-        "item counts": {"cls": np.ones((4, 8), np.float32),
-                        "patch_mean": np.ones((3, 8), np.float32)},
-    }
-    for i, (what, tokens) in enumerate(bad_entries.items()):
-        key = f"{i:02d}" * 32
-        cache.save(key, tokens)
-        with caplog.at_level(logging.WARNING, logger="brainbench"):
-            assert cache.load(key, contract) is None, what
-        assert str(cache.path(key)) in caplog.text and "recomputing" in caplog.text, what
-        caplog.clear()
-    junk = cache.path("cd" * 32)
-    junk.parent.mkdir(parents=True, exist_ok=True)
-    junk.write_bytes(b"not an npz")
-    with caplog.at_level(logging.WARNING, logger="brainbench"):
-        assert cache.load("cd" * 32, contract) is None
-    assert str(junk) in caplog.text
 
 
 # --------------------------------------------------------------------------- read bounds

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from brainbench.errors import BenchError
@@ -223,7 +224,7 @@ def test_honest_round_trip_records_what_could_not_be_verified(exported, tmp_path
     assert {"metrics.mae", "metrics.rmse", "metrics.r2", "metrics.pearson_r"} <= set(
         regression["verified"])
     assert set(regression["unverified"]) == {"n_train", "subset_hash", "split_hash",
-                                             "weights_sha256"}
+                                             "weights_sha256", "test_samples"}
     survival = unverified_fields(by_task["survival_cox"].hyperparameters)
     assert "metrics.c_harrell" not in survival and "metrics.c_uno" in survival
     assert by_task["brain_age"].hyperparameters["C"] == 1.0  # the real ones are kept
@@ -280,8 +281,97 @@ def test_n_train_and_subset_hash_verify_against_the_present_cohort(computed, tmp
     assert len(cells) == 2
     for c in cells:
         record = c.cell.hyperparameters[VERIFICATION_KEY]
-        assert {"n_train", "subset_hash", "split_hash"} <= set(record["verified"])
+        assert {"n_train", "subset_hash", "split_hash", "test_samples"} <= set(
+            record["verified"])
         assert not unverified_fields(c.cell.hyperparameters)
+
+
+def _refused_by_cli(capsys, tmp_path, computed, change, *needles) -> str:
+    """A forged copy of the computed file, imported with the cohort present: exit 2, the
+    message names the field, nothing is written (no results.db is even created)."""
+    cache, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    change(data["cells"][1])
+    forged = _write(tmp_path, data)
+    assert _import(forged, tmp_path / "r", cache) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(forged) in err
+    for needle in needles:
+        assert needle in err, err
+    assert not (tmp_path / "r").exists()
+    return err
+
+
+def test_n_test_verifies_against_the_recomputed_test_split(computed, tmp_path, capsys):
+    def drop_one(item):  # one test subject fewer, n_test and metrics to match
+        item["predictions"].pop()
+        item["cell"]["n_test"] -= 1
+        _rescore(item)
+
+    honest = len(json.loads(computed[1].read_text())["cells"][1]["predictions"])
+    _refused_by_cli(capsys, tmp_path, computed, drop_one,
+                    "cells[1].cell: field 'n_test' does not verify",
+                    f"the file says {honest - 1} but the test split recomputed from the ixi "
+                    f"cohort", f"has {honest} samples")
+
+
+def test_prediction_ids_must_be_the_recomputed_test_samples(computed, tmp_path, capsys):
+    def rename(item):  # a subject swapped for an invented one: same count, same metrics
+        item["predictions"][0]["sample_id"] = "sub-invented"
+        _rescore(item)
+
+    _refused_by_cli(capsys, tmp_path, computed, rename,
+                          "cells[1]: field 'predictions' does not verify",
+                          "1 not in the test split ['sub-invented']",
+                          "1 test sample(s) without a prediction")
+    prepared = _prepared_brain_age(computed[0])
+    train_id = next(s.id for s in prepared.samples
+                    if s.group not in set(prepared.split.test_groups))
+
+    def swap_in_a_training_subject(item):
+        item["predictions"][0]["sample_id"] = train_id
+        _rescore(item)
+
+    _refused_by_cli(capsys, tmp_path, computed, swap_in_a_training_subject,
+                    f"1 not in the test split ['{train_id}']")
+
+
+def test_edited_target_with_recomputed_metrics_is_refused(computed, tmp_path, capsys):
+    """Targets edited to flatter the predictions (metrics rewritten to match) are the cohort's
+    labels no more."""
+    def flatter(item):
+        for p in item["predictions"]:
+            p["target"] = round(p["prediction"] + 0.5, 3)
+        _rescore(item)
+
+    _refused_by_cli(capsys, tmp_path, computed, flatter,
+                    "field 'target' does not verify: the file says")
+
+
+def _rescore(item: dict) -> None:
+    """A thorough forger's last step: the brain_age metrics recomputed from the edited
+    predictions, so that they verify (checked here) and only the test samples can give the
+    forgery away."""
+    from brainbench.kinds import get_kind
+    from brainbench.results_io import _check_metrics
+
+    kind = get_kind(get_task("brain_age").kind)
+    rows = sorted(item["predictions"], key=lambda p: p["sample_id"])
+    item["metrics"] = {k: float(v) for k, v in kind.test_metrics(
+        kind.target_array([p["target"] for p in rows]),
+        np.asarray([p["prediction"] for p in rows], dtype=float), classes=()).items()}
+    cell = Cell(**dict(item["cell"], fraction=float(item["cell"]["fraction"])))
+    _check_metrics(cell, item["metrics"], item["predictions"], "forged")
+
+
+def _prepared_brain_age(cache: Path):
+    """The brain_age task prepared on the tiny phantom cohort in `cache`, as the import does."""
+    from brainbench.leakage import HashCache
+    from brainbench.pipeline import prepare_task
+
+    [root] = (cache / "phantoms").iterdir()
+    return prepare_task(get_task("brain_age"), root, f"phantom:{root.name}",
+                        hash_cache=HashCache(cache / "voxel_hashes.json"))
 
 
 @pytest.mark.parametrize("field_name", ["n_train", "subset_hash"])
@@ -330,3 +420,49 @@ def test_precision_is_part_of_the_cell_and_checked(exported, tmp_path):
         d["cells"][0]["cell"].update(precision="bf16")
 
     _refused(tmp_path, files["strong__brain_age.json"], relabel, r"cell_id .* does not match")
+
+
+# ------------------------------------------------------------- import-bundle: the same checks
+
+def _bundle(tmp_path: Path, results: dict) -> Path:
+    """A submission bundle (as `brainbench submit` writes one) holding one results file."""
+    from brainbench.submission.bundle import BUNDLE_FORMAT, BUNDLE_SCHEMA, MANIFEST, flags_for
+
+    bundle = tmp_path / "bundle"
+    (bundle / "results").mkdir(parents=True)
+    (bundle / "results" / "intensity__brain_age.json").write_text(json.dumps(results))
+    statuses = {item["cell"]["weights_status"] for item in results["cells"]}
+    (bundle / MANIFEST).write_text(json.dumps({
+        "format": BUNDLE_FORMAT, "schema_version": BUNDLE_SCHEMA, "name": results["backbone"],
+        "flags": flags_for(statuses.pop(), ["brain_age"], ["brain_age"]),
+        "weights": {"sha256": results["cells"][0]["cell"]["weights_sha256"]},
+        "run": {"tasks_all": ["brain_age"]}, "results": ["results/intensity__brain_age.json"]}))
+    return bundle
+
+
+def test_import_bundle_verifies_the_training_subset_against_the_cohort(computed, tmp_path,
+                                                                       capsys):
+    from brainbench.cli import main
+
+    cache, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    data["cells"][0]["cell"]["n_train"] += 1
+    forged = _bundle(tmp_path / "forged", data)
+    argv = ["import-bundle", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "subs")]
+    assert main(argv + [str(forged), "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert "cells[0].cell: field 'n_train' does not verify" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "subs").exists()
+
+    honest = _bundle(tmp_path / "honest", json.loads(exported_file.read_text()))
+    assert main(argv + [str(honest), "--cache", str(cache)]) == 0
+    cells = _target(tmp_path, "r").cells()
+    assert len(cells) == 2 and (tmp_path / "subs" / "intensity" / "submission.json").exists()
+    for c in cells:
+        assert {"n_train", "subset_hash", "test_samples"} <= set(
+            c.cell.hyperparameters[VERIFICATION_KEY]["verified"])
+    # without the cohort the same bundle imports, its subset marked unverified
+    assert main(argv + [str(honest), "--cache", str(tmp_path / "elsewhere"),
+                        "--results", str(tmp_path / "r2")]) == 0
+    assert all("n_train" in unverified_fields(c.cell.hyperparameters)
+               for c in _target(tmp_path, "r2").cells())

@@ -154,3 +154,29 @@ def test_split_variant_errors_name_the_task_and_the_choices(tmp_path):
         run(RunConfig(**base, tasks=("brain_age",), split="by-scanner"))
     assert not Path(tmp_path / "results").exists() or not any(
         Path(tmp_path / "results").rglob("*.json"))
+
+
+def test_site_held_out_results_import_verified_and_a_forged_site_is_refused(tmp_path):
+    from brainbench.results_io import (DataLookup, export_results, import_results,
+                                       unverified_fields)
+
+    base = dict(model="intensity", fractions=(1.0,), seeds=(0,), profile=PROFILES.get("tiny"),
+                cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+                tasks=("brain_age",), progress=False, split="site-held-out")
+    run(RunConfig(**base))
+    [path] = export_results(ResultStore(default_url(tmp_path / "results")), tmp_path / "export")
+    lookup = DataLookup(cache_dir=tmp_path / "cache")
+    target = ResultStore(default_url(tmp_path / "other"))
+    import_results(target, path, lookup=lookup)
+    [cell] = target.cells()
+    assert cell.cell.split.startswith("site-held-out:")
+    assert not unverified_fields(cell.cell.hyperparameters)  # split and subset recomputed
+
+    data = json.loads(path.read_text())
+    item = data["cells"][0]
+    item["cell"]["split"] = "site-held-out:elsewhere"
+    item["cell_id"] = Cell(**{**item["cell"], "fraction": float(item["cell"]["fraction"])}).cell_id
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    with pytest.raises(BenchError, match="field 'split' does not verify"):
+        import_results(ResultStore(default_url(tmp_path / "third")), forged, lookup=lookup)

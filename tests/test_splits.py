@@ -8,6 +8,7 @@ import pytest
 from brainbench.errors import BenchError
 from brainbench.splits import fraction_subset, make_split, record_split
 from brainbench.taskspec import Sample
+from tests.phantom_cohorts import phantoms  # noqa: F401  (fixture)
 
 
 def cohort(n_people=100, visits_every=5, classes=("A", "B", "C"), sites=("s1", "s2")):
@@ -134,3 +135,26 @@ def test_label_floor_holds_at_the_smallest_fraction():
     assert sorted(labels[g] for g in one) == ["A", "B"]  # 1% of 80 per class -> 1 each
     assert sorted(labels[g] for g in floored) == ["A"] * 5 + ["B"] * 5
     assert set(one) <= set(floored)  # the floor extends, never reshuffles, the subset
+
+
+def test_a_profile_sizes_the_phantom_test_split_but_never_a_real_one(phantoms):  # noqa: F811
+    from dataclasses import replace
+
+    from brainbench.pipeline import prepare_task
+    from brainbench.profiles import PROFILES
+    from brainbench.taskspec import get_task
+
+    task, powered = get_task("brain_age"), PROFILES.get("powered")
+    assert powered.phantom_test_fraction == 0.5
+    on_phantoms = task.for_profile(powered, "phantom:v1.1-seed0-n400")
+    assert on_phantoms.test_fraction == 0.5
+    assert task.for_profile(powered, "real:/data/IXI") is task  # real splits stay fixed
+    assert task.for_profile(PROFILES.get("cpu"), "phantom:x") is task
+    assert on_phantoms.manifest_name == "brain_age.test0.5.json" != task.manifest_name
+
+    halved = prepare_task(replace(task, test_fraction=0.5), phantoms, "phantom:t").split
+    standard = prepare_task(task, phantoms, "phantom:t").split
+    people = len(halved.train_groups) + len(halved.test_groups)
+    assert abs(len(halved.test_groups) - people / 2) <= 2  # per-stratum rounding
+    assert len(standard.test_groups) < len(halved.test_groups)
+    assert halved.hash != standard.hash

@@ -152,6 +152,7 @@ def prepare(config: AnalyzeConfig, report: AnalyzeReport) -> _Context:
     report.data_source = data_source
     prepared = {}
     for task_id, task in tasks.items():
+        task = task.for_profile(config.profile, data_source)
         if task.dataset not in roots:
             report.note(f"{task_id}: dataset {task.dataset} not found; its analyses are skipped")
             continue

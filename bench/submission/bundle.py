@@ -271,24 +271,21 @@ def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
     return files
 
 
-def import_bundle(bundle: Path, store, out_root: Path | None = None) -> tuple[int, Path]:
-    """Validate a bundle made elsewhere (manifest, every results file, in a scratch store
-    first), then add its results to `store` and copy the bundle (no data) to `out_root` so the
-    leaderboard shows its flags. Returns (cells imported, bundle path under out_root)."""
-    import tempfile
-
-    from brainbench.results_io import import_results
-    from brainbench.store import ResultStore
+def import_bundle(bundle: Path, store, out_root: Path | None = None,
+                  lookup=None) -> tuple[int, Path]:
+    """Validate a bundle made elsewhere (manifest, then every results file as `brainbench
+    import` verifies it, against `store`'s records and split manifests and, with `lookup`
+    (a `brainbench.results_io.DataLookup`), the cohorts present here), then add all its
+    results to `store` in one transaction and copy the bundle (no data) to `out_root` so the
+    leaderboard shows its flags. `store`: a ResultStore or the URL of one, opened (created)
+    only once the bundle verified. Returns (cells imported, bundle path under out_root)."""
+    from brainbench.results_io import import_files
 
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
     files = _check_consistency(bundle, manifest)
-    with tempfile.TemporaryDirectory() as scratch:  # all files must pass before any is written
-        trial = ResultStore(f"sqlite:///{Path(scratch) / 'check.db'}")
-        for path in files:  # checked against the real store's records and split manifests
-            import_results(trial, path, reference=store)
-        trial.engine.dispose()
-    cells = sum(import_results(store, path).cells for path in files)
+    _, reports = import_files(store, files, lookup)
+    cells = sum(report.cells for report in reports)
     out_root = Path(out_root or submissions_dir())
     target = (out_root / manifest["name"]).resolve()
     if target != bundle:
