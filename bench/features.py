@@ -335,10 +335,15 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
         del prepared  # stops decode workers (or the thread) on an error as well
 
 
-def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any]) -> dict[Path, Any]:
-    """Each distinct file's cache key(s), after checking it exists (hashing each file once)."""
+def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any],
+                progress: bool = True) -> dict[Path, Any]:
+    """Each distinct file's cache key(s), after checking it exists (hashing each file once).
+    Reading every byte of a large cohort takes a while before any volume is encoded: a bar
+    appears on a terminal once it has run for 2 s."""
     keys: dict[Path, Any] = {}
-    for path in dict.fromkeys(Path(p) for p in paths):
+    unique = list(dict.fromkeys(Path(p) for p in paths))
+    for path in tqdm(unique, desc="file hashes", unit="file", delay=2.0, leave=False,
+                     disable=None if progress and unique else True):
         if not path.is_file():
             raise BenchError(f"image file not found: {path}")
         keys[path] = key(path, image_sha256(path))
@@ -353,11 +358,13 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
     (None: from the machine, 0: in this process) never change the features."""
     started = time.perf_counter()
     stats = ExtractionStats()
-    keys = _image_keys(paths, lambda _path, sha: cache.key(backbone, sha))
+    keys = _image_keys(paths, lambda _path, sha: cache.key(backbone, sha), progress)
     results: dict[Path, Tokens] = {}
     todo: list[EncodeJob] = []
     copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
-    for path, key in keys.items():
+    # a warm run of a large cohort reads thousands of entries: a bar after 2 s
+    for path, key in tqdm(keys.items(), desc=f"{desc} (cache lookup)", unit="vol", delay=2.0,
+                          leave=False, disable=None if progress and keys else True):
         hit = cache.load(key, backbone.contract)
         if hit is None:
             if key not in copies:
@@ -450,7 +457,7 @@ def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
     started = time.perf_counter()
     stats = ExtractionStats()
     layers = tuple(layers)
-    hashes = _image_keys([r.path for r in requests], lambda _path, sha: sha)
+    hashes = _image_keys([r.path for r in requests], lambda _path, sha: sha, progress)
     keys: PatchKeys = {r: {layer: cache.key(backbone, hashes[Path(r.path)], r.slices, layer)
                            for layer in layers} for r in dict.fromkeys(requests)}
     todo = [r for r, by_layer in keys.items() if not all(map(cache.has, by_layer.values()))]

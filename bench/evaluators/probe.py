@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from brainbench.aggregate import sample_vector
 from brainbench.backbone import Backbone
@@ -139,7 +140,10 @@ class ProbeEvaluator(Evaluator):
                                       config, desc=task.id, protocol=protocol)
         report.extraction.merge(stats)
         cache_digest = digest(stats.keys)
-        for planned in cells:
+        # 30 cells of a linear sweep take seconds, a searched protocol's minutes: a bar on a
+        # terminal once it has run for 2 s
+        for planned in tqdm(cells, desc=f"{task.id} probes", unit="cell", delay=2.0,
+                            leave=False, disable=None if config.progress and cells else True):
             info, prediction, metrics = evaluate_cell(
                 task, protocol, prepared.members(planned.groups), test, inputs,
                 seed=planned.cell.seed, trials=config.trials, storage_url=store_url,

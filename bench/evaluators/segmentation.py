@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from brainbench.backbone import Backbone
 from brainbench.errors import BenchError
@@ -128,7 +129,11 @@ class SegmentationEvaluator(Evaluator):
         slices: dict[str, tuple[int, ...]] = {}
         truth: dict[str, np.ndarray] = {}
         empty: list[str] = []
-        for sample in train_all + test:
+        # heads train for seconds each and the test set is predicted volume by volume: each
+        # loop shows a bar on a terminal once it has run for 2 s
+        quiet = True if not config.progress else None
+        for sample in tqdm(train_all + test, desc=f"{task.id} label maps", unit="subject",
+                           delay=2.0, leave=False, disable=quiet):
             regions = read_regions(sample.id, sample.target, dict(sample.images), task.target)
             if regions.empty_regions:
                 names = [task.target.regions[i] for i in regions.empty_regions]
@@ -158,7 +163,8 @@ class SegmentationEvaluator(Evaluator):
         regions = task.target.regions
         height, width, _ = grid_shape(contract)
         trained = []
-        for plan in cells:
+        for plan in tqdm(cells, desc=f"{task.id} heads", unit="cell", delay=2.0, leave=False,
+                         disable=quiet):
             per_sample = [token_cache.load_sample(keys, requests[s.id], plan.detail)
                           for s in prepared.members(plan.groups)]
             inputs = [np.concatenate([grids[i] for grids in per_sample])
@@ -174,7 +180,8 @@ class SegmentationEvaluator(Evaluator):
 
         started = time.perf_counter()
         scores: list[list[dict[str, float]]] = [[] for _ in trained]
-        for sample in test:
+        for sample in tqdm(test, desc=f"{task.id} test", unit="subject", delay=2.0,
+                           leave=False, disable=quiet):
             volume = read_regions(sample.id, sample.target, dict(sample.images), task.target)
             grids = dict(zip(layers, token_cache.load_sample(keys, requests[sample.id], layers)))
             for j, (plan, head, _, _) in enumerate(trained):
