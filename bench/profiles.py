@@ -27,7 +27,12 @@ class Profile:
     phantom_test_fraction: float | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The profile as it enters cells' configuration hashes; a profile without a phantom
+        test share hashes as before that field existed, so stored cells keep their identity."""
+        fields = asdict(self)
+        if fields["phantom_test_fraction"] is None:
+            del fields["phantom_test_fraction"]
+        return fields
 
 
 PROFILES: Registry[Profile] = Registry("profile")
