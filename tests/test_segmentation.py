@@ -261,3 +261,31 @@ def test_braindino_patch_tokens_are_final_norm_grids():
     assert backbone.num_patch_layers() == 12
     with pytest.raises(BenchError, match="layers"):
         backbone.patch_tokens(batch, [12])
+
+
+def test_over_the_token_budget_test_subjects_stream_with_the_same_results(phantoms, tmp_path,
+                                                                           monkeypatch):
+    settings = SegmentationConfig(heads=("linear",), training=TrainConfig(steps=40))
+    _, cached_store = _run(phantoms, tmp_path / "cached", PatchConvBackbone(), settings)
+    cached_tokens = list((tmp_path / "cached" / "cache" / "patch_tokens").rglob("*.npz"))
+
+    streamed = replace(settings, token_budget_gb=0.0)  # every test subject over the budget
+    backbone = PatchConvBackbone()
+    report, store = _run(phantoms, tmp_path / "streamed", backbone, streamed)
+    assert any("exceed the 0 GB budget" in n for n in report.notes)
+    kept = list((tmp_path / "streamed" / "cache" / "patch_tokens").rglob("*.npz"))
+    frame, reference = store.frame(task="tumor_seg"), cached_store.frame(task="tumor_seg")
+    n_test, n_train = int(frame.n_test.iloc[0]), int(frame.n_train.iloc[0])
+    assert len(kept) == len(cached_tokens) * n_train // (n_train + n_test)  # training only
+    assert not list((tmp_path / "streamed" / "cache" / "patch_tokens").glob(".stream-*"))
+    assert list(frame.cell_id) == list(reference.cell_id)
+    assert set(frame.cache_key) == set(reference.cache_key)  # same tokens, same digest
+    np.testing.assert_allclose(frame.set_index("metric").value.sort_index().values,
+                               reference.set_index("metric").value.sort_index().values,
+                               rtol=1e-6)
+
+    monkeypatch.setenv("BRAINBENCH_TOKEN_BUDGET_GB", "-1")
+    with pytest.raises(BenchError, match="BRAINBENCH_TOKEN_BUDGET_GB='-1'"):
+        SegmentationConfig.from_env()
+    monkeypatch.setenv("BRAINBENCH_TOKEN_BUDGET_GB", "0.5")
+    assert SegmentationConfig.from_env().token_budget_gb == 0.5

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from brainbench.taskspec import TaskSpec
 log = logging.getLogger("brainbench")
 
 HEADS_ENV = "BRAINBENCH_SEG_HEADS"
+BUDGET_ENV = "BRAINBENCH_TOKEN_BUDGET_GB"
 SELECTION = "fixed head settings, no selection step (the test split feeds no choice)"
 
 
@@ -47,24 +50,43 @@ class SegmentationConfig:
     heads: which heads get cells (default the linear one; BRAINBENCH_SEG_HEADS=linear,multiscale
         adds the decoder). slices_per_subject: training slices per training subject (of the
         profile's slice grid), foreground_share of them through the tumour.
+    token_budget_gb: disk the test subjects' patch tokens may take in the cache
+        (BRAINBENCH_TOKEN_BUDGET_GB). Within it they are cached (a rerun with other fractions
+        or seeds encodes nothing); over it each test subject is encoded, predicted by every
+        head and its tokens dropped (streamed: one forward pass per run, never more than one
+        subject's tokens on disk). Training subjects' few slices are always cached. At the
+        paper profile a 4-contrast test subject costs ~154 MB per layer, so BraTS' ~250 test
+        subjects (~38 GB) stream under the default.
     """
 
     heads: tuple[str, ...] = ("linear",)
     slices_per_subject: int = 8
     foreground_share: float = 0.75
     training: TrainConfig = field(default_factory=TrainConfig)
+    token_budget_gb: float = 20.0
 
     @classmethod
     def from_env(cls) -> "SegmentationConfig":
+        settings = cls()
         text = os.environ.get(HEADS_ENV, "").strip()
-        if not text:
-            return cls()
-        heads = tuple(dict.fromkeys(h.strip() for h in text.split(",") if h.strip()))
-        unknown = [h for h in heads if h not in HEADS]
-        if unknown or not heads:
-            raise BenchError(f"{HEADS_ENV}={text!r}: unknown head(s) {unknown}; choose from "
-                             f"{list(HEADS)}, comma-separated")
-        return cls(heads=heads)
+        if text:
+            heads = tuple(dict.fromkeys(h.strip() for h in text.split(",") if h.strip()))
+            unknown = [h for h in heads if h not in HEADS]
+            if unknown or not heads:
+                raise BenchError(f"{HEADS_ENV}={text!r}: unknown head(s) {unknown}; choose "
+                                 f"from {list(HEADS)}, comma-separated")
+            settings = replace(settings, heads=heads)
+        budget = os.environ.get(BUDGET_ENV, "").strip()
+        if budget:
+            try:
+                value = float(budget)
+            except ValueError:
+                value = float("nan")
+            if not value >= 0 or value == float("inf"):
+                raise BenchError(f"{BUDGET_ENV}={budget!r}: expected a size in GB >= 0 (e.g. "
+                                 "20; 0 streams every test subject)")
+            settings = replace(settings, token_budget_gb=value)
+        return settings
 
 
 def unsupported_reason(backbone: Backbone) -> str:
@@ -152,13 +174,31 @@ class SegmentationEvaluator(Evaluator):
                     for s in train_all + test}
         layers = tuple(sorted({layer for p in cells for layer in p.detail}))
         token_cache = PatchTokenCache(config.cache_dir / "patch_tokens")
-        keys, stats = extract_patch_tokens(backbone, [r for rs in requests.values() for r in rs],
-                                           layers, token_cache,
-                                           batch_size=config.profile.batch_size,
-                                           progress=config.progress, desc=task.id,
-                                           workers=config.workers)
+        keys, stats = extract_patch_tokens(
+            backbone, [r for s in train_all for r in requests[s.id]], layers, token_cache,
+            batch_size=config.profile.batch_size, progress=config.progress, desc=task.id,
+            workers=config.workers)
+        # the test set's size from a real training grid (bytes per slice, every layer and
+        # contrast), so the budget holds for any backbone's token shape
+        grids = token_cache.load_sample(keys, requests[train_all[0].id], layers)
+        per_slice = sum(g.nbytes / g.shape[0] for g in grids)
+        test_bytes = per_slice * sum(len(requests[s.id][0].slices) for s in test)
+        stream = test_bytes > settings.token_budget_gb * 1e9
+        cached = train_all if stream else train_all + test
+        if not stream:
+            test_keys, test_stats = extract_patch_tokens(
+                backbone, [r for s in test for r in requests[s.id]], layers, token_cache,
+                batch_size=config.profile.batch_size, progress=config.progress,
+                desc=f"{task.id} test", workers=config.workers)
+            keys.update(test_keys)
+            stats.merge(test_stats)
         report.extraction.merge(stats)
-        cache_digest = digest(stats.keys)
+        all_keys = list(stats.keys)
+        if stream:
+            report.notes.append(
+                f"{task.id}: the test subjects' patch tokens ({test_bytes / 1e9:.3g} GB) exceed "
+                f"the {settings.token_budget_gb:g} GB budget ({BUDGET_ENV}): each test subject "
+                "is encoded, predicted by every head and its tokens dropped")
 
         regions = task.target.regions
         height, width, _ = grid_shape(contract)
@@ -183,12 +223,20 @@ class SegmentationEvaluator(Evaluator):
         for sample in tqdm(test, desc=f"{task.id} test", unit="subject", delay=2.0,
                            leave=False, disable=quiet):
             volume = read_regions(sample.id, sample.target, dict(sample.images), task.target)
-            grids = dict(zip(layers, token_cache.load_sample(keys, requests[sample.id], layers)))
+            if stream:
+                loaded, subject_keys = _streamed_tokens(backbone, requests[sample.id], layers,
+                                                        config.cache_dir / "patch_tokens",
+                                                        config, report)
+                all_keys += subject_keys
+            else:
+                loaded = token_cache.load_sample(keys, requests[sample.id], layers)
+            grids = dict(zip(layers, loaded))
             for j, (plan, head, _, _) in enumerate(trained):
                 prediction = predict_volume(head, [grids[layer] for layer in plan.detail],
                                             volume.masks.shape[1:], settings.training.threshold)
                 scores[j].append(region_scores(prediction, volume.masks, volume.spacing, regions))
         inference_seconds = time.perf_counter() - started
+        cache_digest = digest(sorted(all_keys))  # streamed or cached: the same digest
 
         backbone_params = backbone.parameter_count()
         for (plan, head, info, head_params), per_subject in zip(trained, scores):
@@ -208,7 +256,8 @@ class SegmentationEvaluator(Evaluator):
         by_head: dict[str, list] = {}
         for plan, _, info, n_params in trained:
             by_head.setdefault(plan.cell.head, []).append((n_params, info))
-        sizes = _cache_sizes(token_cache, keys, requests, train_groups, prepared.samples)
+        sizes = _cache_sizes(token_cache, keys, {s.id: requests[s.id] for s in cached},
+                             train_groups, prepared.samples)
         for name, items in by_head.items():
             report.notes.append(
                 f"{task.id}: head {name}: {items[0][0]:,} trainable "
@@ -219,6 +268,24 @@ class SegmentationEvaluator(Evaluator):
             f"{task.id}: full test set ({len(test)} subjects, {len(trained)} head(s)) predicted "
             f"and scored in {inference_seconds:.1f} s; patch-token cache {sizes}")
         log.info("%s: %d cells written", task.id, len(trained))
+
+
+def _streamed_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
+                     layers: Sequence[int], cache_root: Path, config: RunConfig,
+                     report: RunReport) -> tuple[list[np.ndarray], list[str]]:
+    """One test subject's patch grids, encoded into a scratch cache that is removed at once
+    (the run's cache never holds more than this subject's tokens beyond the budget)."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".stream-", dir=cache_root))
+    try:
+        cache = PatchTokenCache(scratch)
+        keys, stats = extract_patch_tokens(backbone, list(requests), layers, cache,
+                                           batch_size=config.profile.batch_size,
+                                           progress=False, workers=config.workers)
+        report.extraction.merge(stats)
+        return cache.load_sample(keys, requests, layers), list(stats.keys)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _cache_sizes(cache: PatchTokenCache, keys, requests, train_groups, samples) -> str:
