@@ -229,13 +229,18 @@ def hold_write_lock(path, seconds: float, started: threading.Event) -> None:
     raw.close()
 
 
-def test_a_writer_waits_out_a_six_second_lock(tmp_path):
-    path = tmp_path / "r.db"
+def locked_store(path, seconds: float) -> tuple[ResultStore, threading.Thread]:
+    """A store at ``path`` whose write lock another connection holds for ``seconds``."""
     store = ResultStore(f"sqlite:///{path}")
     started = threading.Event()
-    holder = threading.Thread(target=hold_write_lock, args=(path, 6.0, started))
+    holder = threading.Thread(target=hold_write_lock, args=(path, seconds, started))
     holder.start()
     started.wait(10)
+    return store, holder
+
+
+def test_a_writer_waits_out_a_six_second_lock(tmp_path):
+    store, holder = locked_store(tmp_path / "r.db", 6.0)
     begun = time.perf_counter()
     store.write_cell(cell(), {"mae": 1.0}, [("s1", 1.0, 2.0)])
     waited = time.perf_counter() - begun
@@ -249,12 +254,7 @@ def test_a_lock_that_outlasts_every_retry_is_a_bench_error_and_stores_nothing(tm
     monkeypatch.setattr(store_module, "SQLITE_TIMEOUT_S", 0.2)
     monkeypatch.setattr(store_module, "_WRITE_ATTEMPTS", 2)
     monkeypatch.setattr(store_module, "_WRITE_BACKOFF_S", 0.05)
-    path = tmp_path / "r.db"
-    store = ResultStore(f"sqlite:///{path}")
-    started = threading.Event()
-    holder = threading.Thread(target=hold_write_lock, args=(path, 3.0, started))
-    holder.start()
-    started.wait(10)
+    store, holder = locked_store(tmp_path / "r.db", 3.0)
     with pytest.raises(BenchError, match=r"stayed locked by another process.*not stored"):
         store.write_cell(cell(seed=5), {"mae": 1.0}, [])
     holder.join()
