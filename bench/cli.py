@@ -156,6 +156,11 @@ def _print_table(config, pending=()) -> None:
     store = ResultStore(config.db_url or default_url(config.results_dir))
     tasks = [t for t in resolve_tasks(config.tasks) if t.status == "ready"]
     split = getattr(config, "split", "") or ""
+    from brainbench.taskspec import SPLIT_VARIANTS
+
+    if split and split not in SPLIT_VARIANTS:
+        raise BenchError(f"SPLIT={split!r} (--split): expected one of {', '.join(SPLIT_VARIANTS)} "
+                         "(or nothing: the standard split)")
     frame = store.frame(backbone=list(config.models) if config.models else None,
                         task=[t.id for t in tasks],
                         profile=config.profile.name if config.profile else None)
@@ -759,6 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `brainbench results | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, *DATABASE_ERRORS, json.JSONDecodeError) as exc:
         message = _environment_error(exc)
         if message is None:

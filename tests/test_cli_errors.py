@@ -152,3 +152,21 @@ def test_truncated_gzip_is_refused_before_reading(tmp_path):
     cut.write_bytes(data[: len(data) // 2] + data[-8:])  # a stream whose trailer says more
     with pytest.raises(BenchError, match=f"cannot read image {cut}"):
         read_voxels(cut)
+
+
+def test_results_into_a_closed_pipe_end_quietly_and_a_bad_split_is_named(tmp_path, capsys):
+    import shutil
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).parent / "fixtures" / "store_v1" / "results.db"
+    shutil.copy(fixture, tmp_path / "results.db")  # opening migrates: never the fixture itself
+    # the reader (`true`) is gone before the table is written: the write meets a closed pipe
+    command = f"{sys.executable} -m brainbench.cli results --results {tmp_path} | true"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                          text=True, timeout=300)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+
+    assert main(["results", "--results", str(tmp_path), "--split", "by-scanner"]) == 2
+    assert "SPLIT='by-scanner' (--split): expected one of site-held-out" in capsys.readouterr().err
