@@ -94,13 +94,18 @@ def cmd_list(args: argparse.Namespace) -> None:
         rows = [[t.id, t.kind, " / ".join(t.datasets), "+".join(t.modalities), t.primary_metric,
                  t.stratify_description(), ",".join(f"{f:g}" for f in t.fractions),
                  t.min_per_stratum, len(t.seeds), ", ".join(t.split_names) or "-",
+                 ",".join(f"{f:g}" for f in t.precision_rule.fp32_fractions)
+                 if t.precision_rule else "-",
                  t.status + (f": {t.pending_reason}" if t.pending_reason else "")]
                 for t in all_tasks()]
         print(tabulate(rows, headers=["task", "kind", "dataset", "modalities", "primary",
                                       "split strata", "fractions", "label floor", "seeds",
-                                      "split variants", "status"]))
+                                      "split variants", "fp32 under auto", "status"]))
         print("label floor: every training subset holds at least this many people per label "
               "stratum (class, event status or target bin) that the training split has")
+        print("fp32 under auto: fractions where PRECISION=auto runs fp32 because bf16 moved the "
+              "primary metric by more than 0.25 seed sd in the default sweep (BENCHMARKS.md "
+              "'Fidelity')")
         print("split variants: run with --split NAME (SPLIT=NAME); site-held-out trains on "
               "the other sites and tests on one held-out site (README 'Unseen sites')")
     elif args.what == "backbones":
@@ -142,10 +147,11 @@ def cmd_list(args: argparse.Namespace) -> None:
 
         rows = [[p.name, p.slice_size or "-", p.num_slices or "-", p.batch_size,
                  p.phantom_subjects, f"{p.phantom_test_fraction or DEFAULT_TEST_FRACTION:g}",
-                 p.description] for p in map(PROFILES.get, PROFILES.names())]
+                 len(p.seeds) if p.seeds else "task's (5)", p.description]
+                for p in map(PROFILES.get, PROFILES.names())]
         print(tabulate(rows, headers=["profile", "slice size", "slices", "batch",
                                       "phantom people/dataset", "phantom test share",
-                                      "description"]))
+                                      "seeds", "description"]))
 
 
 def _print_table(config, pending=()) -> None:
@@ -206,8 +212,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     report = run(config)
     elapsed = time.perf_counter() - started
     status = report.weights_status.upper()
+    fallbacks = (f" (fp32 by the tasks' precision rules: {', '.join(report.precision_fallbacks)})"
+                 if report.precision_fallbacks else "")
     print(f"\nbackbone {report.backbone}: weights {status} ({report.weights_source}); "
-          f"precision {report.precision}")
+          f"precision {report.precision}{fallbacks}")
     print(f"data: {report.data_source}; results: {report.store_url}")
     computed = sum(c.computed for c in report.cells)
     ext = report.extraction
@@ -535,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="braindino")
     p.add_argument("--fraction", default="0.01", help="label fraction(s) in (0, 1], comma list")
     p.add_argument("--tasks", default=None, help="comma list (default: all)")
-    p.add_argument("--seeds", default=None, help="comma list (default: each task's 5 seeds)")
+    p.add_argument("--seeds", default=None, help="comma list (default: the profile's seeds, "
+                   "else each task's 5)")
     p.add_argument("--profile", default="cpu")
     p.add_argument("--weights", default=None, help="checkpoint file for the backbone")
     p.add_argument("--require-weights", action="store_true",

@@ -294,6 +294,12 @@ def _as_reference(train_target: Any) -> SurvivalReference:
     )
 
 
+#: below this variance (of the low group's observed minus expected deaths) the log-rank test
+#: is undefined: no one of one group was at risk at any death. sksurv then returns p = 1 or
+#: raises, depending on round-off; both fit-time and bootstrap scores say NaN.
+LOGRANK_MIN_VARIANCE = 1e-9
+
+
 def survival_metrics(y_true: Any, risk: Any, train_target: Any) -> dict[str, float]:
     """Harrell's C, Uno's C (truncated at the training follow-up), log-rank p, number of events.
 
@@ -306,7 +312,8 @@ def survival_metrics(y_true: Any, risk: Any, train_target: Any) -> dict[str, flo
 
     Log-rank: test subjects are split at the median TRAINING risk score (high = risk above it)
     and the groups compared with `sksurv.compare.compare_survival`. If either group is empty
-    (or the test is otherwise undefined) the p-value is NaN.
+    (or the test is otherwise undefined, e.g. no one of one group at risk at any death) the
+    p-value is NaN.
     """
     from sksurv.compare import compare_survival
     from sksurv.exceptions import NoComparablePairException
@@ -354,7 +361,9 @@ def survival_metrics(y_true: Any, risk: Any, train_target: Any) -> dict[str, flo
         logrank_p = float("nan")
     else:
         try:
-            logrank_p = float(compare_survival(y_test, high)[1])
+            _, p, _, covariance = compare_survival(y_test, high, return_stats=True)
+            # nobody of one group at risk at any death: undefined, whatever round-off says
+            logrank_p = float(p) if covariance[0, 0] > LOGRANK_MIN_VARIANCE else float("nan")
         except ValueError:
             logrank_p = float("nan")
 

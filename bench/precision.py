@@ -17,15 +17,24 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from brainbench.errors import BenchError
 
+if TYPE_CHECKING:
+    from brainbench.taskspec import PrecisionRule
+
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("auto", "fp32", "bf16")  # what a user may ask for
 RESOLVED = ("fp32", "bf16")  # what a built backbone runs at
+#: issue #15's fidelity rule: bf16 is not the default where it moves a primary metric by more
+#: than this many fp32 seed-to-seed sds (scripts/precision_sweep.py; TaskSpec.precision_rule)
+BF16_SHIFT_LIMIT_SD = 0.25
+#: where the fp32 seed sd is 0 (every seed fits the whole training split with a seedless head)
+#: the sd gives no scale: such pairs are judged against this share of the fp32 mean
+BF16_SHIFT_LIMIT_RELATIVE = 1e-3
 #: CPU flags (/proc/cpuinfo) of a bf16 matrix path: AMX tiles or AVX-512 BF16 dot products
 CPU_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
@@ -86,6 +95,16 @@ def resolve_precision(requested: object, device: str | torch.device = "cpu",
     if kind == "cpu":
         return "bf16" if capability.cpu_bf16 else "fp32"
     return "fp32"
+
+
+def cell_precision(requested: str, machine: Precision, rule: "PrecisionRule | None",
+                   fraction: float) -> Precision:
+    """What one (task, fraction) cell runs at: the run's precision resolved for the device
+    (`machine`), except that ``auto`` keeps the pairs a task's `PrecisionRule` names in fp32."""
+    if check_precision(requested) == "auto" and machine == "bf16" and rule is not None \
+            and rule.covers(fraction):
+        return "fp32"
+    return machine
 
 
 def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:

@@ -15,6 +15,10 @@ class Profile:
     this profile's phantom cohorts (None: the task's own, 0.2). Power comes from test people,
     so the powered profile tests on half of each cohort; real data always keeps the task's
     split. Part of each cell's configuration hash and of its split manifest's name.
+    seeds: the training-subset seeds a run uses on this profile (None: each task's five).
+    More seeds narrow the seed part of the two-level bootstrap, which dominates the minimum
+    detectable difference at 1%, at the cost of probes only (features are per volume). Not part
+    of any cell's identity: each cell records its own seed.
     """
 
     name: str
@@ -25,11 +29,13 @@ class Profile:
     phantom_subjects: int  # people per phantom dataset
     phantom_seed: int = 0
     phantom_test_fraction: float | None = None
+    seeds: tuple[int, ...] | None = None
 
     def as_dict(self) -> dict:
         """The profile as it enters cells' configuration hashes; a profile without a phantom
         test share hashes as before that field existed, so stored cells keep their identity."""
         fields = asdict(self)
+        del fields["seeds"]  # a cell's seed is its own field; the count changes no cell
         if fields["phantom_test_fraction"] is None:
             del fields["phantom_test_fraction"]
         return fields
@@ -43,9 +49,10 @@ for _profile in (
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
     Profile("powered", "statistical power by design: 400 phantom people per dataset, half of "
-            "them test people (about 200 per task), 8 axial slices at 64x64 so that a "
-            "random-init ViT encodes them on a CPU", slice_size=64, num_slices=8,
-            batch_size=32, phantom_subjects=400, phantom_test_fraction=0.5),
+            "them test people (about 200 per task), 20 training-subset seeds, 8 axial slices "
+            "at 64x64 so that a random-init ViT encodes them on a CPU", slice_size=64,
+            num_slices=8, batch_size=32, phantom_subjects=400, phantom_test_fraction=0.5,
+            seeds=tuple(range(20))),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
             slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):

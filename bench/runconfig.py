@@ -21,7 +21,7 @@ class RunConfig:
     cache_dir: Path
     results_dir: Path
     tasks: tuple[str, ...] | None = None  # None: every task
-    seeds: tuple[int, ...] | None = None  # None: each task's default seeds
+    seeds: tuple[int, ...] | None = None  # None: the profile's seeds, else each task's
     weights: Path | None = None
     require_weights: bool = False
     data_dir: Path | None = None  # None: the phantom cohorts (or brainbench.toml / env, see datasets.locations)
@@ -38,7 +38,7 @@ class RunConfig:
     split: str = ""  # a declared split variant (e.g. "site-held-out"); "": the standard split
 
     def seeds_for(self, task: TaskSpec) -> tuple[int, ...]:
-        return self.seeds or task.seeds
+        return self.seeds or self.profile.seeds or task.seeds
 
 
 @dataclass
@@ -58,6 +58,7 @@ class RunReport:
     data_source: str
     store_url: str  # as shown to people (a server URL's password hidden)
     precision: str = "fp32"  # what the backbone ran at (backbone.precision, never "auto")
+    precision_fallbacks: list[str] = field(default_factory=list)  # "task@fractions" run in fp32
     cells: list[CellOutcome] = field(default_factory=list)
     pending: list[TaskSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

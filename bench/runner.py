@@ -21,6 +21,7 @@ from brainbench.executors import Executor, LocalExecutor, WorkItem, make_executo
 from brainbench.kinds import get_kind
 from brainbench.leakage import HashCache
 from brainbench.pipeline import manifest_path, prepare_task
+from brainbench.precision import cell_precision
 from brainbench.protocols import Protocol, check_tokens, get_protocol
 from brainbench.runconfig import CellOutcome, RunConfig, RunReport
 from brainbench.store import ResultStore, default_url
@@ -29,7 +30,7 @@ from brainbench.taskspec import TaskSpec, all_tasks, check_fraction, get_task
 log = logging.getLogger("brainbench")
 
 __all__ = ["CellOutcome", "RunConfig", "RunReport", "build_backbone", "manifest_path",
-           "on_split", "plan_task", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
+           "on_split", "plan_task", "precision_passes", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
 
 
 def resolve_tasks(names: Sequence[str] | None,
@@ -159,25 +160,60 @@ def run(config: RunConfig) -> RunReport:
                            store_url=store.shown,  # printed: no password
                            precision=backbone.precision)
         report.other_split += without_split
+        runnable = []
+        for task in tasks:
+            if task.status == "pending":
+                report.pending.append(task)
+            elif task.dataset not in roots:  # real data holding only some datasets
+                report.unavailable.append(f"{task.id} (dataset {task.dataset} not found)")
+            else:
+                runnable.append(task)
+        for precision, fractions in precision_passes(runnable, config, backbone.precision,
+                                                     report):
+            pass_config = replace(config, precision=precision)  # resolved: workers build it
+            pass_backbone = (backbone if precision == backbone.precision
+                             else build_backbone(pass_config))
 
-        def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
-            for task in tasks:
-                if task.status == "pending":
-                    report.pending.append(task)
-                elif task.dataset not in roots:  # real data holding only some datasets
-                    report.unavailable.append(f"{task.id} (dataset {task.dataset} not found)")
-                else:
-                    item = plan_task(task, backbone, roots[task.dataset], data_source, store,
-                                     config, report)
-                    if item is not None:
-                        yield item
+            def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
+                for task in runnable:
+                    if fractions.get(task.id):
+                        item = plan_task(task, pass_backbone, roots[task.dataset], data_source,
+                                         store, replace(pass_config,
+                                                        fractions=fractions[task.id]), report)
+                        if item is not None:
+                            yield item
 
-        store_cells(executor.evaluate(work(), backbone, config, store.url, report,
-                                      # workers build what the driver resolved ("auto")
-                                      build=partial(build_backbone, replace(
-                                          config, precision=backbone.precision))),
-                    store, report)
+            store_cells(executor.evaluate(work(), pass_backbone, pass_config, store.url, report,
+                                          build=partial(build_backbone, pass_config)),
+                        store, report)
     return report
+
+
+def precision_passes(tasks: Sequence[TaskSpec], config: RunConfig, machine: str,
+                     report: RunReport) -> list[tuple[str, dict[str, tuple[float, ...]]]]:
+    """The run's cells grouped by the precision they run at: the device's first, then fp32
+    for the (task, fraction) pairs a task's precision rule keeps out of bf16 under ``auto``
+    (brainbench.precision.cell_precision). Each group is one pass with its own backbone."""
+    passes: dict[str, dict[str, tuple[float, ...]]] = {machine: {}}
+    for task in tasks:
+        rule = task.precision_rule
+        for fraction in config.fractions:
+            precision = cell_precision(config.precision, machine, rule, fraction)
+            passes.setdefault(precision, {})
+            passes[precision][task.id] = passes[precision].get(task.id, ()) + (fraction,)
+        if rule is None:
+            continue
+        shown = ", ".join(f"{f:g}" for f in config.fractions if rule.covers(f))
+        fallback = [f for f in config.fractions
+                    if cell_precision(config.precision, machine, rule, f) != machine]
+        if fallback:
+            report.precision_fallbacks.append(f"{task.id}@{','.join(f'{f:g}' for f in fallback)}")
+            report.note(f"{task.id} at fraction {shown}: fp32 under PRECISION=auto "
+                        f"({rule.measured}; BENCHMARKS.md 'Fidelity')")
+        elif shown and machine == "bf16":
+            report.note(f"{task.id} at fraction {shown}: bf16 as asked, where PRECISION=auto "
+                        f"runs fp32 ({rule.measured})")
+    return [(p, f) for p, f in passes.items() if f]
 
 
 def _with_protocol_tokens(backbone: Backbone, protocol: Protocol) -> Backbone:
@@ -201,6 +237,8 @@ def plan_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
     evaluator = evaluator or make_evaluator(get_kind(task.kind).evaluator)
     reason = evaluator.unsupported_reason(backbone)
     if reason:
+        if any(t.id == task.id for t in report.pending):  # planned again in an fp32 pass
+            return None
         report.pending.append(replace(task, status="pending", pending_reason=reason))
         return None
     prepared = prepare_task(task, root, data_source,

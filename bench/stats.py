@@ -18,8 +18,15 @@ scikit-survival on the same predictions:
 - mae / rmse: as sklearn.
 - c_harrell: sksurv's ``concordance_index_censored`` (pair (i, j) comparable when i had the
   event and t_j > t_i, or t_j == t_i with j censored; risk ties within 1e-8 count one half).
-Survival note: Uno's C and the log-rank test need the training subset's survival data and risk
-scores, which the store does not keep, so survival intervals are for Harrell's C only.
+- c_uno: sksurv's ``concordance_index_ipcw``: Harrell's pairs, each index case i weighted by
+  1 / G(t_i)^2 with G the censoring survival of the training subset (zero at or beyond tau).
+  G depends on t_i alone, so it is computed once per cell and every replicate is a weighted
+  Harrell C.
+- logrank_p: sksurv's ``compare_survival`` for the two risk groups (cut at the training
+  subset's median risk): observed minus expected deaths of the low group over its
+  hypergeometric variance, chi-square with 1 df; replicates as counts of each person drawn.
+Uno's C and the log-rank p need what each survival cell stores at fit time (training
+survival data, tau, risk cut: `survival_reference`); cells stored before that have none.
 
 A resample where the metric is undefined (an AUC resample without one of the classes, a
 C-index resample without a comparable pair) yields NaN and is left out of percentiles.
@@ -45,12 +52,12 @@ import numpy as np
 
 from brainbench.errors import BenchError
 from brainbench.kinds import KINDS, get_kind
+from brainbench.metrics import LOGRANK_MIN_VARIANCE
 
 #: Metrics that can be recomputed from stored predictions, per kind (declared by each kind).
 BOOTSTRAP_METRICS: dict[str, tuple[str, ...]] = {
     name: KINDS.get(name).bootstrap_metrics for name in KINDS.names()
     if KINDS.get(name).bootstrap_metrics}
-CHUNK = 64  # replicates per vectorised block (bounds memory of the pairwise C-index)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -188,21 +195,83 @@ def _auc(labels: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.mean(per_class, axis=0)  # NaN when any class is absent from the resample
 
 
+def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) how often each of n subjects appears in each row of resampling indices."""
+    rows = idx.shape[0]
+    flat = (idx + n * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(float)
+
+
 def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray, idx: np.ndarray,
-             tied_tol: float = 1e-8) -> np.ndarray:
-    out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], CHUNK):
-        block = idx[start:start + CHUNK]
-        t, e, r = time[block], event[block], risk[block]
-        ti, tj = t[:, :, None], t[:, None, :]
-        comparable = e[:, :, None] & ((tj > ti) | ((tj == ti) & ~e[:, None, :]))
-        diff = r[:, None, :] - r[:, :, None]  # r_j - r_i: concordant when negative
-        credit = np.where(np.abs(diff) <= tied_tol, 0.5, (diff < 0).astype(float))
-        pairs = comparable.sum(axis=(1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + CHUNK] = np.where(
-                pairs > 0, (credit * comparable).sum(axis=(1, 2)) / pairs, np.nan)
-    return out
+             tied_tol: float = 1e-8, weights: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise concordance of resampled survival data; `weights` (per subject, applied to the
+    index case i of each pair) turns Harrell's C into the IPCW form of Uno's C.
+
+    A draw is a multiset of the n subjects: two copies of one subject are never comparable
+    (equal time, equal event status), so a draw's pair sums are c' M c with c its counts and
+    M the subjects' pair matrix, one matrix product for every draw. With unit weights the
+    sums are of halves and integers, so the result is exact.
+    """
+    n = time.shape[0]
+    later = time[None, :] > time[:, None]
+    comparable = event[:, None] & (later | ((time[None, :] == time[:, None]) & ~event[None, :]))
+    diff = risk[None, :] - risk[:, None]  # r_j - r_i: concordant when negative
+    credit = np.where(np.abs(diff) <= tied_tol, 0.5, (diff < 0).astype(float))
+    counts = _draw_counts(idx, n)
+    pair_matrix = comparable.astype(float)
+    has_pairs = ((counts @ pair_matrix) * counts).sum(axis=1) > 0
+    undefined = np.zeros(idx.shape[0], dtype=bool)
+    if weights is not None:
+        unusable = np.isnan(weights)  # sksurv raises when such a subject is drawn
+        undefined = (counts[:, unusable] > 0).any(axis=1)
+        pair_matrix = pair_matrix * np.where(unusable, 0.0, weights)[:, None]
+    pairs = ((counts @ pair_matrix) * counts).sum(axis=1)
+    agree = ((counts @ (pair_matrix * credit)) * counts).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(has_pairs & (pairs > 0) & ~undefined, agree / pairs, np.nan)
+
+
+def _uno_weights(time: np.ndarray, event: np.ndarray, reference: Mapping[str, Any]) -> np.ndarray:
+    """Per test subject, sksurv's squared IPCW weight: 1 / G(t)^2 for events before tau (G: the
+    training subset's censoring survival), 0 otherwise; NaN where G(t) is 0 (sksurv raises,
+    so every replicate holding that subject is undefined)."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+    from sksurv.util import Surv
+
+    train = np.asarray(reference["train"], dtype=float)
+    censoring = CensoringDistributionEstimator().fit(
+        Surv.from_arrays(event=train[:, 1].astype(bool), time=train[:, 0]))
+    inside = event & (time < reference["tau"])
+    weights = np.zeros(time.shape[0])
+    if inside.any():
+        g = censoring.predict_proba(time[inside])
+        with np.errstate(divide="ignore"):
+            weights[inside] = np.where(g > 0, 1.0 / np.square(g), np.nan)
+    return weights
+
+
+def _logrank_p(time: np.ndarray, event: np.ndarray, high: np.ndarray,
+               idx: np.ndarray) -> np.ndarray:
+    """Row-wise two-group log-rank p of resampled subjects (NaN where a draw holds one group
+    or the variance is 0: `LOGRANK_MIN_VARIANCE`). Each replicate is the count of each subject drawn."""
+    from scipy.stats import chi2
+
+    n = time.shape[0]
+    counts = _draw_counts(idx, n)  # (B, n)
+    times = np.unique(time[event])
+    at_risk = (time[:, None] >= times[None, :]).astype(float)  # (n, K)
+    dies = ((time[:, None] == times[None, :]) & event[:, None]).astype(float)
+    low = (~high).astype(float)[:, None]
+    total, deaths = counts @ at_risk, counts @ dies  # (B, K)
+    low_risk, low_deaths = counts @ (at_risk * low), counts @ (dies * low)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, low_risk / total, 0.0)
+        spread = np.where(total > 1, deaths * (total - deaths) / (total - 1), 0.0)
+        observed_minus_expected = (low_deaths - deaths * share).sum(axis=1)
+        variance = (spread * share * (1 - share)).sum(axis=1)
+        statistic = observed_minus_expected ** 2 / variance
+    groups = (counts @ high.astype(float) > 0) & (counts @ low[:, 0] > 0)
+    return np.where(groups & (variance > LOGRANK_MIN_VARIANCE), chi2.sf(statistic, 1), np.nan)
 
 
 def survival_reference(train_time: Sequence[float], train_event: Sequence[bool],
@@ -217,34 +286,17 @@ def survival_reference(train_time: Sequence[float], train_event: Sequence[bool],
 
 def _survival_secondary(scorer: "Scorer", idx: np.ndarray) -> np.ndarray:
     """Uno's C or the log-rank p of each row of resampled test indices (NaN where a draw
-    leaves it undefined, e.g. no comparable pair or one risk group)."""
-    from sksurv.compare import compare_survival
-    from sksurv.metrics import concordance_index_ipcw
-    from sksurv.util import Surv
-
+    leaves it undefined, e.g. no comparable pair or one risk group). Vectorised like the
+    primary metrics; tests check both against sksurv on the same draws."""
     if not scorer.reference:
         raise BenchError(f"{scorer.metric} needs the training reference stored at fit time; "
                          "this cell has none (stored before it was recorded)")
     time, event = scorer.y
-    train = np.asarray(scorer.reference["train"], dtype=float)
-    y_train = Surv.from_arrays(event=train[:, 1].astype(bool), time=train[:, 0])
-    out = np.full(idx.shape[0], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, rows in enumerate(idx):
-            y = Surv.from_arrays(event=event[rows], time=time[rows])
-            risk = scorer.prediction[rows]
-            try:
-                if scorer.metric == "c_uno":
-                    out[i] = concordance_index_ipcw(y_train, y, risk,
-                                                    tau=scorer.reference["tau"])[0]
-                else:
-                    high = risk > scorer.reference["risk_cut"]
-                    if high.any() and not high.all():
-                        out[i] = compare_survival(y, high)[1]
-            except (ValueError, ZeroDivisionError):
-                pass
-    return out
+    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=bool)
+    if scorer.metric == "c_uno":
+        return _harrell(time, event, scorer.prediction, idx,
+                        weights=_uno_weights(time, event, scorer.reference))
+    return _logrank_p(time, event, scorer.prediction > scorer.reference["risk_cut"], idx)
 
 
 @dataclass(frozen=True)

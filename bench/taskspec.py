@@ -50,6 +50,25 @@ class SiteHeldOut:
     name = "site-held-out"
 
 
+@dataclass(frozen=True)
+class PrecisionRule:
+    """Where ``PRECISION=auto`` keeps a task in fp32 although the hardware runs bf16 fast.
+
+    Why: issue #15's rule. If bf16 features move a primary metric by more than
+    `brainbench.precision.BF16_SHIFT_LIMIT_SD` of its fp32 seed-to-seed sd in the full default
+    sweep (``scripts/precision_sweep.py``; BENCHMARKS.md "Fidelity: bf16 vs fp32 on the full
+    default sweep"), bf16 is not the default there. Per fraction, because features are cached
+    per precision and the finding is per (task, fraction). An explicit ``PRECISION=bf16``
+    still runs bf16, with a note.
+    """
+
+    fp32_fractions: tuple[float, ...]
+    measured: str  # the finding, shown in run notes and by `brainbench list tasks`
+
+    def covers(self, fraction: float) -> bool:
+        return any(abs(float(fraction) - f) < 1e-9 for f in self.fp32_fractions)
+
+
 SplitVariant = SiteHeldOut  # the declared split variants (the standard split is implicit)
 SPLIT_VARIANTS: dict[str, type] = {SiteHeldOut.name: SiteHeldOut}
 
@@ -70,6 +89,8 @@ class TaskSpec:
     split_variants: the other splits the task declares (e.g. `SiteHeldOut` for datasets with
         sites), run with `brainbench run --split NAME`; `with_split` makes the spec that
         evaluates on one of them, and ``split`` is then set.
+    precision_rule: the (task, fraction) pairs where ``PRECISION=auto`` runs fp32 because
+        bf16 moved the primary metric measurably (`PrecisionRule`); None: bf16 wherever fast.
     """
 
     id: str
@@ -94,6 +115,7 @@ class TaskSpec:
     base_dataset: str = ""  # set on a spec made by on_dataset(): the card's default dataset
     split_variants: tuple[SplitVariant, ...] = ()
     split: SplitVariant | None = None  # set by with_split(): the variant evaluated on
+    precision_rule: PrecisionRule | None = None
 
     @property
     def split_names(self) -> tuple[str, ...]:

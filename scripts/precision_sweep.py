@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from brainbench.precision import BF16_SHIFT_LIMIT_SD
 from brainbench.store import ResultStore, default_url
 from brainbench.taskspec import get_task
 
@@ -166,7 +167,10 @@ def main() -> None:
     p.add_argument("bf16", nargs="?", help="bf16 results folder or store URL")
     p.add_argument("--model", default=None, help="backbone to compare (needed if a store "
                    "holds several; --run: the one to run, default braindino)")
-    p.add_argument("--threshold", type=float, default=0.25, help="flag |diff| > this x sd")
+    p.add_argument("--threshold", type=float, default=BF16_SHIFT_LIMIT_SD,
+                   help="flag |diff| > this x sd")
+    p.add_argument("--csv", default=None, help="also write the comparison table here (the "
+                   "task cards' precision rules are checked against tests/fixtures/precision/)")
     p.add_argument("--run", action="store_true", help="run both sweeps first")
     p.add_argument("--out", default="sweep", help="--run: folder for the results and logs")
     p.add_argument("--cache", default=None, help="--run: cache folder (default OUT/cache)")
@@ -188,6 +192,9 @@ def main() -> None:
                    floatfmt=("", "", "g", "", ".4f", ".4f", "+.2e", ".4f", "+.3f", ".2e", "")))
     for note in notes:
         print(f"note: {note}")
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"wrote {args.csv}")
     times = timing_table(cells["fp32"], cells["bf16"])
     if len(times):
         print("\nper-task time in each run (from stored cell times; first task left out):")

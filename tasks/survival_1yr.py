@@ -1,4 +1,4 @@
-from brainbench.taskspec import TaskSpec, register_task
+from brainbench.taskspec import PrecisionRule, TaskSpec, register_task
 from brainbench.targets import SurvivalHorizonTarget
 
 TASK = register_task(TaskSpec(
@@ -11,6 +11,8 @@ TASK = register_task(TaskSpec(
     target_description="death within 365 days of surgery (censored before 365 d excluded)",
     primary_metric="auc",
     min_per_stratum=5,  # label floor: >= 5 per class
+    precision_rule=PrecisionRule((1.0,), "bf16 moved AUC by +1.20 fp32 seed sd at fraction 1 "
+                                 "(0.757 -> 0.781) in the default sweep"),
     secondary_metrics=("balanced_accuracy",),
     select={"session": "11"},  # pre-operative baseline scan; follow-ups are another time point
     reference="UPENN-GBM",

@@ -158,3 +158,23 @@ def test_a_profile_sizes_the_phantom_test_split_but_never_a_real_one(phantoms): 
     assert abs(len(halved.test_groups) - people / 2) <= 2  # per-stratum rounding
     assert len(standard.test_groups) < len(halved.test_groups)
     assert halved.hash != standard.hash
+
+
+def test_the_powered_profile_runs_20_seeds_without_changing_cell_identities(tmp_path):
+    """More seeds narrow the seed part of the two-level bootstrap at 1%; the count is the
+    profile's, an explicit --seeds wins, and no cell's configuration hash depends on it."""
+    from dataclasses import replace
+
+    from brainbench.profiles import PROFILES
+    from brainbench.runconfig import RunConfig
+    from brainbench.taskspec import get_task
+
+    powered, cpu = PROFILES.get("powered"), PROFILES.get("cpu")
+    task = get_task("idh_status")
+    config = RunConfig(model="random", fractions=(0.01,), profile=powered,
+                       cache_dir=tmp_path, results_dir=tmp_path)
+    assert config.seeds_for(task) == tuple(range(20))
+    assert replace(config, seeds=(3, 4)).seeds_for(task) == (3, 4)
+    assert replace(config, profile=cpu).seeds_for(task) == task.seeds == (0, 1, 2, 3, 4)
+    assert "seeds" not in powered.as_dict()
+    assert replace(powered, seeds=None).as_dict() == powered.as_dict()

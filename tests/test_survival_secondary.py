@@ -66,3 +66,57 @@ def test_the_site_task_page_shows_the_survival_intervals(survival_store):
     summary = analysis.secondary(analysis.entries[0], "survival_cox", 1.0, "c_uno")
     assert "Survival secondary metrics (Uno&#x27;s C, log-rank p)" in page
     assert f"{summary.mean:.3f}<br><span class=\"ci\">[{summary.ci_low:.3f}, " in page
+
+
+def _sksurv_per_draw(metric, time, event, risk, reference, idx):
+    """The reference: sksurv called on every resample, as the first implementation did."""
+    import warnings
+
+    from sksurv.compare import compare_survival
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    train = np.asarray(reference["train"], dtype=float)
+    y_train = Surv.from_arrays(event=train[:, 1].astype(bool), time=train[:, 0])
+    out = np.full(len(idx), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, rows in enumerate(idx):
+            y = Surv.from_arrays(event=event[rows], time=time[rows])
+            try:
+                if metric == "c_uno":
+                    out[i] = concordance_index_ipcw(y_train, y, risk[rows],
+                                                    tau=reference["tau"])[0]
+                else:
+                    high = risk[rows] > reference["risk_cut"]
+                    if high.any() and not high.all():
+                        _, p, _, covariance = compare_survival(y, high, return_stats=True)
+                        # sksurv's p of a zero-variance test is round-off (1.0 or an error)
+                        out[i] = p if covariance[0, 0] > 1e-9 else np.nan
+            except (ValueError, ZeroDivisionError):
+                pass
+    return out
+
+
+@pytest.mark.parametrize("metric", ["c_uno", "logrank_p"])
+def test_vectorised_secondary_metrics_equal_sksurv_on_every_draw(metric):
+    """Uno's C and the log-rank p of the table's replicates are sksurv's, draw by draw:
+    tied times and risks, events beyond tau, small draws with one risk group."""
+    from brainbench.stats import Scorer, bootstrap_indices, survival_reference
+
+    rng = np.random.default_rng(7)
+    n = 40
+    time = np.round(rng.exponential(300, n), -1) + 10  # rounded: tied times
+    event = rng.random(n) < 0.6
+    risk = np.round(rng.normal(size=n) - time / 500, 1)  # rounded: tied risks
+    train_time = np.round(rng.exponential(150, 30), -1) + 10  # shorter follow-up
+    reference = survival_reference(train_time, rng.random(30) < 0.6, rng.normal(size=30))
+    assert (time >= reference["tau"]).any()  # some test times lie beyond the follow-up
+    scorer = Scorer("survival", metric, (time, event), risk, reference)
+    defined = 0
+    for idx in (bootstrap_indices(n, 150, 0, "parity"),
+                rng.integers(0, n, size=(60, 4))):  # tiny draws: many undefined
+        slow = _sksurv_per_draw(metric, time, event, risk, reference, idx)
+        np.testing.assert_allclose(scorer(idx), slow, rtol=1e-9, atol=1e-12, equal_nan=True)
+        defined += int(np.isfinite(slow).sum())
+    assert np.isnan(slow).any() and defined > 150
