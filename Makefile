@@ -23,6 +23,7 @@ PROTOCOL ?= linear
 TRIALS ?=
 PRECISION ?= auto
 WORKERS ?=
+PREPROCESS ?=
 EXECUTOR ?= local
 RAY_ADDRESS ?=
 SPLIT ?=
@@ -35,6 +36,7 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
 	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
 	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(PREPROCESS),--preprocess $(PREPROCESS)) \
 	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))) \
 	$(if $(SPLIT),--split $(SPLIT))
 

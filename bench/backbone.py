@@ -84,6 +84,10 @@ class Backbone(abc.ABC):
     precision: str = "fp32"
     """The precision `embed` runs at, resolved ("fp32" or "bf16", never "auto"); set by
     `create_backbone`. Part of `cache_identity` when it is not fp32."""
+    preprocess_on: str = "workers"
+    """Where z-score and resize run (brainbench.preprocess.PREPROCESS_PLACES): "workers"
+    (numpy, in the decode workers) or "device" (torch, on the model's device; the workers only
+    decode). Set by `create_backbone`; part of `cache_identity` when "device"."""
     pretraining_datasets: tuple[str, ...] | None = None
     """The corpora the weights were trained on (dataset names; () = none: random init or no
     learned weights; None = not declared, shown as "unknown"). Tables and the site mark every
@@ -124,6 +128,8 @@ class Backbone(abc.ABC):
             "contract": self.contract.as_dict(),
             # fp32 keys stay those of the first release; any other precision is its own entry
             **({"precision": self.precision} if self.precision != "fp32" else {}),
+            **({"preprocess_on": self.preprocess_on} if self.preprocess_on != "workers"
+               else {}),
         }
 
     def set_precision(self, precision: str) -> None:
@@ -170,6 +176,7 @@ def create_backbone(
     image_size: int | None = None,
     num_slices: int | None = None,
     precision: str = "fp32",
+    preprocess_on: str = "workers",
 ) -> Backbone:
     """Build a registered backbone (like timm.create_model). Unknown names list the valid ones.
 
@@ -178,10 +185,13 @@ def create_backbone(
     (see brainbench.submission and SUBMITTING.md). ``precision`` is "fp32" (exact, the
     library default), "bf16" or "auto" (brainbench.precision), resolved here for the
     backbone's device; the built backbone's ``.precision`` says what it runs at.
+    ``preprocess_on``: "workers" (default) or "device" (brainbench.preprocess).
     """
     from brainbench.precision import check_precision, resolve_precision
+    from brainbench.preprocess import check_preprocess_place
 
     check_precision(precision)  # a bad value fails before any model is built
+    check_preprocess_place(preprocess_on)
     load_plugins()
     from brainbench.submission.source import backbone_from_path, is_submission_path
 
@@ -197,6 +207,8 @@ def create_backbone(
             num_slices=num_slices,
         )
     backbone.set_precision(resolve_precision(precision, getattr(backbone, "device", "cpu")))
+    if not getattr(backbone, "reads_files", False):  # controls reading truth decode nothing
+        backbone.preprocess_on = preprocess_on
     if backbone.pretraining_datasets is None and name in PRETRAINING_DATASETS:
         backbone.pretraining_datasets = PRETRAINING_DATASETS[name]
     return backbone

@@ -56,6 +56,12 @@ def _precision_options(p: argparse.ArgumentParser, workers: bool = True) -> None
                             "model, one per spare core for a GPU model)")
 
 
+def _preprocess(text: str) -> str:
+    from brainbench.preprocess import check_preprocess_place
+
+    return check_preprocess_place(text)
+
+
 def _split_option(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--split", default=None,
                    help=f"{verb} a declared split variant instead of the standard split: "
@@ -206,7 +212,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         datasets=_names(args.dataset),
         db_url=args.db, force=args.force, progress=not args.no_progress,
         protocol=args.protocol, trials=args.trials, precision=_precision(args.precision),
-        workers=_workers(args.workers), executor=args.executor,
+        workers=_workers(args.workers), preprocess_on=_preprocess(args.preprocess),
+        executor=args.executor,
         ray_address=args.ray_address or None, split=args.split or "")
     started = time.perf_counter()
     report = run(config)
@@ -561,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help="optuna trial budget per cell for searched protocols (paper, attention)")
     _precision_options(p)
+    p.add_argument("--preprocess", default="workers",
+                   help="where z-score and resize run: workers (numpy, in the decode workers; "
+                        "default) | device (torch on the model's device, e.g. a GPU; the "
+                        "workers only decode)")
     p.add_argument("--executor", default="local",
                    help="local (this process, the default) | ray (a Ray cluster; README "
                         "'Running on a cluster')")

@@ -162,12 +162,15 @@ def check_workers(workers: object) -> int:
 
 
 class _Volumes(torch.utils.data.Dataset):
-    """Volume i of `todo` read whole and preprocessed to the contract; a bad file comes back
+    """Volume i of `todo` read whole and preprocessed to the contract (``decode_only``: read
+    only, as a float32 tensor, for preprocessing on the model's device); a bad file comes back
     as its BenchError (raised by the consumer, in order, with its own message)."""
 
-    def __init__(self, todo: Sequence[tuple[Path, str]], contract: Any) -> None:
+    def __init__(self, todo: Sequence[tuple[Path, str]], contract: Any,
+                 decode_only: bool = False) -> None:
         self.todo = list(todo)
         self.contract = contract
+        self.decode_only = decode_only
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -175,9 +178,31 @@ class _Volumes(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor | Exception]:
         path, key = self.todo[index]
         try:
-            return key, volume_to_input(load_volume(path), self.contract)
+            volume = load_volume(path)
+            if self.decode_only:
+                return key, torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+            return key, volume_to_input(volume, self.contract)
         except Exception as exc:  # handed to the consumer, raised there
             return key, exc
+
+
+def _on_device(decoded: Iterator[tuple[str, torch.Tensor | BaseException]], contract: Any,
+               device: str | torch.device) -> Iterator[tuple[str, torch.Tensor | BaseException]]:
+    """z-score and resize of decoded volumes on the model's device (``PREPROCESS=device``)."""
+    try:
+        for key, item in decoded:
+            if isinstance(item, BaseException):
+                yield key, item
+                continue
+            try:
+                prepared = volume_to_input(item.to(device, non_blocking=True), contract)
+            except Exception as exc:  # raised by the consumer with the others
+                prepared = exc
+            yield key, prepared
+    finally:
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()  # stops the decoding thread
 
 
 def _threaded(volumes: _Volumes, lookahead: int
@@ -215,18 +240,24 @@ def _prepared(backbone: Backbone, todo: Sequence[tuple[Path, str]], lookahead: i
               workers: int | None = None) -> Iterator[tuple[str, torch.Tensor | BaseException]]:
     """Volumes decoded and preprocessed ahead of the forward pass, in file order: by
     `workers` DataLoader processes (None: `default_workers`), or a background thread for 0.
-    Whole-volume reads (slice-wise gzip reads are quadratic, nibabel issue 1058). The worker
-    processes start here, before any progress-bar thread exists."""
-    volumes = _Volumes(todo, backbone.contract)
+    Whole-volume reads (slice-wise gzip reads are quadratic, nibabel issue 1058). With the
+    backbone's ``preprocess_on == "device"`` the workers only decode and z-score and resize
+    run on the model's device. The worker processes start here, before any progress-bar
+    thread exists."""
+    on_device = getattr(backbone, "preprocess_on", "workers") == "device"
+    device = getattr(backbone, "device", None) or "cpu"
+    volumes = _Volumes(todo, backbone.contract, decode_only=on_device)
     if workers is None:
-        workers = default_workers(getattr(backbone, "device", None) or "cpu")
+        workers = default_workers(device)
     workers = min(check_workers(workers), len(volumes))
     if workers == 0:
-        return _threaded(volumes, lookahead)
-    loader = torch.utils.data.DataLoader(volumes, batch_size=None, shuffle=False,
-                                         num_workers=workers,
-                                         prefetch_factor=max(1, -(-lookahead // workers)))
-    return iter(loader)
+        decoded = _threaded(volumes, lookahead)
+    else:
+        decoded = iter(torch.utils.data.DataLoader(
+            volumes, batch_size=None, shuffle=False, num_workers=workers,
+            prefetch_factor=max(1, -(-lookahead // workers)),
+            pin_memory=on_device and torch.device(device).type == "cuda"))
+    return _on_device(decoded, backbone.contract, device) if on_device else decoded
 
 
 def _on_cuda(backbone: Backbone) -> bool:
@@ -274,7 +305,7 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
 
     def run_batch(items: list[tuple[str, torch.Tensor]]) -> None:
         chunks = [tensor for _, tensor in items]
-        if pinned:
+        if pinned and not chunks[0].is_cuda:  # preprocessed on the GPU: already there
             shape = (sum(c.shape[0] for c in chunks), *chunks[0].shape[1:])
             batch = torch.cat(chunks, out=torch.empty(shape, dtype=chunks[0].dtype,
                                                       pin_memory=True))

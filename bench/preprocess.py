@@ -192,12 +192,57 @@ def unit_range(volume: np.ndarray) -> np.ndarray:
     return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def _percentiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
+    """numpy's default (linear) percentiles of a 1-d tensor, on its device: the two order
+    statistics around each position by selection (`torch.kthvalue`, linear time; a sort took
+    3x numpy's time on a CPU, and torch.quantile refuses inputs over 2**24 elements)."""
+    n = values.numel()
+    out = []
+    for q in qs:
+        position = q / 100.0 * (n - 1)
+        low = int(np.floor(position))
+        kth = torch.kthvalue(values, low + 1).values
+        if low + 1 >= n or int((values <= kth).sum()) > low + 1:  # the next one ties
+            above = kth
+        else:  # the next order statistic: the smallest value above, one cheap pass
+            above = torch.where(values > kth, values, torch.inf).min()
+        below = float(kth)
+        out.append(below + (float(above) - below) * (position - low))
+    return out
+
+
+def zscore_tensor(volume: torch.Tensor) -> torch.Tensor:
+    """`zscore` on the model's device (``PREPROCESS=device``): moments accumulated in float64
+    over the whole grid (background adds 0), no masked gather or scatter, which are slow."""
+    mask = volume != 0
+    count = mask.sum()
+    mean = torch.sum(volume, dtype=torch.float64) / count
+    variance = torch.sum(volume * volume, dtype=torch.float64) / count - mean * mean
+    std = float(variance.clamp(min=0).sqrt()) or 1.0
+    return torch.where(mask, (volume - float(mean)) / std, 0.0).float()
+
+
+def robust_zscore_tensor(volume: torch.Tensor) -> torch.Tensor:
+    """`robust_zscore` on the model's device."""
+    mask = volume != 0
+    low, high = _percentiles(volume[mask], (1.0, 99.0))
+    return zscore_tensor(torch.where(mask, volume.clamp(low, high), 0.0).float())
+
+
+def unit_range_tensor(volume: torch.Tensor) -> torch.Tensor:
+    """`unit_range` on the model's device."""
+    low, high = _percentiles(volume[volume != 0], (1.0, 99.0))
+    return ((volume - low) / max(high - low, 1e-6)).clamp(0.0, 1.0).float()
+
+
 @dataclass(frozen=True)
 class Normalisation:
-    """One intensity normalisation: `scale` per volume before resizing, then (natural-image
-    models) per-channel mean/std after grey is repeated, which needs exactly 3 channels."""
+    """One intensity normalisation: `scale` per volume before resizing (`scale_tensor` the
+    same on the model's device), then (natural-image models) per-channel mean/std after grey
+    is repeated, which needs exactly 3 channels."""
 
     scale: Callable[[np.ndarray], np.ndarray]
+    scale_tensor: Callable[[torch.Tensor], torch.Tensor]
     channel_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
@@ -207,11 +252,15 @@ class Normalisation:
 
 # The one list of intensity names a contract may use; every other list derives from it.
 NORMALISATIONS = {
-    "robust_zscore": Normalisation(robust_zscore),
-    "zscore": Normalisation(zscore),
-    "imagenet": Normalisation(unit_range, (IMAGENET_MEAN, IMAGENET_STD)),
-    "clip": Normalisation(unit_range, (CLIP_MEAN, CLIP_STD)),
+    "robust_zscore": Normalisation(robust_zscore, robust_zscore_tensor),
+    "zscore": Normalisation(zscore, zscore_tensor),
+    "imagenet": Normalisation(unit_range, unit_range_tensor, (IMAGENET_MEAN, IMAGENET_STD)),
+    "clip": Normalisation(unit_range, unit_range_tensor, (CLIP_MEAN, CLIP_STD)),
 }
+#: where z-score and resize run: in the decode workers (numpy, the default) or on the model's
+#: device (torch, e.g. a GPU; the workers then only decode). Part of the backbone's cache
+#: identity (feature keys, cell identity) when "device", since float rounding differs.
+PREPROCESS_PLACES = ("workers", "device")
 INTENSITIES = tuple(NORMALISATIONS)
 
 
@@ -227,17 +276,22 @@ def intensity_problem(intensity: object, in_channels: object) -> str | None:
     return None
 
 
-def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:
-    """The contract's per-volume scaling (channel statistics come after the resize)."""
+def normalise(volume: np.ndarray | torch.Tensor, intensity: str) -> np.ndarray | torch.Tensor:
+    """The contract's per-volume scaling (channel statistics come after the resize): numpy
+    for an array, torch on the tensor's device for a tensor."""
     if intensity not in NORMALISATIONS:
         raise BenchError(f"unknown intensity normalisation {intensity!r}; known: "
                          f"{list(INTENSITIES)}")
+    if isinstance(volume, torch.Tensor):
+        return NORMALISATIONS[intensity].scale_tensor(volume)
     return NORMALISATIONS[intensity].scale(volume)
 
 
-def volume_to_input(volume: np.ndarray, contract: InputContract) -> torch.Tensor:
-    """(S, C, H, W) slices for a 2d contract, (1, C, D, H, W) for a 3d one."""
-    data = torch.from_numpy(normalise(volume, contract.intensity))[None]  # (1, X, Y, Z)
+def volume_to_input(volume: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """(S, C, H, W) slices for a 2d contract, (1, C, D, H, W) for a 3d one. A tensor is
+    preprocessed where it lies (``PREPROCESS=device``), an array in numpy (the workers)."""
+    scaled = normalise(volume, contract.intensity)
+    data = (scaled if isinstance(scaled, torch.Tensor) else torch.from_numpy(scaled))[None]
     if contract.dims == "2d":
         height, width = contract.image_size
         resized = Resize((height, width, contract.num_slices), mode="trilinear")(data)
@@ -252,13 +306,23 @@ def volume_to_input(volume: np.ndarray, contract: InputContract) -> torch.Tensor
     if stats is not None and contract.in_channels == 3:
         shape = (1, 3) + (1,) * (slices.ndim - 2)
         channel_mean, channel_std = stats
-        mean = torch.tensor(channel_mean).view(shape)
-        std = torch.tensor(channel_std).view(shape)
+        mean = torch.tensor(channel_mean, device=slices.device).view(shape)
+        std = torch.tensor(channel_std, device=slices.device).view(shape)
         slices = (slices - mean) / std
     return slices
 
 
 def preprocessing_identity(contract: InputContract) -> dict:
-    """What the feature cache key must cover about preprocessing."""
+    """What the feature cache key must cover about preprocessing (where it ran is part of
+    `Backbone.cache_identity`: ``preprocess_on``)."""
     return {"preprocess_version": PREPROCESS_VERSION, "contract": contract.as_dict(),
             "orientation": "array order, axial = last axis", "resize": "monai trilinear"}
+
+
+def check_preprocess_place(value: object) -> str:
+    """A requested preprocessing place, or a BenchError naming the value and the choices."""
+    if value not in PREPROCESS_PLACES:
+        raise BenchError(f"PREPROCESS={value!r} (--preprocess): expected one of "
+                         f"{', '.join(PREPROCESS_PLACES)} (workers: numpy in the decode "
+                         "workers, the default; device: torch on the model's device)")
+    return str(value)

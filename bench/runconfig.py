@@ -33,6 +33,7 @@ class RunConfig:
     trials: int = DEFAULT_TRIALS  # optuna budget per cell for searched protocols
     precision: str = "auto"  # auto | fp32 | bf16 (brainbench.precision); resolved per device
     workers: int | None = None  # decode processes; None: from the machine, 0: in-process
+    preprocess_on: str = "workers"  # z-score + resize: "workers" (numpy) | "device" (torch)
     executor: str = "local"  # where cells run: local (this process) | ray (brainbench.executors)
     ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS or a local one)
     split: str = ""  # a declared split variant (e.g. "site-held-out"); "": the standard split

@@ -122,7 +122,7 @@ def build_backbone(config: RunConfig) -> Backbone:
     backbone = create_backbone(
         config.model, weights=config.weights, require_weights=config.require_weights,
         image_size=config.profile.slice_size, num_slices=config.profile.num_slices,
-        precision=config.precision)
+        precision=config.precision, preprocess_on=config.preprocess_on)
     return _with_protocol_tokens(backbone, get_protocol(config.protocol))
 
 

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from brainbench.backbone import BACKBONES, create_backbone
 from brainbench.precision import autocast, cpu_flags, resolve_precision
+from brainbench.preprocess import check_preprocess_place
 from brainbench.profiles import PROFILES
 
 MODES = ("fp32", "bf16", "bf16-autocast", "bf16-cast", "bf16-compile")
@@ -206,16 +207,19 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
             return batch / timed(lambda: backbone.embed(x), args.device, args.seconds)
 
         before = raw_rate()
-        for run, workers in enumerate(args.workers):
+        runs = [(place, workers) for place in args.preprocess for workers in args.workers]
+        for run, (place, workers) in enumerate(runs):
+            backbone.preprocess_on = place  # where z-score + resize run (--preprocess)
             cache = FeatureCache(Path(tmp) / f"cache-{run}")  # fresh: every volume a miss
             _, stats = extract_features(backbone, paths, cache, batch_size=batch,
                                         progress=False, workers=workers)
             after = raw_rate()  # the raw forward on each side of the pipeline run (drift)
             raw, before = (before + after) / 2, after
             raw_volumes = raw / items_per_volume
-            rows.append([name, backbone.precision, batch, workers, f"{raw:.2f}",
+            rows.append([name, backbone.precision, batch, place, workers, f"{raw:.2f}",
                          f"{stats.items_per_second:.2f}", f"{stats.items_per_second / raw:.2f}",
                          f"{decode:.3f}", f"{raw_volumes * decode:.1f}", load()])
+        backbone.preprocess_on = "workers"
     return rows
 
 
@@ -238,6 +242,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="pipeline precision")
     parser.add_argument("--workers", default="0,1", help="pipeline decode workers, comma list")
     parser.add_argument("--volumes", type=int, default=16, help="pipeline volumes")
+    parser.add_argument("--preprocess", default="workers",
+                        help="pipeline: where z-score + resize run, comma list of workers, "
+                             "device (brainbench.preprocess.PREPROCESS_PLACES)")
     parser.add_argument("--shape", default="240,240,155", help="pipeline volume shape")
     args = parser.parse_args()
 
@@ -255,6 +262,7 @@ def main() -> None:
     args.batches = ([int(b) for b in args.batches.split(",")] if args.batches
                     else [profile.batch_size])
     args.workers = [int(w) for w in args.workers.split(",")]
+    args.preprocess = [check_preprocess_place(p) for p in args.preprocess.split(",")]
     args.shape = tuple(int(n) for n in args.shape.split(","))
     flags = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "avx512_fp16"})
     device_name = (torch.cuda.get_device_name() if args.device == "cuda" else
@@ -276,7 +284,7 @@ def main() -> None:
         rows = [row for name in names for row in pipeline_rows(name, profile, args, precision)]
         print(f"\npipeline on {args.volumes} synthetic int16 volumes {args.shape} (.nii.gz), "
               "fresh cache:")
-        print(tabulate(rows, headers=["backbone", "precision", "batch", "workers",
+        print(tabulate(rows, headers=["backbone", "precision", "batch", "preprocess", "workers",
                                       "raw items/s", "pipeline items/s", "pipeline/raw",
                                       "decode s/vol", "workers needed", "load"]))
 

@@ -25,6 +25,7 @@ mkdir -p "$OUT"
 # pipeline at bf16 for each worker count
 "$PY" scripts/backbone_throughput.py --device cuda --profile paper --models braindino \
     --modes fp32,bf16,bf16-autocast,bf16-cast --batches "$BATCHES" --seconds 10 \
-    --pipeline --precision bf16 --workers "$WORKERS" --volumes "$VOLUMES" \
+    --pipeline --precision bf16 --workers "$WORKERS" --preprocess workers,device \
+    --volumes "$VOLUMES" \
     --shape 240,240,155 2>&1 | tee "$OUT/throughput.txt"
 echo "target (issue 15): pipeline/raw >= 0.8 at bf16; see $OUT/throughput.txt"

@@ -117,6 +117,7 @@ def test_bad_precision_is_refused_naming_the_value():
     ("--precision", "fp16", "PRECISION='fp16'"),
     ("--workers", "-1", "WORKERS='-1'"),
     ("--workers", "many", "WORKERS='many'"),
+    ("--preprocess", "gpu", "PREPROCESS='gpu'"),
 ])
 def test_cli_bad_precision_or_workers_exits_2_with_a_message(tmp_path, capsys, option, value,
                                                              needle):
@@ -138,6 +139,51 @@ def test_worker_pool_gives_the_features_of_one_process(tmp_path, volumes):
     for path in volumes:
         for name in ("cls", "patch_mean"):
             np.testing.assert_array_equal(pooled[path][name], alone[path][name])  # bit-identical
+
+
+@pytest.mark.parametrize("intensity, channels", [
+    ("robust_zscore", 1), ("zscore", 3), ("imagenet", 3), ("clip", 3)])
+@pytest.mark.parametrize("dims", ["2d", "3d"])
+def test_device_preprocessing_is_the_workers_preprocessing_in_torch(intensity, channels, dims):
+    """PREPROCESS=device: the same z-score, percentile clip and MONAI resize on a tensor."""
+    import torch
+
+    from brainbench.backbone import InputContract
+    from brainbench.preprocess import volume_to_input
+
+    size = (32, 32) if dims == "2d" else (16, 16, 16)
+    contract = InputContract(dims, channels, size, 8 if dims == "2d" else None, intensity,
+                             ("cls",), 8)
+    for seed in range(3):
+        volume = random_brain(seed).astype(np.float32)
+        expected = volume_to_input(volume, contract)
+        got = volume_to_input(torch.from_numpy(volume.copy()), contract)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=5e-6)
+
+
+def test_device_preprocessing_gives_close_features_under_their_own_keys(tmp_path, volumes):
+    workers = build()
+    device = create_backbone("braindino", image_size=TINY.slice_size,
+                             num_slices=TINY.num_slices, preprocess_on="device")
+    assert "preprocess_on" not in workers.cache_identity()  # first-release keys unchanged
+    cache = FeatureCache(tmp_path)
+    assert cache.key(device, "a" * 64) != cache.key(workers, "a" * 64)
+    exact, _ = extract_features(workers, volumes, cache, progress=False, workers=0)
+    for decode_workers in (0, 2):  # a thread, or processes that only decode
+        moved, stats = extract_features(device, volumes,
+                                        FeatureCache(tmp_path / f"w{decode_workers}"),
+                                        progress=False, workers=decode_workers)
+        assert stats.computed == len(volumes)
+        for path in volumes:
+            for name in ("cls", "patch_mean"):
+                a, b = exact[path][name], moved[path][name]
+                assert np.linalg.norm(b - a) / np.linalg.norm(a) < 1e-4, (name, decode_workers)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(volumes[0].read_bytes()[:200])
+    with pytest.raises(BenchError, match="broken.nii.gz"):
+        extract_features(device, [volumes[1], broken], FeatureCache(tmp_path / "d"),
+                         progress=False, workers=0)
 
 
 def test_a_bad_file_in_a_worker_names_the_file(tmp_path, volumes):
