@@ -30,7 +30,8 @@ from brainbench.taskspec import TaskSpec, all_tasks, check_fraction, get_task
 log = logging.getLogger("brainbench")
 
 __all__ = ["CellOutcome", "RunConfig", "RunReport", "build_backbone", "manifest_path",
-           "on_split", "plan_task", "precision_passes", "prepare_data", "resolve_tasks", "run", "run_task", "store_cells"]
+           "on_split", "plan_task", "precision_passes", "prepare_data", "resolve_tasks", "run",
+           "run_task", "store_cells"]
 
 
 def resolve_tasks(names: Sequence[str] | None,
