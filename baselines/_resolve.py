@@ -1,9 +1,8 @@
 """Weight resolution and the one build path every baseline shares (DESIGN.md section 3).
 
-Order, all offline: an explicit path (``--weights`` / ``WEIGHTS=``), then the backbone's
-environment variable, then local caches (Hugging Face hub cache, torch hub checkpoints folder,
-which is where timm and open_clip put downloads). Nothing is ever downloaded. When nothing is
-found the backbone is built with seeded random initialisation, warns once saying where to put
+The weights file is searched for offline by brainbench.weight_search (an explicit path, the
+backbone's environment variable, then the local HF hub and torch hub caches; every search is
+recorded for brainbench.deferred). Nothing is ever downloaded. When nothing is found the backbone is built with seeded random initialisation, warns once saying where to put
 the file, and is marked ``random-init``; ``require_weights`` turns that into an error.
 
 A file that is found is read with ``torch.load(weights_only=True)`` (`load_checkpoint`) and
@@ -13,7 +12,6 @@ of the feature cache key and of every result row.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,73 +20,11 @@ import torch
 
 from brainbench.backbone import WeightsInfo, warn_random_init_once
 from brainbench.errors import BenchError
+from brainbench.weight_search import (  # noqa: F401  (re-exported for the baselines)
+    CachedFile, Resolved, WeightsSpec, hf_cached, record_resolution, resolve)
 from brainbench.weights import LoadReport, load_checkpoint, sha256_file, state_dict_sha256
 
 RANDOM_SEED = 0
-
-
-@dataclass(frozen=True)
-class CachedFile:
-    """A file a library may already have downloaded: an HF hub repo file or a torch hub file."""
-
-    filename: str
-    hf_repo: str | None = None  # None: look in torch.hub's checkpoints folder
-
-    def describe(self) -> str:
-        if self.hf_repo:
-            return f"Hugging Face cache {self.hf_repo}/{self.filename}"
-        return f"torch hub cache checkpoints/{self.filename}"
-
-    def find(self, hf_cache_dir: str | Path | None = None) -> Path | None:
-        if self.hf_repo:
-            return hf_cached(self.hf_repo, self.filename, hf_cache_dir)
-        path = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
-        return path if path.is_file() else None
-
-
-def hf_cached(repo: str, filename: str, cache_dir: str | Path | None = None) -> Path | None:
-    """The path of `filename` from `repo` in the local HF cache, or None. Never downloads."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        return None
-    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
-    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where a backbone's weights may be and what to tell a user who has none."""
-
-    backbone: str
-    env_var: str
-    expected: str  # what the file is, e.g. "the DINOv2 ViT-B/14 checkpoint (...pretrain.pth)"
-    cached: tuple[CachedFile, ...] = ()
-
-    def hint(self) -> str:
-        places = ["--weights PATH / WEIGHTS=PATH", f"the environment variable {self.env_var}"]
-        places += [c.describe() for c in self.cached]
-        return f"Put {self.expected} in one of: " + "; ".join(places) + "."
-
-
-@dataclass(frozen=True)
-class Resolved:
-    path: Path | None
-    origin: str  # which rule found it ("" when none did)
-
-
-def resolve(spec: WeightsSpec, explicit: Path | None) -> Resolved:
-    """Explicit path, then the environment variable, then the local caches."""
-    if explicit is not None:
-        return Resolved(Path(explicit).expanduser(), "--weights")
-    env = os.environ.get(spec.env_var, "").strip()
-    if env:
-        return Resolved(Path(env).expanduser(), f"environment variable {spec.env_var}")
-    for entry in spec.cached:
-        found = entry.find()
-        if found is not None:
-            return Resolved(found, entry.describe())
-    return Resolved(None, "")
 
 
 @dataclass
@@ -126,6 +62,7 @@ def build_with_weights(
         "<init> (seed 0); no weights found" (a backbone whose stored rows say it otherwise).
     """
     found = resolve(spec, weights)
+    record_resolution(spec, weights, found)
     if found.path is None:
         if require_weights:
             raise BenchError(

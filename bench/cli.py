@@ -152,7 +152,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         from brainbench.taskspec import DEFAULT_TEST_FRACTION
 
         rows = [[p.name, p.slice_size or "-", p.num_slices or "-", p.batch_size,
-                 p.phantom_subjects, f"{p.phantom_test_fraction or DEFAULT_TEST_FRACTION:g}",
+                 f"{p.phantom_subjects}" + "".join(f" ({d} {n})" for d, n in p.phantom_sizes),
+                 f"{p.phantom_test_fraction or DEFAULT_TEST_FRACTION:g}",
                  len(p.seeds) if p.seeds else "task's (5)", p.description]
                 for p in map(PROFILES.get, PROFILES.names())]
         print(tabulate(rows, headers=["profile", "slice size", "slices", "batch",
@@ -474,14 +475,16 @@ def cmd_import_bundle(args: argparse.Namespace) -> None:
 
 def cmd_phantoms(args: argparse.Namespace) -> None:
     from brainbench.paths import cache_dir
-    from brainbench.phantoms import PHANTOM_VERSION, generate_phantoms
+    from brainbench.phantoms import DATASETS, PHANTOM_VERSION, generate_phantoms
     from brainbench.profiles import PROFILES
 
     profile = PROFILES.get(args.profile)
-    n = args.n or profile.phantom_subjects
-    root = Path(args.root) if args.root else (
-        cache_dir() / "phantoms" / f"v{PHANTOM_VERSION}-seed{profile.phantom_seed}-n{n}")
-    print(generate_phantoms(root, n, seed=profile.phantom_seed, workers=args.workers))
+    if args.n:  # one size for every dataset, whatever the profile's
+        tag, people = f"v{PHANTOM_VERSION}-seed{profile.phantom_seed}-n{args.n}", args.n
+    else:
+        tag, people = profile.phantom_tag(), profile.phantom_people(DATASETS)
+    root = Path(args.root) if args.root else cache_dir() / "phantoms" / tag
+    print(generate_phantoms(root, people, seed=profile.phantom_seed, workers=args.workers))
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:

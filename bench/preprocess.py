@@ -15,7 +15,6 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Resize
 
 from brainbench.backbone import InputContract
 from brainbench.errors import BenchError
@@ -290,6 +289,9 @@ def normalise(volume: np.ndarray | torch.Tensor, intensity: str) -> np.ndarray |
 def volume_to_input(volume: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
     """(S, C, H, W) slices for a 2d contract, (1, C, D, H, W) for a 3d one. A tensor is
     preprocessed where it lies (``PREPROCESS=device``), an array in numpy (the workers)."""
+    from monai.transforms import Resize  # here: importing monai costs ~3 s, and a warm run
+    # (every feature cached) never resizes
+
     scaled = normalise(volume, contract.intensity)
     data = (scaled if isinstance(scaled, torch.Tensor) else torch.from_numpy(scaled))[None]
     if contract.dims == "2d":

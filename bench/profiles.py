@@ -19,6 +19,9 @@ class Profile:
     More seeds narrow the seed part of the two-level bootstrap, which dominates the minimum
     detectable difference at 1%, at the cost of probes only (features are per volume). Not part
     of any cell's identity: each cell records its own seed.
+    phantom_sizes: (dataset, people) where a phantom dataset differs from phantom_subjects.
+    Power by design: the task whose metric varies most between test people gets more of them.
+    Named in the cohort's folder and so in every cell's data_source (hence not in as_dict).
     """
 
     name: str
@@ -30,12 +33,26 @@ class Profile:
     phantom_seed: int = 0
     phantom_test_fraction: float | None = None
     seeds: tuple[int, ...] | None = None
+    phantom_sizes: tuple[tuple[str, int], ...] = ()
+
+    def phantom_people(self, datasets) -> dict[str, int]:
+        """People per phantom dataset, for the datasets named."""
+        sizes = dict(self.phantom_sizes)
+        return {d: sizes.get(d, self.phantom_subjects) for d in datasets}
+
+    def phantom_tag(self) -> str:
+        """The phantom cohort's folder name and data_source label (phantom:<tag>)."""
+        from brainbench.phantoms import PHANTOM_VERSION
+
+        larger = "".join(f"-{d}_n{n}" for d, n in sorted(self.phantom_sizes))
+        return f"v{PHANTOM_VERSION}-seed{self.phantom_seed}-n{self.phantom_subjects}{larger}"
 
     def as_dict(self) -> dict:
         """The profile as it enters cells' configuration hashes; a profile without a phantom
         test share hashes as before that field existed, so stored cells keep their identity."""
         fields = asdict(self)
         del fields["seeds"]  # a cell's seed is its own field; the count changes no cell
+        del fields["phantom_sizes"]  # in the data_source
         if fields["phantom_test_fraction"] is None:
             del fields["phantom_test_fraction"]
         return fields
@@ -48,11 +65,13 @@ for _profile in (
             slice_size=112, num_slices=16, batch_size=16, phantom_subjects=80),
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
-    Profile("powered", "statistical power by design: 400 phantom people per dataset, half of "
-            "them test people (about 200 per task), 20 training-subset seeds, 8 axial slices "
-            "at 64x64 so that a random-init ViT encodes them on a CPU", slice_size=64,
+    Profile("powered", "statistical power by design: 400 phantom people per dataset (1,000 for "
+            "idh_status's UCSF-PDGM, whose AUC varies most between test people), half of them "
+            "test people, 20 training-subset seeds, 8 axial slices at 64x64 so that a "
+            "random-init ViT encodes them on a CPU", slice_size=64,
             num_slices=8, batch_size=32, phantom_subjects=400, phantom_test_fraction=0.5,
-            seeds=tuple(range(20))),
+            seeds=tuple(range(20)),
+            phantom_sizes=(("atlas2", 1600), ("ucsf_pdgm", 1000))),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
             slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):

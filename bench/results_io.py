@@ -444,7 +444,8 @@ def _split_spec(cell: Cell, where: str) -> Any:
 
 
 #: the data_source label `brainbench run` gives a phantom cohort (brainbench.runner.prepare_data)
-_PHANTOM_SOURCE = re.compile(r"phantom:(v(?P<version>[0-9][0-9A-Za-z.]*)-seed\d+-n\d+)")
+_PHANTOM_SOURCE = re.compile(
+    r"phantom:(v(?P<version>[0-9][0-9A-Za-z.]*)-seed\d+-n\d+(?:-[a-z0-9_]+_n\d+)*)")
 
 
 def _phantom_root(cell: Cell, lookup: DataLookup) -> Path | str:
@@ -455,7 +456,8 @@ def _phantom_root(cell: Cell, lookup: DataLookup) -> Path | str:
     match = _PHANTOM_SOURCE.fullmatch(cell.data_source)
     if match is None:
         return (f"data_source {cell.data_source!r} is not a phantom cohort brainbench generates "
-                "(phantom:v<version>-seed<S>-n<N>), so there is no cohort to look for")
+                "(phantom:v<version>-seed<S>-n<N>[-<dataset>_n<N>...]), so there is no cohort to "
+                "look for")
     folder = Path(lookup.cache_dir) / "phantoms" / match.group(1)
     if not folder.is_dir():
         other = (f"; this brainbench generates phantom version v{PHANTOM_VERSION}"

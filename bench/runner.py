@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from brainbench.backbone import Backbone, create_backbone
+from brainbench.deferred import can_defer, deferred
 from brainbench.errors import BenchError
 from brainbench.evaluators import EvaluatedCell, Evaluator, make_evaluator
 from brainbench.executors import Executor, LocalExecutor, WorkItem, make_executor
@@ -96,13 +97,13 @@ def prepare_data(config: RunConfig, datasets: set[str]) -> tuple[dict[str, Path]
     if locations.real:
         return ({d: locations.path_for(d) for d in datasets if locations.present(d)},
                 locations.source_label(d for d in datasets if locations.present(d)))
-    from brainbench.phantoms import PHANTOM_VERSION, generate_phantoms
+    from brainbench.phantoms import generate_phantoms
 
     profile = config.profile
-    tag = f"v{PHANTOM_VERSION}-seed{profile.phantom_seed}-n{profile.phantom_subjects}"
-    root = generate_phantoms(config.cache_dir / "phantoms" / tag, profile.phantom_subjects,
-                             seed=profile.phantom_seed, progress=config.progress,
-                             datasets=sorted(datasets))
+    tag = profile.phantom_tag()
+    root = generate_phantoms(config.cache_dir / "phantoms" / tag,
+                             profile.phantom_people(sorted(datasets)), seed=profile.phantom_seed,
+                             progress=config.progress, datasets=sorted(datasets))
     return {d: root for d in datasets}, f"phantom:{tag}"
 
 
@@ -117,9 +118,22 @@ def missing_data_message(config: RunConfig, missing: Sequence[str]) -> str:
         + data_locations(config.data_dir).not_found(missing))
 
 
-def build_backbone(config: RunConfig) -> Backbone:
+def build_backbone(config: RunConfig, defer: bool = False) -> Backbone:
     """The run's backbone. The driver and every Ray worker build it with this one function
-    (same card or file, weights, profile overrides and protocol tokens), so they agree."""
+    (same card or file, weights, profile overrides and protocol tokens), so they agree.
+
+    defer: the driver's call. A built-in backbone built before with the same options comes
+    from its record (brainbench.deferred) and builds its network only on a feature-cache miss,
+    so a run whose cells are all stored builds none.
+    """
+    if defer and can_defer(config.model):
+        weights = None if config.weights is None else Path(config.weights).expanduser().resolve()
+        options = {"model": config.model, "weights": weights,
+                   "require_weights": config.require_weights,
+                   "image_size": config.profile.slice_size,
+                   "num_slices": config.profile.num_slices, "precision": config.precision,
+                   "preprocess_on": config.preprocess_on, "protocol": config.protocol}
+        return deferred(partial(build_backbone, config), options, config.cache_dir)
     backbone = create_backbone(
         config.model, weights=config.weights, require_weights=config.require_weights,
         image_size=config.profile.slice_size, num_slices=config.profile.num_slices,
@@ -149,7 +163,7 @@ def run(config: RunConfig) -> RunReport:
     if config.executor != "local":
         config = _for_cluster(config)
     with make_executor(config.executor, config.ray_address) as executor:
-        backbone = build_backbone(config)
+        backbone = build_backbone(config, defer=True)
         store = ResultStore(config.db_url or default_url(config.results_dir))
         ready = {t.dataset for t in tasks if t.status == "ready"}
         roots, data_source = prepare_data(config, ready)
@@ -173,7 +187,7 @@ def run(config: RunConfig) -> RunReport:
                                                      report):
             pass_config = replace(config, precision=precision)  # resolved: workers build it
             pass_backbone = (backbone if precision == backbone.precision
-                             else build_backbone(pass_config))
+                             else build_backbone(pass_config, defer=True))
 
             def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
                 for task in runnable:

@@ -178,3 +178,34 @@ def test_the_powered_profile_runs_20_seeds_without_changing_cell_identities(tmp_
     assert replace(config, profile=cpu).seeds_for(task) == task.seeds == (0, 1, 2, 3, 4)
     assert "seeds" not in powered.as_dict()
     assert replace(powered, seeds=None).as_dict() == powered.as_dict()
+
+
+def test_a_profile_can_size_one_phantom_dataset_larger(tmp_path):
+    """Power by design per task: the powered profile gives idh_status's UCSF-PDGM and
+    stroke_time's ATLAS more people.
+    The size is in the cohort's folder and data_source (so in every cell's identity), the
+    cohort holds it, and imports still find the folder from a cell's data_source."""
+    from dataclasses import replace
+
+    from brainbench.phantoms import PHANTOM_VERSION
+    from brainbench.profiles import PROFILES
+    from brainbench.results_io import _PHANTOM_SOURCE
+    from brainbench.runconfig import RunConfig
+    from brainbench.runner import prepare_data
+
+    powered = PROFILES.get("powered")
+    assert powered.phantom_people(["ixi", "atlas2", "ucsf_pdgm"]) == {
+        "ixi": 400, "atlas2": 1600, "ucsf_pdgm": 1000}
+    assert powered.phantom_tag() == f"v{PHANTOM_VERSION}-seed0-n400-atlas2_n1600-ucsf_pdgm_n1000"
+    assert PROFILES.get("cpu").phantom_tag() == f"v{PHANTOM_VERSION}-seed0-n80"  # unchanged
+    assert replace(powered, phantom_sizes=()).as_dict() == powered.as_dict()
+
+    tiny = replace(PROFILES.get("tiny"), phantom_subjects=12, phantom_sizes=(("ixi", 20),))
+    config = RunConfig(model="random", fractions=(0.5,), profile=tiny, cache_dir=tmp_path,
+                       results_dir=tmp_path, progress=False)
+    roots, source = prepare_data(config, {"ixi", "atlas2"})
+    assert source == f"phantom:v{PHANTOM_VERSION}-seed0-n12-ixi_n20"
+    assert roots["ixi"].name == source.removeprefix("phantom:")
+    sizes = json.loads((roots["ixi"] / "_phantom.json").read_text())["sizes"]
+    assert sizes == {"atlas2": 12, "ixi": 20}
+    assert _PHANTOM_SOURCE.fullmatch(source).group(1) == roots["ixi"].name

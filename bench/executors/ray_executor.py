@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from brainbench.backbone import Backbone
+from brainbench.deferred import BackboneIdentity, IdentityOnly
 from brainbench.errors import BenchError
 from brainbench.evaluators.base import EvaluatedCell, Evaluator
 from brainbench.executors.base import BackboneBuilder, Executor, WorkItem
@@ -70,7 +71,7 @@ def identity_digest(backbone: Backbone) -> str:
     return digest(backbone.cache_identity())
 
 
-class CachedFeaturesOnly(Backbone):
+class CachedFeaturesOnly(IdentityOnly):
     """A backbone's identity without its network: enough for cache keys and cell identity.
 
     Cell tasks get this instead of the model, so they start fast and can never encode: a miss
@@ -78,16 +79,7 @@ class CachedFeaturesOnly(Backbone):
     """
 
     def __init__(self, backbone: Backbone, cache_dir: Path) -> None:
-        self.name = backbone.name
-        self.contract = backbone.contract
-        self.weights = backbone.weights
-        self.max_batch = backbone.max_batch
-        self.reads_files = getattr(backbone, "reads_files", False)
-        for attribute in ("precision", "precisions"):
-            if hasattr(backbone, attribute):
-                setattr(self, attribute, getattr(backbone, attribute))
-        self._identity = backbone.cache_identity()
-        self._parameters = backbone.parameter_count()
+        super().__init__(BackboneIdentity.of(backbone))
         self._cache_dir = cache_dir
 
     def _refuse(self, what: str) -> BenchError:
@@ -101,15 +93,6 @@ class CachedFeaturesOnly(Backbone):
 
     def encode_file(self, path: Path):
         raise self._refuse(str(path))
-
-    def architecture(self) -> dict[str, Any]:
-        return self._identity["architecture"]
-
-    def cache_identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    def parameter_count(self) -> int:
-        return self._parameters
 
 
 def _single_thread() -> None:

@@ -17,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
 from brainbench.metrics import REGION_METRIC_DIRECTION, region_metric
 
@@ -37,6 +36,8 @@ def region_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[f
                   regions: Sequence[str]) -> dict[str, float]:
     """prediction, truth: (R, X, Y, Z) bool -> {dice_wt, hd95_wt, dice_tc, ...}: every family of
     `REGION_METRIC_DIRECTION` for each region."""
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric  # lazy: see preprocess
+
     pred = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None]
     gt = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[None]
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, gt)[0]

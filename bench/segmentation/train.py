@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.losses import DiceLoss
 from torch import nn
 
 from brainbench.heads._torch import one_thread  # one intra-op thread: see its docstring
@@ -56,6 +55,8 @@ def _train(head: nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarray,
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(head.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
+    from monai.losses import DiceLoss  # lazy: see brainbench.preprocess.volume_to_input
+
     dice = DiceLoss(sigmoid=True, batch=True)
     bce = nn.BCEWithLogitsLoss()
     batch = min(config.batch_size, n)
