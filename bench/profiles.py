@@ -66,12 +66,13 @@ for _profile in (
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
     Profile("powered", "statistical power by design: 400 phantom people per dataset (1,000 for "
-            "idh_status's UCSF-PDGM, whose AUC varies most between test people), half of them "
-            "test people, 20 training-subset seeds, 8 axial slices at 64x64 so that a "
-            "random-init ViT encodes them on a CPU", slice_size=64,
+            "idh_status's UCSF-PDGM and 2,000 for stroke_time's ATLAS, whose metrics vary most "
+            "between test people), half of them test people, 20 training-subset seeds, 8 "
+            "axial slices at 64x64 so that a random-init ViT encodes them on a CPU",
+            slice_size=64,
             num_slices=8, batch_size=32, phantom_subjects=400, phantom_test_fraction=0.5,
             seeds=tuple(range(20)),
-            phantom_sizes=(("atlas2", 1600), ("ucsf_pdgm", 1000))),
+            phantom_sizes=(("atlas2", 2000), ("ucsf_pdgm", 1000))),
     Profile("tiny", "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
             slice_size=32, num_slices=4, batch_size=16, phantom_subjects=24),
 ):

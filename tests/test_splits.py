@@ -195,8 +195,8 @@ def test_a_profile_can_size_one_phantom_dataset_larger(tmp_path):
 
     powered = PROFILES.get("powered")
     assert powered.phantom_people(["ixi", "atlas2", "ucsf_pdgm"]) == {
-        "ixi": 400, "atlas2": 1600, "ucsf_pdgm": 1000}
-    assert powered.phantom_tag() == f"v{PHANTOM_VERSION}-seed0-n400-atlas2_n1600-ucsf_pdgm_n1000"
+        "ixi": 400, "atlas2": 2000, "ucsf_pdgm": 1000}
+    assert powered.phantom_tag() == f"v{PHANTOM_VERSION}-seed0-n400-atlas2_n2000-ucsf_pdgm_n1000"
     assert PROFILES.get("cpu").phantom_tag() == f"v{PHANTOM_VERSION}-seed0-n80"  # unchanged
     assert replace(powered, phantom_sizes=()).as_dict() == powered.as_dict()
 
