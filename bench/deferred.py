@@ -215,8 +215,8 @@ class BuildMemo:
             identity = BackboneIdentity.from_json(entry["identity"])
             resolutions = [Resolution.from_json(r) for r in entry["resolutions"]]
             environment = dict(entry["environment"])
-        except (KeyError, TypeError, ValueError):
-            return None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # a damaged record is no record: the backbone is built
         if any(os.environ.get(name) != value for name, value in environment.items()):
             return None
         if not all(r.still_holds() for r in resolutions):

@@ -197,3 +197,16 @@ def _tiny_backbone():
     from tests.helpers import TinyBackbone
 
     return TinyBackbone()
+
+
+def test_a_damaged_record_is_ignored_and_rewritten(tmp_path):
+    memo = BuildMemo(tmp_path)
+    memo.record("k", BackboneIdentity.of(_tiny_backbone()), [], {})
+    data = json.loads(memo.path.read_text())
+    data["entries"]["k"]["identity"]["contract"] = "not a contract"
+    memo.path.write_text(json.dumps(data))
+    assert memo.lookup("k") is None
+    memo.path.write_text("{ truncated")
+    assert memo.lookup("k") is None
+    memo.record("k", BackboneIdentity.of(_tiny_backbone()), [], {})  # replaced atomically
+    assert memo.lookup("k") is not None and not list(tmp_path.glob(".*.partial"))
