@@ -23,6 +23,7 @@ PROTOCOL ?= linear
 TRIALS ?=
 PRECISION ?= auto
 WORKERS ?=
+DEVICE ?=
 PREPROCESS ?=
 EXECUTOR ?= local
 RAY_ADDRESS ?=
@@ -35,7 +36,7 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(REQUIRE_WEIGHTS),--require-weights) \
 	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
 	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
-	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) \
+	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE)) \
 	$(if $(PREPROCESS),--preprocess $(PREPROCESS)) \
 	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))) \
 	$(if $(SPLIT),--split $(SPLIT))
@@ -107,7 +108,7 @@ submit: $(STAMP)
 	@test -n "$(BACKBONE)" || { echo "usage: make submit BACKBONE=path/to/card.toml"; exit 2; }
 	$(BIN)/brainbench submit $(SUBMIT_ARGS) --fraction $(FRACTION) \
 		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-		$(if $(WORKERS),--workers $(WORKERS))
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE))
 
 import-bundle: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=path/to/bundle"; exit 2; }

@@ -177,6 +177,7 @@ def create_backbone(
     num_slices: int | None = None,
     precision: str = "fp32",
     preprocess_on: str = "workers",
+    device: str = "cpu",
 ) -> Backbone:
     """Build a registered backbone (like timm.create_model). Unknown names list the valid ones.
 
@@ -186,12 +187,16 @@ def create_backbone(
     library default), "bf16" or "auto" (brainbench.precision), resolved here for the
     backbone's device; the built backbone's ``.precision`` says what it runs at.
     ``preprocess_on``: "workers" (default) or "device" (brainbench.preprocess).
+    ``device``: "cpu" (the library default), "cuda[:N]" or "auto" (brainbench.device); the
+    network is moved there before its precision is resolved for it.
     """
+    from brainbench.device import place, resolve_device
     from brainbench.precision import check_precision, resolve_precision
     from brainbench.preprocess import check_preprocess_place
 
     check_precision(precision)  # a bad value fails before any model is built
     check_preprocess_place(preprocess_on)
+    device = resolve_device(device)
     load_plugins()
     from brainbench.submission.source import backbone_from_path, is_submission_path
 
@@ -206,6 +211,7 @@ def create_backbone(
             image_size=image_size,
             num_slices=num_slices,
         )
+    place(backbone, device)
     backbone.set_precision(resolve_precision(precision, getattr(backbone, "device", "cpu")))
     if not getattr(backbone, "reads_files", False):  # controls reading truth decode nothing
         backbone.preprocess_on = preprocess_on

@@ -51,6 +51,9 @@ def _precision_options(p: argparse.ArgumentParser, workers: bool = True) -> None
     p.add_argument("--precision", default="auto",
                    help="auto (bf16 where the hardware runs it fast, else fp32) | fp32 | bf16")
     if workers:
+        p.add_argument("--device", default="auto",
+                       help="where the encoder runs: auto (the first CUDA GPU where torch sees "
+                            "one, else the CPU) | cpu | cuda | cuda:N")
         p.add_argument("--workers", default=None,
                        help="decode processes (default: 0 = a thread in this process for a CPU "
                             "model, one per spare core for a GPU model)")
@@ -214,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         db_url=args.db, force=args.force, progress=not args.no_progress,
         protocol=args.protocol, trials=args.trials, precision=_precision(args.precision),
         workers=_workers(args.workers), preprocess_on=_preprocess(args.preprocess),
-        executor=args.executor,
+        device=args.device, executor=args.executor,
         ray_address=args.ray_address or None, split=args.split or "")
     started = time.perf_counter()
     report = run(config)
@@ -223,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     fallbacks = (f" (fp32 by the tasks' precision rules: {', '.join(report.precision_fallbacks)})"
                  if report.precision_fallbacks else "")
     print(f"\nbackbone {report.backbone}: weights {status} ({report.weights_source}); "
-          f"precision {report.precision}{fallbacks}")
+          f"precision {report.precision}{fallbacks}; device {report.device}")
     print(f"data: {report.data_source}; results: {report.store_url}")
     computed = sum(c.computed for c in report.cells)
     ext = report.extraction
@@ -452,7 +455,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
         out_root=Path(args.out) if args.out else submissions_dir(), tasks=_names(args.tasks),
         seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
         require_weights=args.require_weights, db_url=args.db, progress=not args.no_progress,
-        precision=_precision(args.precision), workers=_workers(args.workers)))
+        precision=_precision(args.precision), workers=_workers(args.workers),
+        device=args.device))
     print((result.bundle / "SUMMARY.md").read_text())
     print(f"bundle: {result.bundle} ({result.cells} cell(s); validation "
           f"{result.validation_seconds:.1f} s, run {result.run_seconds:.1f} s)")
@@ -703,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu")
     p.add_argument("--n", type=int, default=None, help="people per dataset")
     p.add_argument("--root", default=None)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="render processes (default: one per available core, at most 16)")
     p.set_defaults(func=cmd_phantoms)
 
     p = sub.add_parser("data-check", help="validate datasets for tasks before any compute")

@@ -83,7 +83,7 @@ def _target_summary(task: TaskSpec, samples: Sequence[Sample]) -> str:
 
 def check_task(task: TaskSpec, root: Path, *, data_source: str, results_dir: Path | None = None,
                hash_cache: HashCache | None = None, headers_only: bool = False,
-               workers: int = 2) -> DataCheckReport:
+               workers: int | None = None) -> DataCheckReport:
     """Everything a run would do before computing, reported instead of raised."""
     started = time.perf_counter()
     report = DataCheckReport(task=task.id, dataset=task.dataset, location=str(root))
@@ -97,7 +97,7 @@ def check_task(task: TaskSpec, root: Path, *, data_source: str, results_dir: Pat
 
 
 def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str,
-           results_dir: Path | None, hash_cache: HashCache, headers_only: bool, workers: int) -> None:
+           results_dir: Path | None, hash_cache: HashCache, headers_only: bool, workers: int | None) -> None:
     loaded = load_samples(task, root)
     samples = loaded.samples
     report.location = str(loaded.cohort.root)

@@ -146,11 +146,9 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     the forward pass by 15-40% on the 2-core machine (BENCHMARKS.md "Data path")."""
     if torch.device(device).type != "cuda":
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, min(16, cores - 1))
+    from brainbench.device import available_cores
+
+    return min(16, available_cores(cap=17) - 1)
 
 
 def check_workers(workers: object) -> int:

@@ -121,7 +121,7 @@ class HashCache:
                  if isinstance(v, dict) and _valid_stats(v.get("stats"))}  # others: read again
         return {k: hash_of(v) for k, v in entries.items()}, stats
 
-    def hashes(self, paths: Iterable[Path], workers: int = 2) -> dict[Path, str]:
+    def hashes(self, paths: Iterable[Path], workers: int | None = None) -> dict[Path, str]:
         """Hash of every path (reading only files not cached); raises on the first bad file."""
         hashes, errors = self.try_hashes(paths, workers)
         if errors:
@@ -130,8 +130,16 @@ class HashCache:
             raise BenchError(message + more)
         return hashes
 
-    def try_hashes(self, paths: Iterable[Path], workers: int = 2) -> tuple[dict[Path, str], dict[Path, str]]:
-        """(hashes, errors by path) so a report can name every unreadable file."""
+    def try_hashes(self, paths: Iterable[Path], workers: int | None = None
+                   ) -> tuple[dict[Path, str], dict[Path, str]]:
+        """(hashes, errors by path) so a report can name every unreadable file.
+
+        workers: reading threads (gzip inflation and hashing release the GIL); None: one per
+        available core (brainbench.device.available_cores)."""
+        if workers is None:
+            from brainbench.device import available_cores
+
+            workers = available_cores()
         hashes: dict[Path, str] = {}
         errors: dict[Path, str] = {}
         todo: list[tuple[Path, str]] = []

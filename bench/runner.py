@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 from brainbench.backbone import Backbone, create_backbone
 from brainbench.deferred import can_defer, deferred
+from brainbench.device import describe, resolve_device
 from brainbench.errors import BenchError
 from brainbench.evaluators import EvaluatedCell, Evaluator, make_evaluator
 from brainbench.executors import Executor, LocalExecutor, WorkItem, make_executor
@@ -132,12 +133,13 @@ def build_backbone(config: RunConfig, defer: bool = False) -> Backbone:
                    "require_weights": config.require_weights,
                    "image_size": config.profile.slice_size,
                    "num_slices": config.profile.num_slices, "precision": config.precision,
-                   "preprocess_on": config.preprocess_on, "protocol": config.protocol}
+                   "preprocess_on": config.preprocess_on, "protocol": config.protocol,
+                   "device": config.device}
         return deferred(partial(build_backbone, config), options, config.cache_dir)
     backbone = create_backbone(
         config.model, weights=config.weights, require_weights=config.require_weights,
         image_size=config.profile.slice_size, num_slices=config.profile.num_slices,
-        precision=config.precision, preprocess_on=config.preprocess_on)
+        precision=config.precision, preprocess_on=config.preprocess_on, device=config.device)
     return _with_protocol_tokens(backbone, get_protocol(config.protocol))
 
 
@@ -149,9 +151,10 @@ def _for_cluster(config: RunConfig) -> RunConfig:
     model = config.model
     if Path(model).suffix in (".py", ".toml") and Path(model).is_file():
         model = str(absolute(Path(model)))
+    # the driver's backbone stays on its CPU: each Ray GPU actor places its own copy
     return replace(config, model=model, cache_dir=absolute(config.cache_dir),
                    results_dir=absolute(config.results_dir), data_dir=absolute(config.data_dir),
-                   weights=absolute(config.weights))
+                   weights=absolute(config.weights), device="cpu")
 
 
 def run(config: RunConfig) -> RunReport:
@@ -162,6 +165,10 @@ def run(config: RunConfig) -> RunReport:
     get_protocol(config.protocol)  # a bad name fails before anything starts
     if config.executor != "local":
         config = _for_cluster(config)
+        shown_device = "each Ray worker's (one GPU per actor where the cluster has GPUs)"
+    else:
+        config = replace(config, device=resolve_device(config.device))  # a bad one fails here
+        shown_device = describe(config.device)
     with make_executor(config.executor, config.ray_address) as executor:
         backbone = build_backbone(config, defer=True)
         store = ResultStore(config.db_url or default_url(config.results_dir))
@@ -173,7 +180,7 @@ def run(config: RunConfig) -> RunReport:
         report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
                            weights_source=backbone.weights.source, data_source=data_source,
                            store_url=store.shown,  # printed: no password
-                           precision=backbone.precision)
+                           precision=backbone.precision, device=shown_device)
         report.other_split += without_split
         runnable = []
         for task in tasks:

@@ -147,7 +147,7 @@ class ImageCheck:
 
 
 def check_images(loaded: "TaskSamples", hash_cache: "HashCache | None", *,
-                 headers_only: bool = False, workers: int = 2) -> ImageCheck:
+                 headers_only: bool = False, workers: int | None = None) -> ImageCheck:
     """Headers of every image and label map the task reads, then (unless ``headers_only``, or
     without a hash cache) the images' voxels through the hash cache."""
     owners: dict[Path, str] = {}
@@ -185,7 +185,7 @@ def check_images(loaded: "TaskSamples", hash_cache: "HashCache | None", *,
     return check
 
 
-def validate_images(loaded: "TaskSamples", hash_cache: "HashCache", workers: int = 2
+def validate_images(loaded: "TaskSamples", hash_cache: "HashCache", workers: int | None = None
                     ) -> dict[Path, str]:
     """The run's validation: the voxel hashes of every image, or one BenchError naming every
     file the data check would reject; warnings (NaN/inf voxels) are logged with their count."""

@@ -1,31 +1,74 @@
 #!/usr/bin/env bash
-# Issue 15, GPU part: on a machine with a CUDA GPU, measure for braindino at the paper profile
-# (128 slices at 224 px) the raw model throughput in fp32 and bf16 against the GEMM peak,
-# the end-to-end pipeline (decode + preprocess + forward + cache write) against the raw bf16
-# forward for several decode-worker counts, and the decode workers the raw forward needs.
-# Every figure is a ratio measured in the same run (scripts/backbone_throughput.py).
+# Issue 15, GPU part, in one prepared command for a lent GPU machine (15 minutes of device time
+# per session, at most 10 minutes per command): for braindino at the paper profile (128 slices
+# at 224 px) in bf16,
+#   1. the raw model throughput in fp32 (TF32 off) and bf16 against the GEMM peak, and the
+#      pipeline (decode + preprocess + forward + cache write) against the raw bf16 forward for
+#      several decode-worker counts, with the decode workers the raw forward needs
+#      (scripts/backbone_throughput.py: every figure a ratio measured in the same run);
+#   2. `brainbench run --model braindino --profile paper --fraction 0.01` end to end on phantoms
+#      (all nine endpoints, phantom generation included), timed, with its results database.
 #
-#   scripts/gpu_paper_profile.sh            # writes gpu-paper-profile/*.txt
-#   OUT=/tmp/x WORKERS=0,4,8,15 VOLUMES=64 scripts/gpu_paper_profile.sh
+# Here, first:   scripts/gpu_wheels.sh       (the machine has torch but no index to install from)
+# Device call:   run(command="OUT=$OUT scripts/gpu_paper_profile.sh", carry=[".whl"], timeout_s=590)
+#                PART=throughput or PART=paper runs one half (two calls, if one is too long).
+# Smoke test on a CPU (checks this script, not the GPU): SMOKE=1 scripts/gpu_paper_profile.sh
 #
-# Not run on a GPU yet (BENCHMARKS.md "Precision and throughput"). Takes ~5 min on an H100/H200
-# class GPU with 16 cores, most of it writing the synthetic 240x240x155 volumes.
-set -euo pipefail
+# Not run on a GPU yet (BENCHMARKS.md "GPU"). Expected on an H200 with 16 cores: throughput
+# ~2-3 min (mostly writing the synthetic 240x240x155 volumes), the paper run ~4-6 min (phantoms
+# for 7 datasets x 200 people on 15 processes, ~1,230 volumes decoded on 15 workers).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-gpu-paper-profile}
-WORKERS=${WORKERS:-0,2,4,8,$(($(nproc) - 1))}
-VOLUMES=${VOLUMES:-48}
-BATCHES=${BATCHES:-64,128,256}
+PART=${PART:-all}
+SMOKE=${SMOKE:-}
 mkdir -p "$OUT"
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; uptime; } \
-    | tee "$OUT/machine.txt"
-# the model alone (fp32 with TF32 off, product bf16, plain autocast, wholly cast), then the
-# pipeline at bf16 for each worker count
-"$PY" scripts/backbone_throughput.py --device cuda --profile paper --models braindino \
-    --modes fp32,bf16,bf16-autocast,bf16-cast --batches "$BATCHES" --seconds 10 \
-    --pipeline --precision bf16 --workers "$WORKERS" --preprocess workers,device \
-    --volumes "$VOLUMES" \
-    --shape 240,240,155 2>&1 | tee "$OUT/throughput.txt"
-echo "target (issue 15): pipeline/raw >= 0.8 at bf16; see $OUT/throughput.txt"
+SCRATCH=${SCRATCH:-$(mktemp -d /tmp/gpu-paper.XXXXXX)}
+
+if [ -x .venv/bin/python ]; then
+    PY=${PY:-.venv/bin/python}
+elif [ -d .whl ]; then  # a bare machine: brainbench and the libraries its image lacks
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    PY=python3
+else
+    echo "no .venv and no .whl here: run scripts/gpu_wheels.sh first and carry .whl" >&2
+    exit 2
+fi
+export PYTHONUNBUFFERED=1
+
+if [ -n "$SMOKE" ]; then
+    DEVICE=cpu PROFILE=tiny BATCHES=${BATCHES:-4} WORKERS=${WORKERS:-0,1} VOLUMES=${VOLUMES:-2}
+    SHAPE=${SHAPE:-48,48,32} SECONDS_EACH=1 TASKS=${TASKS:-brain_age}
+else
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')" || exit 2
+    DEVICE=cuda PROFILE=paper BATCHES=${BATCHES:-64,256} WORKERS=${WORKERS:-0,4,8,$(($(nproc) - 1))}
+    VOLUMES=${VOLUMES:-48} SHAPE=${SHAPE:-240,240,155} SECONDS_EACH=${SECONDS_EACH:-8} TASKS=${TASKS:-}
+fi
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  echo "cores $(nproc)"; uptime
+  "$PY" -c "import torch, timm, brainbench; print('torch', torch.__version__, 'timm', timm.__version__, 'brainbench', brainbench.__file__)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+status=0
+if [ "$PART" = all ] || [ "$PART" = throughput ]; then
+    "$PY" scripts/backbone_throughput.py --device "$DEVICE" --profile "$PROFILE" --models braindino \
+        --modes fp32,bf16 --batches "$BATCHES" --seconds "$SECONDS_EACH" \
+        --pipeline --precision bf16 --workers "$WORKERS" --preprocess workers,device \
+        --volumes "$VOLUMES" --shape "$SHAPE" 2>&1 | tee "$OUT/throughput.txt"
+    status=$(( status | PIPESTATUS[0] ))
+    echo "target (issue 15): pipeline/raw >= 0.8 at bf16"
+fi
+if [ "$PART" = all ] || [ "$PART" = paper ]; then
+    started=$(date +%s)
+    "$PY" -m brainbench.cli run --model braindino --profile "$PROFILE" --fraction 0.01 \
+        --device "$DEVICE" --precision auto ${TASKS:+--tasks "$TASKS"} \
+        --cache "$SCRATCH/cache" --results "$SCRATCH/results" --no-progress 2>&1 | tee "$OUT/paper_run.txt"
+    status=$(( status | PIPESTATUS[0] ))
+    # one file back (a device call returns at most 8): the store, every cell and prediction
+    cp "$SCRATCH/results/results.db" "$OUT/paper_results.db" 2>/dev/null
+    echo "paper run: $(( $(date +%s) - started )) s wall, phantoms included; load $(cut -d' ' -f1-3 /proc/loadavg)" \
+        | tee -a "$OUT/paper_run.txt"
+fi
+exit $status

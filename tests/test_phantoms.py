@@ -297,6 +297,17 @@ def test_cli_prints_timing(tmp_path, capsys):
     assert "ixi" in out and "s/scan" in out
 
 
+def test_progress_counts_each_dataset_written_after_its_scans(tmp_path, capsys):
+    """The bar does not stop at the last scan: writing tables, truth and folders is a step per dataset."""
+    generate_phantoms(tmp_path / "bar", {"ixi": 2, "atlas2": 1}, seed=0, workers=1, progress=True)
+    err = capsys.readouterr().err
+    manifest = json.loads((tmp_path / "bar" / "_phantom.json").read_text())
+    steps = sum(d["n_scans"] for d in manifest["datasets"].values()) + 2
+    assert f"{steps}/{steps}" in err and "writing" in err
+    generate_phantoms(tmp_path / "quiet", {"ixi": 1}, seed=0, workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- learnability
 def test_oracle_beats_shuffled(tmp_path_factory):
     root = tmp_path_factory.mktemp("oracle")

@@ -114,13 +114,10 @@ class Encoder:
                 f"another identity than the driver's (cache identity {identity_digest(backbone)[:12]} "
                 f"vs {identity[:12]}): every node must see the same backbone card or file, "
                 "weights file and brainbench version")
-        if gpu and hasattr(backbone, "to"):
-            import torch
+        if gpu:
+            from brainbench.device import place
 
-            # fp32 means fp32 on a GPU too: no TF32 shortcuts in matmuls or convolutions
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            backbone.to("cuda")
+            place(backbone, "cuda")  # Ray gives the actor its GPU as cuda:0
         self.backbone = backbone
 
     def pid(self) -> int:

@@ -157,13 +157,19 @@ def remove_stale_staging(root: Path) -> list[Path]:
     return removed
 
 
-def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 0, workers: int = 2,
-                      datasets: Sequence[str] = DATASETS, progress: bool = True) -> Path:
+def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 0,
+                      workers: int | None = None, datasets: Sequence[str] = DATASETS,
+                      progress: bool = True) -> Path:
     """Generate (once) phantom cohorts under ``root``; returns ``root``.
 
     n_subjects counts persons per dataset (an int for all, or {dataset: n}, which also selects
-    the datasets); visits/sessions and quirk rows come on top. Same seed -> byte-identical files.
+    the datasets); visits/sessions and quirk rows come on top. Same seed -> byte-identical files,
+    whatever the number of worker processes (None: one per available core).
     """
+    if workers is None:
+        from brainbench.device import available_cores
+
+        workers = available_cores()
     t_start = time.perf_counter()
     root = Path(root)
     sizes = _resolve_sizes(n_subjects, datasets)
@@ -182,21 +188,30 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
                                                         "sizes": old_sizes, "datasets": old_details},
                                                        indent=2, sort_keys=True))
 
-    t0 = time.perf_counter()
-    template = load_template()
-    template_s = time.perf_counter() - t0
-    plans = {d: plan_cohort(d, sizes[d], seed, template) for d in todo}
+    from tqdm.auto import tqdm
+
+    # The template load and the cohort plans take seconds at a thousand people: a bar of their
+    # own, closed before any worker is forked (no tqdm monitor thread at fork time).
+    with tqdm(total=1 + len(todo), desc="phantoms: template and cohort plans", unit="step",
+              file=sys.stderr, delay=2.0, leave=False, disable=not progress) as planning:
+        t0 = time.perf_counter()
+        template = load_template()
+        template_s = time.perf_counter() - t0
+        planning.update(1)
+        plans = {}
+        for d in todo:
+            plans[d] = plan_cohort(d, sizes[d], seed, template)
+            planning.update(1)
     tmp_dirs = {d: root / f".{FOLDERS[d]}.tmp.{os.getpid()}" for d in todo}
     jobs = [(d, s) for d in todo for s in plans[d].scans]
     stats: dict[tuple[str, str], dict] = {}
     bar = None
 
     def _bar():
+        # one step per scan rendered, then one per dataset written (tables, truth, install)
         if not progress:
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=len(jobs), desc="phantoms", unit="scan", file=sys.stderr)
+        return tqdm(total=len(jobs) + len(todo), desc="phantoms", unit="step", file=sys.stderr)
 
     try:
         for d in todo:
@@ -232,6 +247,8 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
             ex.shutdown(wait=True)
         per_dataset: dict[str, dict[str, Any]] = {}
         for d in todo:
+            if bar is not None:
+                bar.set_postfix_str(f"writing {d}")
             plan = plans[d]
             for r in plan.records:
                 if r.scan is not None:
@@ -250,6 +267,8 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
             per_dataset[d] = {"n_subjects": sizes[d], "n_scans": len(secs),
                               "seconds_per_scan": round(sum(secs) / max(len(secs), 1), 4),
                               "cpu_seconds_per_scan": round(sum(cpu) / max(len(cpu), 1), 4)}
+            if bar is not None:
+                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -277,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--n", type=int, default=10, help="persons per dataset")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="render processes (default: one per available core, at most 16)")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma list")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)

@@ -53,6 +53,7 @@ class SubmitConfig:
     progress: bool = True
     precision: str = "auto"  # brainbench.precision; validated and run at the same one
     workers: int | None = None  # decode processes (None: from the machine)
+    device: str = "auto"  # where the run's encoder runs (brainbench.device); validation runs on the CPU
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def submit(config: SubmitConfig) -> SubmitResult:
         cache_dir=config.cache_dir, results_dir=config.results_dir, tasks=config.tasks,
         seeds=config.seeds, weights=config.weights, require_weights=config.require_weights,
         db_url=config.db_url, progress=config.progress, precision=config.precision,
-        workers=config.workers))
+        workers=config.workers, device=config.device))
     run_seconds = time.perf_counter() - started
     name = run_report.backbone
     ran = sorted({c.task for c in run_report.cells})

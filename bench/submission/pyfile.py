@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,6 +101,20 @@ class PyFileBackbone(Backbone):
 
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.inner.embed(batch)
+
+    @property
+    def device(self) -> Any:
+        return getattr(self.inner, "device", None)
+
+    def to(self, device: str | torch.device) -> "PyFileBackbone":
+        """`DEVICE=cuda` (brainbench.device): the author's backbone moves if it can."""
+        if callable(getattr(self.inner, "to", None)):
+            self.inner.to(device)
+        else:
+            warnings.warn(f"backbone {self.name!r} (file {self.path.name}) has no .to(device) "
+                          f"method: it runs where its own code puts it, not necessarily on "
+                          f"{device}", stacklevel=2)
+        return self
 
     def architecture(self) -> dict[str, Any]:
         return {**self.inner.architecture(), "source_file": self.path.name,
