@@ -164,6 +164,10 @@ def run(config: RunConfig) -> RunReport:
     tasks, without_split = on_split(tasks, config.split, explicit=bool(config.tasks))
     get_protocol(config.protocol)  # a bad name fails before anything starts
     if config.executor != "local":
+        if config.device != "auto":
+            raise BenchError(f"DEVICE={config.device!r} (--device) applies to the local executor: "
+                             f"with --executor {config.executor} each Ray actor takes one GPU "
+                             "where the cluster has GPUs, else one CPU; leave DEVICE unset")
         config = _for_cluster(config)
         shown_device = "each Ray worker's (one GPU per actor where the cluster has GPUs)"
     else:

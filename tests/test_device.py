@@ -207,3 +207,12 @@ def test_a_submitted_python_file_moves_when_its_backbone_can(tmp_path):
     fixed.write_text(MOVABLE.replace('"movable"', '"fixed"'))
     with pytest.warns(UserWarning, match=r"'fixed' \(file fixed.py\) has no .to\(device\)"):
         place(pyfile_backbone(fixed), "cuda:0")
+
+
+def test_an_explicit_device_with_ray_is_refused_not_silently_overridden(tmp_path, capsys):
+    code = main(["run", "--model", "intensity", "--profile", "tiny", "--tasks", "brain_age",
+                 "--executor", "ray", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "results"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "applies to the local executor" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
