@@ -10,20 +10,23 @@
 #      (all nine endpoints, phantom generation included), timed, with its results database.
 #
 # Here, first:   scripts/gpu_wheels.sh       (the machine has torch but no index to install from)
-# Device call:   run(command="OUT=$OUT scripts/gpu_paper_profile.sh", carry=[".whl"], timeout_s=590)
-#                PART=throughput or PART=paper runs one half (two calls, if one is too long).
+# Device calls:  two, the paper run first (each part has its own time limit inside):
+#                run(command="PART=paper OUT=$OUT scripts/gpu_paper_profile.sh", carry=[".whl"], timeout_s=590)
+#                run(command="PART=throughput OUT=$OUT scripts/gpu_paper_profile.sh", carry=[".whl"], timeout_s=590)
 # Smoke test on a CPU (checks this script, not the GPU): SMOKE=1 scripts/gpu_paper_profile.sh
 #
-# Not run on a GPU yet (BENCHMARKS.md "GPU"). Expected on an H200 with 16 cores: throughput
-# ~2-3 min (mostly writing the synthetic 240x240x155 volumes), the paper run ~4-6 min (phantoms
-# for 7 datasets x 200 people on 15 processes, ~1,230 volumes decoded on 15 workers).
+# Not run on a GPU yet (BENCHMARKS.md "GPU"). Estimated on an H200 with 16 cores, not
+# measured: the paper run ~4-6 min (phantoms for 7 datasets x 200 people on 16 processes,
+# ~1,230 volumes decoded on 15 workers, 157,000 slices, 5 segmentation heads trained on the
+# CPU); throughput ~4-5 min (GEMM and model rounds, 48 synthetic 240x240x155 volumes written,
+# then 8 pipeline runs). Together they exceed one command's 10 minutes: hence two calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-paper-profile}
 PART=${PART:-all}
 SMOKE=${SMOKE:-}
 mkdir -p "$OUT"
-SCRATCH=${SCRATCH:-$(mktemp -d /tmp/gpu-paper.XXXXXX)}
+SCRATCH=${SCRATCH:-/tmp/gpu-paper}  # fixed: a second call on a warm machine resumes the run
 
 if [ -x .venv/bin/python ]; then
     PY=${PY:-.venv/bin/python}
@@ -53,7 +56,7 @@ fi
 
 status=0
 if [ "$PART" = all ] || [ "$PART" = throughput ]; then
-    "$PY" scripts/backbone_throughput.py --device "$DEVICE" --profile "$PROFILE" --models braindino \
+    timeout "${THROUGHPUT_LIMIT:-540}" "$PY" scripts/backbone_throughput.py --device "$DEVICE" --profile "$PROFILE" --models braindino \
         --modes fp32,bf16 --batches "$BATCHES" --seconds "$SECONDS_EACH" \
         --pipeline --precision bf16 --workers "$WORKERS" --preprocess workers,device \
         --volumes "$VOLUMES" --shape "$SHAPE" 2>&1 | tee "$OUT/throughput.txt"
@@ -62,7 +65,8 @@ if [ "$PART" = all ] || [ "$PART" = throughput ]; then
 fi
 if [ "$PART" = all ] || [ "$PART" = paper ]; then
     started=$(date +%s)
-    "$PY" -m brainbench.cli run --model braindino --profile "$PROFILE" --fraction 0.01 \
+    # over the limit the store keeps every finished cell: the figure is then a partial run
+    timeout "${PAPER_LIMIT:-540}" "$PY" -m brainbench.cli run --model braindino --profile "$PROFILE" --fraction 0.01 \
         --device "$DEVICE" --precision auto ${TASKS:+--tasks "$TASKS"} \
         --cache "$SCRATCH/cache" --results "$SCRATCH/results" --no-progress 2>&1 | tee "$OUT/paper_run.txt"
     status=$(( status | PIPESTATUS[0] ))
