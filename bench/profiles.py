@@ -49,13 +49,34 @@ class Profile:
 
     def as_dict(self) -> dict:
         """The profile as it enters cells' configuration hashes; a profile without a phantom
-        test share hashes as before that field existed, so stored cells keep their identity."""
+        test share hashes as before that field existed, so stored cells keep their identity.
+
+        The description is display text: rewording it must not orphan stored cells. The first
+        releases hashed it, so the built-in profiles hash the text their stored cells were
+        computed with (`HASHED_DESCRIPTIONS`); any other profile hashes none."""
         fields = asdict(self)
         del fields["seeds"]  # a cell's seed is its own field; the count changes no cell
         del fields["phantom_sizes"]  # in the data_source
         if fields["phantom_test_fraction"] is None:
             del fields["phantom_test_fraction"]
+        if self.name in HASHED_DESCRIPTIONS:
+            fields["description"] = HASHED_DESCRIPTIONS[self.name]
+        else:
+            del fields["description"]
         return fields
+
+
+#: The descriptions the built-in profiles' stored cells were hashed with (frozen: edit a
+#: profile's ``description`` freely, never these).
+HASHED_DESCRIPTIONS = {
+    "cpu": "default; sized for a 2-core CPU: 16 axial slices at 112x112 per volume",
+    "paper": "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
+    "powered": "statistical power by design: 400 phantom people per dataset (1,000 for "
+               "idh_status's UCSF-PDGM and 2,000 for stroke_time's ATLAS, whose metrics vary "
+               "most between test people), half of them test people, 20 training-subset "
+               "seeds, 8 axial slices at 64x64 so that a random-init ViT encodes them on a CPU",
+    "tiny": "smoke tests: 4 slices at 32x32, tiny cohorts; numbers mean nothing",
+}
 
 
 PROFILES: Registry[Profile] = Registry("profile")
@@ -63,7 +84,8 @@ PROFILES: Registry[Profile] = Registry("profile")
 for _profile in (
     Profile("cpu", "default; sized for a 2-core CPU: 16 axial slices at 112x112 per volume",
             slice_size=112, num_slices=16, batch_size=16, phantom_subjects=80),
-    Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (needs a GPU)",
+    Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (for a GPU, "
+            "which DEVICE=auto uses; ~6 h for the nine endpoints at 1% on a 2-core CPU)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
     Profile("powered", "statistical power by design: 400 phantom people per dataset (1,000 for "
             "idh_status's UCSF-PDGM and 2,000 for stroke_time's ATLAS, whose metrics vary most "

@@ -209,3 +209,29 @@ def test_a_profile_can_size_one_phantom_dataset_larger(tmp_path):
     sizes = json.loads((roots["ixi"] / "_phantom.json").read_text())["sizes"]
     assert sizes == {"atlas2": 12, "ixi": 20}
     assert _PHANTOM_SOURCE.fullmatch(source).group(1) == roots["ixi"].name
+
+
+def test_rewording_a_profile_orphans_no_stored_cell():
+    """A profile's description is display text: rewording it leaves every cell's
+    configuration hash as it was; what changes the inputs (slice size) changes the hash."""
+    from dataclasses import replace
+
+    from brainbench.backbone import create_backbone
+    from brainbench.evaluators.probe import config_hash_for
+    from brainbench.profiles import HASHED_DESCRIPTIONS, PROFILES, Profile
+    from brainbench.protocols import get_protocol
+    from brainbench.taskspec import get_task
+
+    task, backbone, linear = get_task("brain_age"), create_backbone("intensity"), get_protocol("linear")
+    for name in ("cpu", "paper", "powered", "tiny"):
+        profile = PROFILES.get(name)
+        assert profile.as_dict()["description"] == HASHED_DESCRIPTIONS[name]
+        reworded = replace(profile, description="reworded for the README")
+        assert config_hash_for(task, backbone, reworded, linear, 10) == \
+            config_hash_for(task, backbone, profile, linear, 10)
+        assert config_hash_for(task, backbone, replace(profile, slice_size=48), linear, 10) != \
+            config_hash_for(task, backbone, profile, linear, 10)
+    mine = Profile("mine", "my profile", slice_size=64, num_slices=8, batch_size=8,
+                   phantom_subjects=40)
+    assert "description" not in mine.as_dict()
+    assert replace(mine, description="other words").as_dict() == mine.as_dict()
