@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DEST=${DEST:-.whl}
 LIMIT_MB=${LIMIT_MB:-56}  # the device call carries at most 64 MiB with the working tree
-grep -qxF "/$DEST/" .git/info/exclude 2>/dev/null || echo "/$DEST/" >> .git/info/exclude
 rm -rf "$DEST" && mkdir -p "$DEST"
 
 # the run's libraries the GPU image lacks (or holds at another version), with their own needs
