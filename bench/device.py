@@ -4,8 +4,9 @@
 feature's identity: the cache key and every result cover what is computed (the backbone, its
 weights, the precision, the preprocessing code), not the chip, just as two CPUs with different
 vector units share a cache. fp32 on a GPU runs without TF32, so GPU and CPU fp32 features
-differ by float rounding only; bf16 is autocast on both (brainbench.precision). The run line
-names the device used.
+should differ by float rounding only; bf16 is autocast on both (brainbench.precision).
+`scripts/precision_fidelity.py --devices cpu,cuda` measures both (not yet run on a GPU). The
+run line names the device used.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 #   1. the raw model throughput in fp32 (TF32 off) and bf16 against the GEMM peak, and the
 #      pipeline (decode + preprocess + forward + cache write) against the raw bf16 forward for
 #      several decode-worker counts, with the decode workers the raw forward needs
-#      (scripts/backbone_throughput.py: every figure a ratio measured in the same run);
+#      (scripts/backbone_throughput.py: every figure a ratio measured in the same run); then
+#      GPU vs CPU features at fp32 and bf16 (scripts/precision_fidelity.py --devices cpu,cuda);
 #   2. `brainbench run --model braindino --profile paper --fraction 0.01` end to end on phantoms
 #      (all nine endpoints, phantom generation included), timed, with its results database.
 #
@@ -43,11 +44,12 @@ export PYTHONUNBUFFERED=1
 
 if [ -n "$SMOKE" ]; then
     DEVICE=cpu PROFILE=tiny BATCHES=${BATCHES:-4} WORKERS=${WORKERS:-0,1} VOLUMES=${VOLUMES:-2}
-    SHAPE=${SHAPE:-48,48,32} SECONDS_EACH=1 TASKS=${TASKS:-brain_age}
+    SHAPE=${SHAPE:-48,48,32} SECONDS_EACH=1 TASKS=${TASKS:-brain_age} FIDELITY_PROFILE=tiny
 else
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')" || exit 2
     DEVICE=cuda PROFILE=paper BATCHES=${BATCHES:-64,256} WORKERS=${WORKERS:-0,4,8,$(($(nproc) - 1))}
     VOLUMES=${VOLUMES:-48} SHAPE=${SHAPE:-240,240,155} SECONDS_EACH=${SECONDS_EACH:-8} TASKS=${TASKS:-}
+    FIDELITY_PROFILE=cpu  # 16 slices at 112 px: the CPU side stays short
 fi
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   echo "cores $(nproc)"; uptime
@@ -62,6 +64,10 @@ if [ "$PART" = all ] || [ "$PART" = throughput ]; then
         --volumes "$VOLUMES" --shape "$SHAPE" 2>&1 | tee "$OUT/throughput.txt"
     status=$(( status | PIPESTATUS[0] ))
     echo "target (issue 15): pipeline/raw >= 0.8 at bf16"
+    # the device is not part of a feature's identity: how far GPU features are from CPU ones
+    timeout "${FIDELITY_LIMIT:-150}" "$PY" scripts/precision_fidelity.py --profile "$FIDELITY_PROFILE" \
+        --models braindino --people 2 --devices "cpu,$DEVICE" 2>&1 | tee "$OUT/fidelity.txt"
+    status=$(( status | PIPESTATUS[0] ))
 fi
 if [ "$PART" = all ] || [ "$PART" = paper ]; then
     started=$(date +%s)

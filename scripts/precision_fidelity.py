@@ -8,6 +8,10 @@ variable is set (e.g. BRAINDINO_WEIGHTS); the controls (intensity, oracle) have 
 record fp32 in both runs, so their error is 0 by construction.
 
     .venv/bin/python scripts/precision_fidelity.py --profile cpu [--models braindino,clip]
+
+With ``--devices cpu,cuda`` (a GPU machine) it also compares the devices at each precision,
+||cuda - cpu|| / ||cpu||. The device is not part of a feature's identity (brainbench.device),
+so this measures what a cache shared between a GPU and a CPU can mix.
 """
 
 from __future__ import annotations
@@ -40,22 +44,32 @@ def relative_errors(exact: np.ndarray, fast: np.ndarray) -> np.ndarray:
                                                              1e-12)
 
 
-def measure(name: str, profile, images: list[Path], tmp: Path) -> list:
+def measure(name: str, profile, images: list[Path], tmp: Path,
+            devices: tuple[str, ...] = ("cpu",)) -> list[list]:
+    """One row per compared pair: bf16 vs fp32 on each device, then each other device vs the
+    first at each precision."""
+    runs = [(device, precision) for device in devices for precision in ("fp32", "bf16")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        built = {p: create_backbone(name, image_size=profile.slice_size,
-                                    num_slices=profile.num_slices, precision=p)
-                 for p in ("fp32", "bf16")}
-    tokens = {precision: extract_features(backbone, images,
-                                          FeatureCache(tmp / f"{name}-{precision}"),
-                                          batch_size=profile.batch_size, progress=False)[0]
-              for precision, backbone in built.items()}
-    row = [name, built["bf16"].precision]
-    for token in ("cls", "patch_mean"):
-        errors = np.concatenate([relative_errors(tokens["fp32"][p][token],
-                                                 tokens["bf16"][p][token]) for p in images])
-        row += [f"{np.median(errors):.2e}", f"{errors.max():.2e}"]
-    return row
+        built = {run: create_backbone(name, image_size=profile.slice_size,
+                                      num_slices=profile.num_slices, precision=run[1],
+                                      device=run[0])
+                 for run in runs}
+    tokens = {run: extract_features(backbone, images,
+                                    FeatureCache(tmp / f"{name}-{run[0]}-{run[1]}"),
+                                    batch_size=profile.batch_size, progress=False)[0]
+              for run, backbone in built.items()}
+    pairs = [((d, "fp32"), (d, "bf16")) for d in devices]
+    pairs += [((devices[0], p), (d, p)) for d in devices[1:] for p in ("fp32", "bf16")]
+    rows = []
+    for exact, fast in pairs:
+        row = [name, f"{fast[0]} {built[fast].precision}", f"{exact[0]} {built[exact].precision}"]
+        for token in ("cls", "patch_mean"):
+            errors = np.concatenate([relative_errors(tokens[exact][p][token],
+                                                     tokens[fast][p][token]) for p in images])
+            row += [f"{np.median(errors):.2e}", f"{errors.max():.2e}"]
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -64,7 +78,10 @@ def main() -> None:
     parser.add_argument("--models", default="all", help="comma list (default: all registered)")
     parser.add_argument("--people", type=int, default=2,
                         help="phantom BraTS subjects (x4 contrasts)")
+    parser.add_argument("--devices", default="cpu",
+                        help="comma list, the reference first (e.g. cpu,cuda)")
     args = parser.parse_args()
+    devices = tuple(d for d in args.devices.split(",") if d)
 
     import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
 
@@ -75,11 +92,12 @@ def main() -> None:
         images = phantom_images(Path(tmp) / "phantoms", args.people)
         print(f"profile {profile.name} ({profile.slice_size} px, {profile.num_slices} slices); "
               f"{len(images)} phantom volumes; load average {load()}")
-        rows = [measure(name, profile, images, Path(tmp)) for name in names]
-    print(tabulate(rows, headers=["backbone", "bf16 run at", "cls median", "cls max",
+        rows = [row for name in names
+                for row in measure(name, profile, images, Path(tmp), devices)]
+    print(tabulate(rows, headers=["backbone", "run", "against", "cls median", "cls max",
                                   "patch_mean median", "patch_mean max"]))
-    print(f"errors: ||bf16 - fp32|| / ||fp32|| per slice (2d) or volume (3d); load average "
-          f"{load()}")
+    print(f"errors: ||run - against|| / ||against|| per slice (2d) or volume (3d); load "
+          f"average {load()}")
 
 
 if __name__ == "__main__":
