@@ -29,8 +29,10 @@ SMOKE=${SMOKE:-}
 mkdir -p "$OUT"
 SCRATCH=${SCRATCH:-/tmp/gpu-paper}  # fixed: a second call on a warm machine resumes the run
 
-if [ -x .venv/bin/python ]; then
-    PY=${PY:-.venv/bin/python}
+if [ -n "${PY:-}" ]; then
+    :  # an interpreter that already has brainbench (the test suite passes its own)
+elif [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
 elif [ -d .whl ]; then  # a bare machine: brainbench and the libraries its image lacks
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 2
@@ -44,11 +46,11 @@ export PYTHONUNBUFFERED=1
 
 if [ -n "$SMOKE" ]; then
     DEVICE=cpu PROFILE=tiny BATCHES=${BATCHES:-4} WORKERS=${WORKERS:-0,1} VOLUMES=${VOLUMES:-2}
-    SHAPE=${SHAPE:-48,48,32} SECONDS_EACH=1 TASKS=${TASKS:-brain_age} FIDELITY_PROFILE=tiny
+    SHAPE=${SHAPE:-48,48,32} SECONDS_EACH=1 ROUNDS=1 TASKS=${TASKS:-brain_age} FIDELITY_PROFILE=tiny
 else
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')" || exit 2
     DEVICE=cuda PROFILE=paper BATCHES=${BATCHES:-64,256} WORKERS=${WORKERS:-0,4,8,$(($(nproc) - 1))}
-    VOLUMES=${VOLUMES:-48} SHAPE=${SHAPE:-240,240,155} SECONDS_EACH=${SECONDS_EACH:-8} TASKS=${TASKS:-}
+    VOLUMES=${VOLUMES:-48} SHAPE=${SHAPE:-240,240,155} SECONDS_EACH=${SECONDS_EACH:-8} ROUNDS=${ROUNDS:-3} TASKS=${TASKS:-}
     FIDELITY_PROFILE=cpu  # 16 slices at 112 px: the CPU side stays short
 fi
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -59,7 +61,7 @@ fi
 status=0
 if [ "$PART" = all ] || [ "$PART" = throughput ]; then
     timeout "${THROUGHPUT_LIMIT:-540}" "$PY" scripts/backbone_throughput.py --device "$DEVICE" --profile "$PROFILE" --models braindino \
-        --modes fp32,bf16 --batches "$BATCHES" --seconds "$SECONDS_EACH" \
+        --modes fp32,bf16 --batches "$BATCHES" --seconds "$SECONDS_EACH" --rounds "$ROUNDS" \
         --pipeline --precision bf16 --workers "$WORKERS" --preprocess workers,device \
         --volumes "$VOLUMES" --shape "$SHAPE" 2>&1 | tee "$OUT/throughput.txt"
     status=$(( status | PIPESTATUS[0] ))
