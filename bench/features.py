@@ -294,6 +294,9 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
     each volume's outputs concatenated and handed to `on_volume` once all of its items are
     encoded. `forward` maps a batch to named (items, ...) tensors. For a CUDA model each batch
     is assembled in pinned memory, where the host-to-device copy reads it."""
+    from brainbench.device import tune_host_allocator
+
+    tune_host_allocator()  # activations reused from the heap, not faulted in on every call
     batch_size = effective_batch(backbone, batch_size)
     pinned = _on_cuda(backbone)
     by_name = {job.name: job for job in jobs}

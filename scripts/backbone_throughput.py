@@ -224,6 +224,9 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
 
 
 def main() -> None:
+    from brainbench.device import tune_host_allocator
+
+    tune_host_allocator()  # as the product's encoding loop does: raw and pipeline alike
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--models", default="braindino",
