@@ -207,6 +207,9 @@ def test_a_submitted_python_file_moves_when_its_backbone_can(tmp_path):
     fixed.write_text(MOVABLE.replace('"movable"', '"fixed"'))
     with pytest.warns(UserWarning, match=r"'fixed' \(file fixed.py\) has no .to\(device\)"):
         place(pyfile_backbone(fixed), "cuda:0")
+    # a backbone that says nothing of its device is where it was built, and `auto` resolves
+    built = create_backbone(str(fixed), precision="auto", device="cpu")
+    assert built.device == "cpu" and built.precision == "fp32"  # it declares no bf16
 
 
 def test_an_explicit_device_with_ray_is_refused_not_silently_overridden(tmp_path, capsys):

@@ -104,7 +104,8 @@ class PyFileBackbone(Backbone):
 
     @property
     def device(self) -> Any:
-        return getattr(self.inner, "device", None)
+        """The author's backbone's device where it says, else the CPU (where it was built)."""
+        return getattr(self.inner, "device", None) or "cpu"
 
     def to(self, device: str | torch.device) -> "PyFileBackbone":
         """`DEVICE=cuda` (brainbench.device): the author's backbone moves if it can."""
