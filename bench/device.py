@@ -35,8 +35,8 @@ def resolve_device(requested: str) -> str:
         return "cpu"
     match = _CUDA.fullmatch(text)
     if match is None:
-        raise BenchError(f"DEVICE={requested!r} (--device): expected one of auto, cpu, cuda "
-                         "or cuda:N (a GPU index)")
+        raise BenchError(f"DEVICE={requested!r} (--device): expected one of "
+                         f"{', '.join(DEVICES)} or cuda:N (a GPU index)")
     if not torch.cuda.is_available():
         raise BenchError(f"DEVICE={requested!r} (--device): torch sees no CUDA device on this "
                          "machine (torch.cuda.is_available() is False); use auto or cpu")

@@ -148,7 +148,7 @@ def default_workers(device: str | torch.device = "cpu") -> int:
         return 0
     from brainbench.device import available_cores
 
-    return min(16, available_cores(cap=17) - 1)
+    return available_cores(cap=17) - 1  # every core but the one feeding the GPU, at most 16
 
 
 def check_workers(workers: object) -> int:

@@ -134,8 +134,8 @@ class HashCache:
                    ) -> tuple[dict[Path, str], dict[Path, str]]:
         """(hashes, errors by path) so a report can name every unreadable file.
 
-        workers: reading threads (gzip inflation and hashing release the GIL); None: one per
-        available core (brainbench.device.available_cores)."""
+        workers: reading threads; None: one per available core
+        (brainbench.device.available_cores)."""
         if workers is None:
             from brainbench.device import available_cores
 
