@@ -24,6 +24,7 @@ TRIALS ?=
 PRECISION ?= auto
 WORKERS ?=
 DEVICE ?=
+COMPILE ?=
 PREPROCESS ?=
 EXECUTOR ?= local
 RAY_ADDRESS ?=
@@ -37,6 +38,7 @@ RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
 	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
 	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE)) \
+	$(if $(COMPILE),--compile $(COMPILE)) \
 	$(if $(PREPROCESS),--preprocess $(PREPROCESS)) \
 	--executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))) \
 	$(if $(SPLIT),--split $(SPLIT))

@@ -4,7 +4,8 @@ Each entry supplies `features(model, batch) -> {token: (B, dim)}` and, optionall
 `DenseTokens` (patch grids per block, for tumor_seg); this class checks the batch against
 the contract, runs it under inference mode at the backbone's precision (fp32 with autocast
 off, so an outer autocast never changes fp32 features; bf16 under torch.autocast, see
-brainbench.precision), and returns plain float32 tensors.
+brainbench.precision), eager or through a compiled graph (brainbench.runtime), and returns
+plain float32 tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 import operator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +21,7 @@ import torch
 from brainbench.backbone import Backbone, InputContract, WeightsInfo
 from brainbench.errors import BenchError
 from brainbench.precision import autocast, bf16_matmul_copy
+from brainbench.runtime import CompiledForward, check_runtime, resolve_runtime
 from brainbench.weights import LoadReport
 
 Features = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
@@ -39,6 +42,7 @@ class DenseTokens:
 
 class FrozenBackbone(Backbone):
     precisions = ("fp32", "bf16")
+    runtimes = ("eager", "compiled")
 
     def __init__(self, name: str, model: torch.nn.Module, features: Features,
                  contract: InputContract, weights: WeightsInfo, architecture: dict[str, Any],
@@ -55,6 +59,9 @@ class FrozenBackbone(Backbone):
         # attributes: they are not extra encoder parameters (parameter_count and submission
         # validation count the fp32 model, the one whose weights are hashed)
         self._copies: dict[str, torch.nn.Module] = {}
+        self._runtime_request = "eager"
+        # compiled forward functions by (precision, function, layers): one graph each
+        self._compiled: dict[tuple, CompiledForward] = {}
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +71,28 @@ class FrozenBackbone(Backbone):
         self.model.to(device)
         for copy in self._copies.values():
             copy.to(device)
+        self._compiled.clear()  # graphs are specialised to the device they were traced on
         return self
+
+    @property
+    def runtime(self) -> str:
+        return resolve_runtime(self._runtime_request, device=self.device,
+                               precision=self.precision, image_side=min(self.contract.image_size))
+
+    def set_runtime(self, requested: str) -> None:
+        self._runtime_request = check_runtime(requested)
+
+    def _run(self, key: tuple, fn: Callable[[torch.nn.Module, torch.Tensor], Any],
+             x: torch.Tensor) -> Any:
+        """`fn(module, x)` on the module of this precision, eager or through its compiled
+        graph (brainbench.runtime), built on first use."""
+        module = self._module
+        if self.runtime == "eager":
+            return fn(module, x)
+        slot = (self.precision, *key)
+        if slot not in self._compiled:
+            self._compiled[slot] = CompiledForward(lambda batch: fn(module, batch))
+        return self._compiled[slot](x)
 
     def set_precision(self, precision: str) -> None:
         """bf16 runs a copy of the model with its Linear/Conv weights already in bf16, under
@@ -74,10 +102,12 @@ class FrozenBackbone(Backbone):
             self._copies["bf16"] = bf16_matmul_copy(self.model)
 
     def share_precision(self, other: "FrozenBackbone") -> None:
-        """Run at `other`'s precision, sharing its bf16 copy when both wrap the same model."""
+        """Run at `other`'s precision and runtime, sharing its bf16 copy when both wrap the
+        same model (compiled graphs are not shared: the forward function differs)."""
         if other.model is self.model:
             self._copies = dict(other._copies)
         self.set_precision(other.precision)
+        self.set_runtime(other._runtime_request)
 
     @property
     def _module(self) -> torch.nn.Module:
@@ -102,7 +132,7 @@ class FrozenBackbone(Backbone):
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._input(batch, "embed")
         with torch.inference_mode(), autocast(self.precision, x.device.type):
-            out = self.features(self._module, x)
+            out = self._run(("features",), self.features, x)
         # clone outside inference mode: callers may train heads on these tensors
         return {name: value.float().clone() for name, value in out.items()}
 
@@ -122,7 +152,7 @@ class FrozenBackbone(Backbone):
         x = self._input(batch, "patch_tokens")
         unique = sorted(set(wanted))
         with torch.inference_mode(), autocast(self.precision, x.device.type):
-            grids = list(self.dense.grids(self._module, x, unique))
+            grids = list(self._run(("grids", *unique), partial(self._grids, layers=unique), x))
         if len(grids) != len(unique) or any(
                 g.ndim != 4 or g.shape[0] != x.shape[0] for g in grids):
             raise BenchError(
@@ -132,6 +162,9 @@ class FrozenBackbone(Backbone):
         by_layer = dict(zip(unique, grids))
         # clone outside inference mode: heads train on these tensors
         return [by_layer[i].float().clone() for i in wanted]
+
+    def _grids(self, module: torch.nn.Module, x: torch.Tensor, layers: list[int]) -> list:
+        return list(self.dense.grids(module, x, layers))
 
     def _layers(self, layers: Sequence[int]) -> list[int]:
         depth = self.dense.depth

@@ -88,6 +88,9 @@ class Backbone(abc.ABC):
     """Where z-score and resize run (brainbench.preprocess.PREPROCESS_PLACES): "workers"
     (numpy, in the decode workers) or "device" (torch, on the model's device; the workers only
     decode). Set by `create_backbone`; part of `cache_identity` when "device"."""
+    runtimes: tuple[str, ...] = ("eager",)
+    """How `embed` can execute (brainbench.runtime): "eager", and "compiled" for backbones
+    that can hand their forward pass to torch.compile."""
     pretraining_datasets: tuple[str, ...] | None = None
     """The corpora the weights were trained on (dataset names; () = none: random init or no
     learned weights; None = not declared, shown as "unknown"). Tables and the site mark every
@@ -130,7 +133,21 @@ class Backbone(abc.ABC):
             **({"precision": self.precision} if self.precision != "fp32" else {}),
             **({"preprocess_on": self.preprocess_on} if self.preprocess_on != "workers"
                else {}),
+            **({"runtime": self.runtime} if self.runtime != "eager" else {}),
         }
+
+    @property
+    def runtime(self) -> str:
+        """How `embed` executes now ("eager" or "compiled", brainbench.runtime); part of
+        `cache_identity` when compiled. Eager unless a subclass can compile."""
+        return "eager"
+
+    def set_runtime(self, requested: str) -> None:
+        """Ask for a runtime ("auto", "eager", "compiled"); backbones that cannot compile
+        stay eager whatever is asked."""
+        from brainbench.runtime import check_runtime
+
+        check_runtime(requested)
 
     def set_precision(self, precision: str) -> None:
         """Run at `precision` ("fp32" or "bf16") where this backbone supports it, else fp32."""
@@ -178,6 +195,7 @@ def create_backbone(
     precision: str = "fp32",
     preprocess_on: str = "workers",
     device: str = "cpu",
+    compile: str = "eager",
 ) -> Backbone:
     """Build a registered backbone (like timm.create_model). Unknown names list the valid ones.
 
@@ -188,14 +206,17 @@ def create_backbone(
     backbone's device; the built backbone's ``.precision`` says what it runs at.
     ``preprocess_on``: "workers" (default) or "device" (brainbench.preprocess).
     ``device``: "cpu" (the library default), "cuda[:N]" or "auto" (brainbench.device); the
-    network is moved there before its precision is resolved for it.
+    network is moved there before its precision is resolved for it. ``compile``: "eager"
+    (the library default), "compiled" or "auto" (brainbench.runtime), resolved per precision.
     """
     from brainbench.device import place, resolve_device
     from brainbench.precision import check_precision, resolve_precision
     from brainbench.preprocess import check_preprocess_place
+    from brainbench.runtime import check_runtime
 
     check_precision(precision)  # a bad value fails before any model is built
     check_preprocess_place(preprocess_on)
+    check_runtime(compile)
     device = resolve_device(device)
     load_plugins()
     from brainbench.submission.source import backbone_from_path, is_submission_path
@@ -213,6 +234,7 @@ def create_backbone(
         )
     place(backbone, device)
     backbone.set_precision(resolve_precision(precision, getattr(backbone, "device", "cpu")))
+    backbone.set_runtime(compile)
     if not getattr(backbone, "reads_files", False):  # controls reading truth decode nothing
         backbone.preprocess_on = preprocess_on
     if backbone.pretraining_datasets is None and name in PRETRAINING_DATASETS:

@@ -135,6 +135,10 @@ class IdentityOnly(Backbone):
     def parameter_count(self) -> int:
         return self.identity.parameters
 
+    @property
+    def runtime(self) -> str:
+        return self.identity.cache_identity.get("runtime", "eager")
+
     def num_patch_layers(self) -> int:
         if self.identity.patch_layers is None:
             return super().num_patch_layers()  # NotImplementedError, as the built one raises
@@ -355,13 +359,15 @@ def can_defer(model: str) -> bool:
 
 
 def build_key(options: Mapping[str, Any]) -> str:
-    """The record's key: the backbone options, brainbench's source, libraries, bf16 path."""
-    from brainbench import precision
+    """The record's key: the backbone options, brainbench's source, libraries, bf16 path (and
+    the AMX flag, on which COMPILE=auto turns)."""
+    from brainbench import precision, runtime
 
     capability = precision.detect_capability()
     return digest({"schema": MEMO_SCHEMA, "options": dict(options), "source": source_digest(),
                    "libraries": _versions(), "cuda": torch.cuda.is_available(),
-                   "bf16": {"cpu": capability.cpu_bf16, "cuda": capability.cuda_bf16}})
+                   "bf16": {"cpu": capability.cpu_bf16, "cuda": capability.cuda_bf16},
+                   "compile_flag": runtime.COMPILE_CPU_FLAG in capability.cpu_flags})
 
 
 def deferred(build: Callable[[], Backbone], options: Mapping[str, Any], cache_dir: Path

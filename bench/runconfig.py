@@ -35,6 +35,7 @@ class RunConfig:
     workers: int | None = None  # decode processes; None: from the machine, 0: in-process
     preprocess_on: str = "workers"  # z-score + resize: "workers" (numpy) | "device" (torch)
     device: str = "auto"  # where the encoder runs: auto | cpu | cuda[:N] (brainbench.device)
+    compile: str = "auto"  # how the forward pass executes: auto | eager | compiled (brainbench.runtime)
     executor: str = "local"  # where cells run: local (this process) | ray (brainbench.executors)
     ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS or a local one)
     split: str = ""  # a declared split variant (e.g. "site-held-out"); "": the standard split
@@ -60,6 +61,7 @@ class RunReport:
     data_source: str
     store_url: str  # as shown to people (a server URL's password hidden)
     precision: str = "fp32"  # what the backbone ran at (backbone.precision, never "auto")
+    runtime: str = "eager"  # how its forward pass executed (brainbench.runtime, never "auto")
     device: str = "cpu"  # where it ran, resolved (brainbench.device.describe: "cuda:0 (NVIDIA H200)")
     precision_fallbacks: list[str] = field(default_factory=list)  # "task@fractions" run in fp32
     cells: list[CellOutcome] = field(default_factory=list)

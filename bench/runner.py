@@ -134,12 +134,13 @@ def build_backbone(config: RunConfig, defer: bool = False) -> Backbone:
                    "image_size": config.profile.slice_size,
                    "num_slices": config.profile.num_slices, "precision": config.precision,
                    "preprocess_on": config.preprocess_on, "protocol": config.protocol,
-                   "device": config.device}
+                   "device": config.device, "compile": config.compile}
         return deferred(partial(build_backbone, config), options, config.cache_dir)
     backbone = create_backbone(
         config.model, weights=config.weights, require_weights=config.require_weights,
         image_size=config.profile.slice_size, num_slices=config.profile.num_slices,
-        precision=config.precision, preprocess_on=config.preprocess_on, device=config.device)
+        precision=config.precision, preprocess_on=config.preprocess_on, device=config.device,
+        compile=config.compile)
     return _with_protocol_tokens(backbone, get_protocol(config.protocol))
 
 
@@ -151,10 +152,12 @@ def _for_cluster(config: RunConfig) -> RunConfig:
     model = config.model
     if Path(model).suffix in (".py", ".toml") and Path(model).is_file():
         model = str(absolute(Path(model)))
-    # the driver's backbone stays on its CPU: each Ray GPU actor places its own copy
+    # the driver's backbone stays on its CPU: each Ray GPU actor places its own copy. COMPILE=auto
+    # runs eager there: the driver's CPU would decide for actors whose hardware may differ
     return replace(config, model=model, cache_dir=absolute(config.cache_dir),
                    results_dir=absolute(config.results_dir), data_dir=absolute(config.data_dir),
-                   weights=absolute(config.weights), device="cpu")
+                   weights=absolute(config.weights), device="cpu",
+                   compile="eager" if config.compile == "auto" else config.compile)
 
 
 def run(config: RunConfig) -> RunReport:
@@ -184,7 +187,8 @@ def run(config: RunConfig) -> RunReport:
         report = RunReport(backbone=backbone.name, weights_status=backbone.weights.status,
                            weights_source=backbone.weights.source, data_source=data_source,
                            store_url=store.shown,  # printed: no password
-                           precision=backbone.precision, device=shown_device)
+                           precision=backbone.precision, runtime=backbone.runtime,
+                           device=shown_device)
         report.other_split += without_split
         runnable = []
         for task in tasks:

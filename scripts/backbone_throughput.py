@@ -7,13 +7,14 @@ next to the load average and as a ratio to a reference measured by this same pro
    measured in the same interleaved rounds as the models (best of ``--rounds``).
 2. Model: for each backbone, mode and batch size, items/s (slices for 2d, volumes for 3d) x
    GFLOP per item (``torch.utils.flop_counter.FlopCounterMode``) as a fraction of both peaks.
-   Modes: ``fp32`` and ``bf16`` are the product's paths (``backbone.embed``; bf16 = autocast
-   over a copy whose Linear/Conv weights are pre-cast, brainbench.precision.bf16_matmul_copy);
-   the alternatives measured against it: ``bf16-autocast`` (plain ``torch.autocast`` over the
-   fp32 model), ``bf16-cast`` (the model cast wholly to bf16) and ``bf16-compile``
-   (``torch.compile`` of the product's bf16 forward; compile time shown apart; not in the
-   default modes: it compiled for ~50 s here and was not faster).
-3. ``--pipeline``: decode + preprocess + forward + cache write (``extract_features`` on
+   Modes: ``fp32``, ``bf16`` and ``bf16-compiled`` are the product's paths (``backbone.embed``;
+   bf16 = autocast over a copy whose Linear/Conv weights are pre-cast,
+   brainbench.precision.bf16_matmul_copy, eager; bf16-compiled = the same under
+   ``COMPILE=compiled``, brainbench.runtime, compile time shown apart); the alternatives
+   measured against them: ``bf16-autocast`` (plain ``torch.autocast`` over the fp32 model)
+   and ``bf16-cast`` (the model cast wholly to bf16).
+3. ``--pipeline``: decode + preprocess + forward + cache write (at ``--compile``, default the
+   product's ``auto``) (``extract_features`` on
    synthetic int16 ``.nii.gz`` volumes of ``--shape``, a fresh cache) as a fraction of the raw
    forward at the same precision and batch, for each ``--workers`` count; plus the decode
    seconds per volume and the decode workers the raw forward would need.
@@ -42,9 +43,10 @@ from brainbench.backbone import BACKBONES, create_backbone
 from brainbench.precision import autocast, cpu_flags, resolve_precision
 from brainbench.preprocess import check_preprocess_place
 from brainbench.profiles import PROFILES
+from brainbench.runtime import check_runtime
 
-MODES = ("fp32", "bf16", "bf16-autocast", "bf16-cast", "bf16-compile")
-DEFAULT_MODES = ("fp32", "bf16", "bf16-autocast", "bf16-cast")
+MODES = ("fp32", "bf16", "bf16-compiled", "bf16-autocast", "bf16-cast")
+DEFAULT_MODES = MODES
 
 
 def load() -> str:
@@ -74,11 +76,12 @@ def gemm_gflops(dtype: torch.dtype, device: str, seconds: float, n: int = 2048) 
     return 2 * n**3 / timed(lambda: torch.mm(a, b), device, seconds, min_calls=5) / 1e9
 
 
-def build(name: str, profile, device: str, precision: str = "fp32"):
+def build(name: str, profile, device: str, precision: str = "fp32", compile: str = "eager"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = create_backbone(name, image_size=profile.slice_size,
-                                   num_slices=profile.num_slices, precision=precision)
+                                   num_slices=profile.num_slices, precision=precision,
+                                   compile=compile)
     if device != "cpu" and hasattr(backbone, "to"):
         backbone.to(device)
         backbone.set_precision(resolve_precision(precision, device))
@@ -93,11 +96,19 @@ def gflop_per_item(backbone, x: torch.Tensor) -> float:
 
 def forward_step(backbone, mode: str, x: torch.Tensor):
     """The callable one mode times, and the seconds spent preparing it (compile)."""
-    if mode in ("fp32", "bf16"):
+    if mode in ("fp32", "bf16", "bf16-compiled"):
+        precision, runtime = mode.split("-")[0], ("compiled" if "compiled" in mode else "eager")
+
         def product():
-            backbone.set_precision(mode)  # modes are interleaved: set it on every call
+            backbone.set_precision(precision)  # modes are interleaved: set both on every call
+            backbone.set_runtime(runtime)
             return backbone.embed(x)
-        return product, 0.0
+        started = time.perf_counter()
+        if runtime == "compiled":
+            product()  # compiles
+            if backbone.runtime != "compiled":
+                raise ValueError(f"{backbone.name} cannot compile its forward pass")
+        return product, time.perf_counter() - started if runtime == "compiled" else 0.0
     model = getattr(backbone, "model", None)
     if model is None:
         raise ValueError(f"{backbone.name} has no torch module to cast or compile")
@@ -113,16 +124,7 @@ def forward_step(backbone, mode: str, x: torch.Tensor):
             with torch.inference_mode():
                 return backbone.features(cast, xb)
         return step, 0.0
-    backbone.set_precision("bf16")
-    fast = backbone._module
-    compiled = torch.compile(lambda batch: backbone.features(fast, batch))
-
-    def step():
-        with torch.inference_mode(), autocast("bf16", x.device.type):
-            return compiled(x)
-    started = time.perf_counter()
-    step()  # compiles
-    return step, time.perf_counter() - started
+    raise ValueError(f"unknown mode {mode!r}")
 
 
 def model_rows(name: str, profile, args) -> list[list]:
@@ -165,6 +167,7 @@ def model_rows(name: str, profile, args) -> list[list]:
                          f"{achieved:.0f}", f"{achieved / peaks['fp32']:.2f}",
                          f"{achieved / peaks['bf16']:.2f}", notes[mode]])
         backbone.set_precision("fp32")
+        backbone.set_runtime("eager")
     return rows
 
 
@@ -189,7 +192,7 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
     from brainbench.features import FeatureCache, effective_batch, extract_features
     from brainbench.preprocess import load_volume, volume_to_input
 
-    backbone = build(name, profile, args.device, precision)
+    backbone = build(name, profile, args.device, precision, args.compile)
     contract = backbone.contract
     batch = effective_batch(backbone, profile.batch_size if contract.dims == "2d"
                             else args.batch_3d)
@@ -206,6 +209,7 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
         def raw_rate() -> float:
             return batch / timed(lambda: backbone.embed(x), args.device, args.seconds)
 
+        backbone.embed(x)  # a compiled runtime compiles here, outside both timings
         before = raw_rate()
         runs = [(place, workers) for place in args.preprocess for workers in args.workers]
         for run, (place, workers) in enumerate(runs):
@@ -216,7 +220,7 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
             after = raw_rate()  # the raw forward on each side of the pipeline run (drift)
             raw, before = (before + after) / 2, after
             raw_volumes = raw / items_per_volume
-            rows.append([name, backbone.precision, batch, place, workers, f"{raw:.2f}",
+            rows.append([name, f"{backbone.precision} {backbone.runtime}", batch, place, workers, f"{raw:.2f}",
                          f"{stats.items_per_second:.2f}", f"{stats.items_per_second / raw:.2f}",
                          f"{decode:.3f}", f"{raw_volumes * decode:.1f}", load()])
         backbone.preprocess_on = "workers"
@@ -243,6 +247,8 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true",
                         help="also measure decode + preprocess + forward + cache write")
     parser.add_argument("--precision", default="auto", help="pipeline precision")
+    parser.add_argument("--compile", default="auto",
+                        help="pipeline runtime: auto | eager | compiled (brainbench.runtime)")
     parser.add_argument("--workers", default="0,1", help="pipeline decode workers, comma list")
     parser.add_argument("--volumes", type=int, default=16, help="pipeline volumes")
     parser.add_argument("--preprocess", default="workers",
@@ -284,10 +290,11 @@ def main() -> None:
           f"load average {load()}")
     if args.pipeline:
         precision = resolve_precision(args.precision, args.device)
+        check_runtime(args.compile)
         rows = [row for name in names for row in pipeline_rows(name, profile, args, precision)]
         print(f"\npipeline on {args.volumes} synthetic int16 volumes {args.shape} (.nii.gz), "
               "fresh cache:")
-        print(tabulate(rows, headers=["backbone", "precision", "batch", "preprocess", "workers",
+        print(tabulate(rows, headers=["backbone", "precision runtime", "batch", "preprocess", "workers",
                                       "raw items/s", "pipeline items/s", "pipeline/raw",
                                       "decode s/vol", "workers needed", "load"]))
 

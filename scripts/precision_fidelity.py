@@ -11,7 +11,8 @@ record fp32 in both runs, so their error is 0 by construction.
 
 With ``--devices cpu,cuda`` (a GPU machine) it also compares the devices at each precision,
 ||cuda - cpu|| / ||cpu||. The device is not part of a feature's identity (brainbench.device),
-so this measures what a cache shared between a GPU and a CPU can mix.
+so this measures what a cache shared between a GPU and a CPU can mix. ``--compiled`` adds
+compiled bf16 (brainbench.runtime), against fp32 and against eager bf16.
 """
 
 from __future__ import annotations
@@ -45,25 +46,33 @@ def relative_errors(exact: np.ndarray, fast: np.ndarray) -> np.ndarray:
 
 
 def measure(name: str, profile, images: list[Path], tmp: Path,
-            devices: tuple[str, ...] = ("cpu",)) -> list[list]:
-    """One row per compared pair: bf16 vs fp32 on each device, then each other device vs the
-    first at each precision."""
-    runs = [(device, precision) for device in devices for precision in ("fp32", "bf16")]
+            devices: tuple[str, ...] = ("cpu",), compiled: bool = False) -> list[list]:
+    """One row per compared pair: bf16 vs fp32 on each device (and, with `compiled`, compiled
+    bf16 vs fp32 and vs eager bf16), then each other device vs the first at each precision."""
+    runs = [(device, precision, "eager") for device in devices for precision in ("fp32", "bf16")]
+    if compiled:
+        runs += [(device, "bf16", "compiled") for device in devices]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = {run: create_backbone(name, image_size=profile.slice_size,
                                       num_slices=profile.num_slices, precision=run[1],
-                                      device=run[0])
+                                      device=run[0], compile=run[2])
                  for run in runs}
     tokens = {run: extract_features(backbone, images,
-                                    FeatureCache(tmp / f"{name}-{run[0]}-{run[1]}"),
+                                    FeatureCache(tmp / f"{name}-{'-'.join(run)}"),
                                     batch_size=profile.batch_size, progress=False)[0]
               for run, backbone in built.items()}
-    pairs = [((d, "fp32"), (d, "bf16")) for d in devices]
-    pairs += [((devices[0], p), (d, p)) for d in devices[1:] for p in ("fp32", "bf16")]
+    pairs = [((d, "fp32", "eager"), (d, "bf16", "eager")) for d in devices]
+    if compiled:
+        pairs += [((d, exact, "eager"), (d, "bf16", "compiled"))
+                  for d in devices for exact in ("fp32", "bf16")]
+    pairs += [((devices[0], p, "eager"), (d, p, "eager")) for d in devices[1:]
+              for p in ("fp32", "bf16")]
     rows = []
     for exact, fast in pairs:
-        row = [name, f"{fast[0]} {built[fast].precision}", f"{exact[0]} {built[exact].precision}"]
+        def shown(run):
+            return f"{run[0]} {built[run].precision} {built[run].runtime}"
+        row = [name, shown(fast), shown(exact)]
         for token in ("cls", "patch_mean"):
             errors = np.concatenate([relative_errors(tokens[exact][p][token],
                                                      tokens[fast][p][token]) for p in images])
@@ -80,6 +89,9 @@ def main() -> None:
                         help="phantom BraTS subjects (x4 contrasts)")
     parser.add_argument("--devices", default="cpu",
                         help="comma list, the reference first (e.g. cpu,cuda)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also compiled bf16 (COMPILE=compiled, brainbench.runtime) vs fp32 "
+                             "and vs eager bf16")
     args = parser.parse_args()
     devices = tuple(d for d in args.devices.split(",") if d)
 
@@ -93,7 +105,7 @@ def main() -> None:
         print(f"profile {profile.name} ({profile.slice_size} px, {profile.num_slices} slices); "
               f"{len(images)} phantom volumes; load average {load()}")
         rows = [row for name in names
-                for row in measure(name, profile, images, Path(tmp), devices)]
+                for row in measure(name, profile, images, Path(tmp), devices, args.compiled)]
     print(tabulate(rows, headers=["backbone", "run", "against", "cls median", "cls max",
                                   "patch_mean median", "patch_mean max"]))
     print(f"errors: ||run - against|| / ||against|| per slice (2d) or volume (3d); load "

@@ -112,7 +112,7 @@ def test_the_run_line_names_the_device(tmp_path, capsys, monkeypatch):
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "precision fp32; device cpu" in out
+    assert "precision fp32; runtime eager; device cpu" in out
     assert device_mod.describe("cpu") == "cpu"
 
 

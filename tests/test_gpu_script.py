@@ -26,7 +26,7 @@ def test_the_gpu_script_runs_both_parts_in_its_cpu_smoke_mode(tmp_path):
         "fidelity.txt", "machine.txt", "paper_results.db", "paper_run.txt", "throughput.txt"]
     throughput = (out / "throughput.txt").read_text()
     assert "pipeline/raw" in throughput and "GEMM" in throughput
-    assert "cpu bf16  cpu fp32" in (out / "fidelity.txt").read_text()
+    assert "cpu bf16 eager  cpu fp32 eager" in (out / "fidelity.txt").read_text()
     run = (out / "paper_run.txt").read_text()
     assert "cells: 5 computed" in run and "device cpu" in run and "paper run:" in run
     with sqlite3.connect(out / "paper_results.db") as db:

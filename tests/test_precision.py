@@ -16,7 +16,7 @@ from brainbench.features import FeatureCache, PatchTokenCache, extract_features
 from brainbench.precision import Capability, cpu_flags, resolve_precision
 from brainbench.profiles import PROFILES
 from tests.helpers import random_brain, write_nifti
-from tests.test_end_to_end import PINNED_FEATURE_KEY, PINNED_FILE_SHA256, PINNED_PATCH_KEY
+from tests.test_end_to_end import PINNED_FILE_SHA256, release_pins
 
 TINY = PROFILES.get("tiny")
 
@@ -65,12 +65,13 @@ def test_cache_keys_differ_by_precision_and_fp32_keys_are_the_first_release_ones
     fp32, bf16 = build(), build(precision="bf16")
     features = FeatureCache(tmp_path)
     patches = PatchTokenCache(tmp_path)
-    assert features.key(fp32, PINNED_FILE_SHA256) == PINNED_FEATURE_KEY
-    assert patches.key(fp32, PINNED_FILE_SHA256, (0, 1), 11) == PINNED_PATCH_KEY
+    pins = release_pins()
+    assert features.key(fp32, PINNED_FILE_SHA256) == pins["feature_key"]
+    assert patches.key(fp32, PINNED_FILE_SHA256, (0, 1), 11) == pins["patch_key"]
     assert "precision" not in fp32.cache_identity()
     assert bf16.cache_identity()["precision"] == "bf16"  # probe cell ids differ too
-    assert features.key(bf16, PINNED_FILE_SHA256) != PINNED_FEATURE_KEY
-    assert patches.key(bf16, PINNED_FILE_SHA256, (0, 1), 11) != PINNED_PATCH_KEY
+    assert features.key(bf16, PINNED_FILE_SHA256) != pins["feature_key"]
+    assert patches.key(bf16, PINNED_FILE_SHA256, (0, 1), 11) != pins["patch_key"]
     wider = bf16.with_tokens(("cls_prev1",))  # protocol tokens keep the precision
     assert wider.precision == "bf16"
 
