@@ -111,3 +111,15 @@ def test_compiled_braindino_matches_eager_bf16_and_is_keyed_apart(tmp_path):
     assert wider.runtime == "compiled"
     np.testing.assert_allclose(wider.embed(x[:4])["cls"].numpy(),
                                fast_compiled["cls"][:4].numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_bad_compile_value_on_the_command_line_exits_2_before_anything_is_written(
+        tmp_path, capsys):
+    from brainbench.cli import main
+
+    code = main(["run", "--profile", "tiny", "--tasks", "brain_age", "--compile", "jit",
+                 "--cache", str(tmp_path / "cache"), "--results", str(tmp_path / "results")])
+    assert code == 2
+    assert "COMPILE='jit' (--compile): expected one of auto, eager, compiled" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
