@@ -4,7 +4,7 @@ Why: on a CPU with AMX tiles the bf16 matrix products are so fast that the rest 
 block (GELU, the casts between the fp32 residual stream and bf16, layer scales, RoPE, the
 attention softmax) takes about two thirds of the time. ``torch.compile`` with frozen weights
 (inductor's ``freezing``: weights folded into the graph and prepacked for oneDNN, elementwise
-work fused into the matrix products' epilogues) measured 1.3-1.5x faster there
+work fused into the matrix products' epilogues) measured 1.2-1.5x faster there
 (BENCHMARKS.md "Compiled bf16 on an AMX CPU"); on a CPU with AVX-512 BF16 but no AMX it
 measured only 1.1x, not worth its compile time.
 
