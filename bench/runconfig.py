@@ -35,7 +35,7 @@ class RunConfig:
     workers: int | None = None  # decode processes; None: from the machine, 0: in-process
     preprocess_on: str = "workers"  # z-score + resize: "workers" (numpy) | "device" (torch)
     device: str = "auto"  # where the encoder runs: auto | cpu | cuda[:N] (brainbench.device)
-    compile: str = "auto"  # how the forward pass executes: auto | eager | compiled (brainbench.runtime)
+    compile: str = "auto"  # forward pass: auto | eager | compiled (brainbench.runtime)
     executor: str = "local"  # where cells run: local (this process) | ray (brainbench.executors)
     ray_address: str | None = None  # --executor ray: the cluster (None: RAY_ADDRESS or a local one)
     split: str = ""  # a declared split variant (e.g. "site-held-out"); "": the standard split
