@@ -42,7 +42,6 @@ class DenseTokens:
 
 class FrozenBackbone(Backbone):
     precisions = ("fp32", "bf16")
-    runtimes = ("eager", "compiled")
 
     def __init__(self, name: str, model: torch.nn.Module, features: Features,
                  contract: InputContract, weights: WeightsInfo, architecture: dict[str, Any],

@@ -88,9 +88,6 @@ class Backbone(abc.ABC):
     """Where z-score and resize run (brainbench.preprocess.PREPROCESS_PLACES): "workers"
     (numpy, in the decode workers) or "device" (torch, on the model's device; the workers only
     decode). Set by `create_backbone`; part of `cache_identity` when "device"."""
-    runtimes: tuple[str, ...] = ("eager",)
-    """How `embed` can execute (brainbench.runtime): "eager", and "compiled" for backbones
-    that can hand their forward pass to torch.compile."""
     pretraining_datasets: tuple[str, ...] | None = None
     """The corpora the weights were trained on (dataset names; () = none: random init or no
     learned weights; None = not declared, shown as "unknown"). Tables and the site mark every
