@@ -49,6 +49,7 @@ def test_an_explicit_runtime_is_kept_and_a_bad_one_is_named():
 
 def test_one_graph_serves_smaller_and_larger_batches_with_the_eager_values():
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # count only this test's graphs
     net = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.GELU(), torch.nn.Linear(32, 5))
     net.eval().requires_grad_(False)
     compiled = CompiledForward(lambda x: {"out": net(x), "first": x[:, 0] * 2})
