@@ -126,6 +126,10 @@ class FrozenBackbone(Backbone):
         if not batch.is_floating_point():
             raise BenchError(f"{self.name}.{what} expects floating-point input, got {batch.dtype}")
         self.model.eval()
+        if type(batch) is not torch.Tensor:
+            # a tensor subclass (MONAI's MetaTensor) runs Python around every op of the
+            # forward pass, returns itself as features and makes a compiled graph recompile
+            batch = batch.as_subclass(torch.Tensor)
         return batch.to(device=self.device, dtype=torch.float32)
 
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:

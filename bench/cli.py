@@ -584,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_options(p)
     p.add_argument("--compile", default="auto",
                    help="how the encoder's forward pass executes: auto (compiled where it "
-                        "measured faster: bf16 on an AMX CPU, images >= 112 px) | eager | "
+                        "measured faster: bf16 on a CPU, images >= 112 px with AMX, >= 224 px "
+                        "with AVX-512 BF16 alone) | eager | "
                         "compiled (torch.compile with frozen weights)")
     p.add_argument("--preprocess", default="workers",
                    help="where z-score and resize run: workers (numpy, in the decode workers; "

@@ -360,14 +360,14 @@ def can_defer(model: str) -> bool:
 
 def build_key(options: Mapping[str, Any]) -> str:
     """The record's key: the backbone options, brainbench's source, libraries, bf16 path (and
-    the AMX flag, on which COMPILE=auto turns)."""
+    the smallest image COMPILE=auto compiles for on this CPU)."""
     from brainbench import precision, runtime
 
     capability = precision.detect_capability()
     return digest({"schema": MEMO_SCHEMA, "options": dict(options), "source": source_digest(),
                    "libraries": _versions(), "cuda": torch.cuda.is_available(),
                    "bf16": {"cpu": capability.cpu_bf16, "cuda": capability.cuda_bf16},
-                   "compile_flag": runtime.COMPILE_CPU_FLAG in capability.cpu_flags})
+                   "compile_min_image": runtime.compile_min_image(capability)})
 
 
 def deferred(build: Callable[[], Backbone], options: Mapping[str, Any], cache_dir: Path

@@ -300,6 +300,13 @@ def normalise(volume: np.ndarray | torch.Tensor, intensity: str) -> np.ndarray |
     return NORMALISATIONS[intensity].scale(volume)
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """MONAI's Resize returns a MetaTensor, whose ``__torch_function__`` would then run Python
+    around every operation of the backbone's forward pass (8% of a ViT-B/16 forward at 112 px,
+    BENCHMARKS.md "Data path"): the same data as a plain tensor."""
+    return tensor.as_subclass(torch.Tensor)
+
+
 def volume_to_input(volume: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
     """(S, C, H, W) slices for a 2d contract, (1, C, D, H, W) for a 3d one. A tensor is
     preprocessed where it lies (``PREPROCESS=device``), an array in numpy (the workers)."""
@@ -311,10 +318,10 @@ def volume_to_input(volume: np.ndarray | torch.Tensor, contract: InputContract) 
     if contract.dims == "2d":
         height, width = contract.image_size
         resized = Resize((height, width, contract.num_slices), mode="trilinear")(data)
-        slices = torch.as_tensor(resized)[0].permute(2, 0, 1)[:, None]  # (S, 1, H, W)
+        slices = _plain(resized)[0].permute(2, 0, 1)[:, None]  # (S, 1, H, W)
     else:
         resized = Resize(tuple(contract.image_size), mode="trilinear")(data)
-        slices = torch.as_tensor(resized)[None]  # (1, 1, D, H, W)
+        slices = _plain(resized)[None]  # (1, 1, D, H, W)
     slices = slices.float().contiguous()
     if contract.in_channels > 1:
         slices = slices.expand(-1, contract.in_channels, *slices.shape[2:]).contiguous()

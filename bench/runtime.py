@@ -1,12 +1,13 @@
 """How the frozen encoder's forward pass executes: ``eager`` PyTorch or ``compiled``.
 
-Why: on a CPU with AMX tiles the bf16 matrix products are so fast that the rest of a ViT
-block (GELU, the casts between the fp32 residual stream and bf16, layer scales, RoPE, the
-attention softmax) takes about two thirds of the time. ``torch.compile`` with frozen weights
-(inductor's ``freezing``: weights folded into the graph and prepacked for oneDNN, elementwise
-work fused into the matrix products' epilogues) measured 1.2-1.5x faster there
-(BENCHMARKS.md "Compiled bf16 on an AMX CPU"); on a CPU with AVX-512 BF16 but no AMX it
-measured only 1.1x, not worth its compile time.
+Why: on a CPU whose bf16 matrix products are fast (AMX tiles; AVX-512 BF16 on a 512-bit
+datapath) the rest of a ViT block (GELU, the casts between the fp32 residual stream and bf16,
+layer scales, RoPE, the attention softmax) takes a large share of the time. ``torch.compile``
+with frozen weights (inductor's ``freezing``: weights folded into the graph and prepacked for
+oneDNN, elementwise work fused into the matrix products' epilogues) measured 1.2-1.5x faster
+with AMX, and 1.1x (Zen 4) to 1.36x (Zen 5) at 224 px with AVX-512 BF16 alone, where at
+112 px it gains less than its compile time costs a default run (BENCHMARKS.md "Compiled bf16
+on an AMX CPU", "Compiled bf16 without AMX").
 
 A compiled forward computes the same function with fused kernels, so its features differ
 from eager ones by float rounding (measured ~1e-7 relative for the timm ViTs, ~1e-2 for
@@ -14,8 +15,9 @@ open_clip's CLIP): the runtime is part of the feature cache key and of every cel
 when it is not eager.
 
 ``auto`` compiles only where it measured faster and pays for its ~15-40 s of compile per
-batch shape: bf16 on a CPU with ``amx_bf16``, for images of at least
-``COMPILE_MIN_IMAGE`` pixels a side. Everything else stays eager (GPUs were not measured).
+batch shape: bf16 on a CPU, for images of at least `COMPILE_MIN_IMAGE` pixels a side for the
+CPU's bf16 flag (112 with ``amx_bf16``, 224 with ``avx512_bf16`` alone). Everything else
+stays eager (GPUs were not measured).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from brainbench.precision import Capability, detect_capability
 
 Runtime = Literal["eager", "compiled"]
 RUNTIMES = ("auto", "eager", "compiled")  # what a user may ask for
-#: smallest image side `auto` compiles for: 112 px (the cpu profile) measured 1.3x; smaller
-#: images are smoke tests whose whole encoding is shorter than one compile
-COMPILE_MIN_IMAGE = 112
-#: the CPU flag of the matrix unit that makes the non-matmul work dominate
-COMPILE_CPU_FLAG = "amx_bf16"
+#: smallest image side `auto` compiles for, by the CPU's bf16 flag (the first one present):
+#: with AMX 112 px (the cpu profile) measured 1.2x and repaid its compiles in a default run;
+#: with AVX-512 BF16 alone 112 px gained 1.0-1.12x, less than two compiles cost a default run,
+#: and 224 px (the paper profile) 1.1-1.36x. Smaller images are smoke tests.
+COMPILE_MIN_IMAGE = {"amx_bf16": 112, "avx512_bf16": 224}
 
 
 def check_runtime(value: object) -> str:
@@ -47,18 +49,24 @@ def check_runtime(value: object) -> str:
 
 def resolve_runtime(requested: object, *, device: str | torch.device, precision: str,
                     image_side: int, capability: Capability | None = None) -> Runtime:
-    """``auto`` -> compiled for bf16 on an AMX CPU at images >= COMPILE_MIN_IMAGE, else eager.
-
-    `capability` is injectable so the rule can be tested without the hardware.
+    """``auto`` -> compiled for bf16 on a CPU at images of at least `compile_min_image`,
+    else eager. `capability` is injectable so the rule can be tested without the hardware.
     """
     value = check_runtime(requested)
     if value != "auto":
         return value  # type: ignore[return-value]
-    if torch.device(device).type != "cpu" or precision != "bf16" \
-            or image_side < COMPILE_MIN_IMAGE:
+    if torch.device(device).type != "cpu" or precision != "bf16":
         return "eager"
-    capability = capability or _machine_capability()
-    return "compiled" if COMPILE_CPU_FLAG in capability.cpu_flags else "eager"
+    smallest = compile_min_image(capability or _machine_capability())
+    return "compiled" if smallest is not None and image_side >= smallest else "eager"
+
+
+def compile_min_image(capability: Capability) -> int | None:
+    """The smallest image side `auto` compiles for on this CPU (None: never)."""
+    for flag, side in COMPILE_MIN_IMAGE.items():
+        if flag in capability.cpu_flags:
+            return side
+    return None
 
 
 @cache
@@ -84,11 +92,8 @@ class CompiledForward:
         self.batch: int | None = None
 
     def __call__(self, x: torch.Tensor):
-        """Call under ``torch.inference_mode()`` (frozen weights need it)."""
-        if type(x) is not torch.Tensor:
-            # a tensor subclass (MONAI's MetaTensor from preprocessing) would be traced through
-            # its __torch_function__ and recompile for every shape it meets
-            x = x.as_subclass(torch.Tensor)
+        """Call under ``torch.inference_mode()`` (frozen weights need it) with a plain tensor
+        (a subclass is traced through its ``__torch_function__``: `FrozenBackbone` strips it)."""
         if not x.is_inference():
             # one kind of input tensor for the graph's guards: the padded chunks made here
             # are inference tensors, a caller's batch usually is not (a recompile otherwise)

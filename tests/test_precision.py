@@ -160,6 +160,9 @@ def test_device_preprocessing_is_the_workers_preprocessing_in_torch(intensity, c
         expected = volume_to_input(volume, contract)
         got = volume_to_input(torch.from_numpy(volume.copy()), contract)
         assert got.shape == expected.shape and got.dtype == torch.float32
+        # plain tensors, not MONAI's MetaTensor: its __torch_function__ would run Python
+        # around every op of the backbone's forward pass
+        assert type(expected) is torch.Tensor and type(got) is torch.Tensor
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=5e-6)
 
 
