@@ -25,11 +25,28 @@ READY = sorted(t.id for t in all_tasks() if t.status == "ready")
 # training subsets, part of the configuration hash); the first release's cells keep their own
 # identities and stay readable (tests/test_store_schema.py recomputes every one of them).
 #
-# The random-init weights come from torch's RNG and init code, which changed between torch 2.14
-# and 2.15: the same seed gives other weights, hence other cell ids, configuration hashes and
-# cache keys (the split and subset hashes do not move). So the pins are per torch release, one
-# file each under tests/fixtures/pins; a release without a file fails here, saying so.
+# The random-init weights come from torch's RNG and CPU init kernels, whose rounding differs
+# between CPU vendors: the same seed gave other weights on an Intel Xeon (AMX) than on AMD EPYCs
+# (a Zen 4 with torch 2.15 and a Zen 5 with torch 2.14 agree), hence other cell ids,
+# configuration hashes and cache keys (the split and subset hashes do not move); the cells'
+# cache-key digests also moved between torch 2.14 and 2.15 on AMD. So the pins are per CPU
+# vendor (/proc/cpuinfo vendor_id) and torch release, one file each under tests/fixtures/pins;
+# a pair without a file fails here, saying so.
 PINS_DIR = Path(__file__).parent / "fixtures" / "pins"
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's vendor_id (GenuineIntel, AuthenticAMD, ...), "unknown" where none is listed."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+CPU_VENDOR = cpu_vendor()
 TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 COLUMNS = ["cell_id", "config_hash", "split_hash", "subset_hash", "cache_key"]
 
@@ -38,21 +55,23 @@ PINNED_FILE = "IXI/IXI-T1/IXI002-Guys-0482-T1.nii.gz"
 PINNED_FILE_SHA256 = "04d5c5221ff4d11b54d4ddafb4db8db171e5ca03d398472ba3b67a8203f06def"
 
 
-def release_pins(release: str = TORCH_RELEASE) -> dict:
-    """This torch release's pins: {"cells": {"task/seed": [COLUMNS...]}, "feature_key",
+def cpu_pins(vendor: str = CPU_VENDOR, release: str = TORCH_RELEASE) -> dict:
+    """The pins of this CPU vendor and torch release: {"cells": {"task/seed": [COLUMNS...]}, "feature_key",
     "patch_key" (slices 0,1; layer 11)}."""
-    path = PINS_DIR / f"random_init_torch-{release}.json"
+    path = PINS_DIR / f"random_init_{vendor}_torch-{release}.json"
     if not path.exists():
-        pytest.fail(f"no pinned identities for torch {release} ({path} is missing; known: "
+        pytest.fail(f"no pinned identities for CPU vendor {vendor} and torch {release} ({path} "
+                    "is missing; known: "
                     f"{sorted(p.stem for p in PINS_DIR.glob('*.json'))}). Check that only the "
                     "random-init weights moved (split and subset hashes equal to another "
-                    "release's), then add the file")
+                    "vendor's), then add the file")
     return json.loads(path.read_text())
 
 
-def pinned_cells(release: str = TORCH_RELEASE) -> dict[tuple[str, int], tuple[str, ...]]:
+def pinned_cells(vendor: str = CPU_VENDOR, release: str = TORCH_RELEASE
+                 ) -> dict[tuple[str, int], tuple[str, ...]]:
     return {(key.split("/")[0], int(key.split("/")[1])): tuple(value)
-            for key, value in release_pins(release)["cells"].items()}
+            for key, value in cpu_pins(vendor, release)["cells"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +116,18 @@ def test_identities_match_the_pinned_ones(cold, workspace):
     assert stored == pinned_cells()
 
 
-def test_torch_releases_differ_only_in_what_the_random_weights_enter():
-    """The per-release pins agree on every split and subset hash: only identities that hold
-    the random-init weights' digest may differ between torch releases."""
-    releases = sorted(p.stem.split("-")[-1] for p in PINS_DIR.glob("random_init_torch-*.json"))
-    assert len(releases) >= 2
-    first = pinned_cells(releases[0])
-    for release in releases[1:]:
-        other = pinned_cells(release)
+def test_cpu_vendors_differ_only_in_what_the_random_weights_enter():
+    """The per-vendor pins agree on every split and subset hash: only identities that hold
+    the random-init weights' digest may differ between CPUs."""
+    kinds = sorted(tuple(p.stem.removeprefix("random_init_").split("_torch-"))
+                   for p in PINS_DIR.glob("random_init_*_torch-*.json"))
+    assert len(kinds) >= 3
+    first = pinned_cells(*kinds[0])
+    for vendor in kinds[1:]:
+        other = pinned_cells(*vendor)
         assert other.keys() == first.keys()
         for cell, values in other.items():
-            assert values[2:4] == first[cell][2:4], (release, cell)
+            assert values[2:4] == first[cell][2:4], (vendor, cell)
 
 
 def test_cache_keys_match_the_first_release(cold, workspace):
@@ -120,7 +140,7 @@ def test_cache_keys_match_the_first_release(cold, workspace):
     path = next((workspace / "cache" / "phantoms").glob("*")) / PINNED_FILE
     sha = image_sha256(path)
     assert sha == PINNED_FILE_SHA256  # phantom generation is byte-for-byte reproducible
-    pins = release_pins()
+    pins = cpu_pins()
     assert FeatureCache(workspace / "cache" / "features").key(backbone, sha) == pins["feature_key"]
     assert PatchTokenCache(workspace / "cache" / "patch_tokens").key(
         backbone, sha, (0, 1), 11) == pins["patch_key"]

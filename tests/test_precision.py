@@ -16,7 +16,7 @@ from brainbench.features import FeatureCache, PatchTokenCache, extract_features
 from brainbench.precision import Capability, cpu_flags, resolve_precision
 from brainbench.profiles import PROFILES
 from tests.helpers import random_brain, write_nifti
-from tests.test_end_to_end import PINNED_FILE_SHA256, release_pins
+from tests.test_end_to_end import PINNED_FILE_SHA256, cpu_pins
 
 TINY = PROFILES.get("tiny")
 
@@ -65,7 +65,7 @@ def test_cache_keys_differ_by_precision_and_fp32_keys_are_the_first_release_ones
     fp32, bf16 = build(), build(precision="bf16")
     features = FeatureCache(tmp_path)
     patches = PatchTokenCache(tmp_path)
-    pins = release_pins()
+    pins = cpu_pins()
     assert features.key(fp32, PINNED_FILE_SHA256) == pins["feature_key"]
     assert patches.key(fp32, PINNED_FILE_SHA256, (0, 1), 11) == pins["patch_key"]
     assert "precision" not in fp32.cache_identity()
