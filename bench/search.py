@@ -33,7 +33,7 @@ from brainbench.errors import BenchError
 from brainbench.heads import Head, ProbeFit, make_head
 from brainbench.kinds import get_kind
 from brainbench.protocols import Protocol
-from brainbench.store import optuna_storage
+from brainbench.store import fail_orphaned_trials, optuna_storage
 
 DEFAULT_TRIALS = 20
 
@@ -144,8 +144,11 @@ def fit_protocol(protocol: Protocol, kind: str, X: np.ndarray, y: Any, *, seed: 
 
     if fresh and storage_url is not None and study_name is not None:
         _delete_study(storage_url, study_name)
+    storage = optuna_storage(storage_url)
+    if storage is not None and study_name is not None:
+        fail_orphaned_trials(storage, study_name)
     study = optuna.create_study(
-        storage=optuna_storage(storage_url), study_name=study_name, direction="maximize", load_if_exists=True,
+        storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -749,6 +749,41 @@ class ResultStore:
         return out
 
 
+def fail_orphaned_trials(storage: Any, study_name: str) -> int:
+    """Fail the trials a killed run left RUNNING before their first heartbeat was written.
+
+    Optuna writes a trial's first heartbeat from a thread after the trial row exists, and
+    never fails a RUNNING trial that has no heartbeat: a kill in that window would hold a
+    slot of the cell's trial budget for good. Such a trial older than the grace period
+    belongs to no live run (a live one beats within milliseconds of starting). Returns how
+    many were failed."""
+    from datetime import timedelta
+
+    import optuna
+    from sqlalchemy import text
+
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return 0
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:  # no such study yet: nothing can be orphaned
+        return 0
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    cutoff = datetime.now() - timedelta(seconds=grace)  # optuna's datetime_start: local, naive
+    query = text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
+                 "ON h.trial_id = t.trial_id WHERE t.study_id = :study AND "
+                 "t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :cutoff")
+    with storage.engine.connect() as conn:
+        orphans = [row[0] for row in conn.execute(query, {"study": study_id, "cutoff": cutoff})]
+    failed = 0
+    for trial_id in orphans:
+        try:
+            failed += bool(storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL))
+        except optuna.exceptions.UpdateFinishedTrialError:  # another run failed it first
+            pass
+    return failed
+
+
 def optuna_storage(storage_url: str | None) -> Any:
     """Optuna's storage in the results database (its own tables beside ours). SQLite waits
     for another process's lock instead of failing, and trials carry a heartbeat so one left

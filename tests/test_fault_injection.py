@@ -179,7 +179,7 @@ def test_kill_during_a_search_resumes_only_the_missing_trials(tmp_path, monkeypa
     monkeypatch.setattr(search, "optuna_storage", quick_heartbeat)
     real_head = search.make_head
     monkeypatch.setattr(search, "make_head", lambda *a, **k: fits.append(1) or real_head(*a, **k))
-    time.sleep(1.5)
+    time.sleep(2.5)  # past the 1 s grace: SQLite's clock for heartbeats has 1 s resolution
     X, y = signal_data(60, seed=3)
     fitted = fit_protocol(fast("paper"), "classification", X, y, seed=0, trials=SEARCH_TRIALS,
                           storage_url=url, study_name="brainbench-killed")
@@ -188,6 +188,39 @@ def test_kill_during_a_search_resumes_only_the_missing_trials(tmp_path, monkeypa
     assert sum(t.state in finished for t in trials) == SEARCH_TRIALS
     assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1  # the killed one
     assert fitted.info.hyperparameters["trials"] == SEARCH_TRIALS
+
+
+def test_a_trial_killed_before_its_first_heartbeat_frees_its_budget_slot(tmp_path, monkeypatch):
+    """Optuna writes a trial's first heartbeat from a thread; a run killed before it leaves a
+    RUNNING trial with no heartbeat, which optuna itself never fails."""
+    import brainbench.search as search
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    ResultStore(url)
+    real_storage = search.optuna_storage
+
+    def quick_heartbeat(storage_url):
+        storage = real_storage(storage_url)
+        storage.grace_period = 1
+        return storage
+
+    study = optuna.create_study(storage=quick_heartbeat(url), study_name="orphaned",
+                                direction="maximize")
+    study.ask()  # the trial row a killed run leaves: RUNNING, never beaten
+    monkeypatch.setattr(search, "optuna_storage", quick_heartbeat)
+    X, y = signal_data(60, seed=3)
+    trials_of = lambda: optuna.load_study(study_name="orphaned", storage=url).trials  # noqa: E731
+    fit_protocol(fast("paper"), "classification", X, y, seed=0, trials=2,
+                 storage_url=url, study_name="orphaned")  # within the grace: left alone
+    assert [t.state for t in trials_of()].count(optuna.trial.TrialState.RUNNING) == 1
+    time.sleep(1.5)  # datetime_start is Python's clock, to the microsecond
+    fitted = fit_protocol(fast("paper"), "classification", X, y, seed=0, trials=3,
+                          storage_url=url, study_name="orphaned")
+    states = [t.state for t in trials_of()]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert sum(s in finished for s in states) == 3  # the full budget, none held by the orphan
+    assert fitted.info.hyperparameters["trials"] == 3
 
 
 # ------------------------------------------------------------------- 4. concurrent writers
