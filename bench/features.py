@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from brainbench.backbone import Backbone
 from brainbench.errors import BenchError
@@ -33,6 +32,7 @@ from brainbench.preprocess import (
     preprocessing_identity,
     volume_to_input,
 )
+from brainbench.progress import progress_bar
 from brainbench.splits import digest
 
 log = logging.getLogger("brainbench")
@@ -332,8 +332,7 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
                 bar.update(1)
 
     prepared = _prepared(backbone, [(job.path, job.name) for job in jobs], lookahead, workers)
-    bar = tqdm(total=len(jobs), desc=desc, unit="vol", disable=None if progress and jobs else True,
-               leave=False)
+    bar = progress_bar(total=len(jobs), desc=desc, unit="vol", enabled=progress)
     try:
         buffered = 0
         for name, item in prepared:
@@ -374,8 +373,8 @@ def _image_keys(paths: Sequence[Path], key: Callable[[Path, str], Any],
     appears on a terminal once it has run for 2 s."""
     keys: dict[Path, Any] = {}
     unique = list(dict.fromkeys(Path(p) for p in paths))
-    for path in tqdm(unique, desc="file hashes", unit="file", delay=2.0, leave=False,
-                     disable=None if progress and unique else True):
+    for path in progress_bar(unique, desc="file hashes", unit="file", delay=2.0,
+                             enabled=progress):
         if not path.is_file():
             raise BenchError(f"image file not found: {path}")
         keys[path] = key(path, image_sha256(path))
@@ -395,8 +394,8 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
     todo: list[EncodeJob] = []
     copies: dict[str, list[Path]] = {}  # byte-identical files share a key: encode once
     # a warm run of a large cohort reads thousands of entries: a bar after 2 s
-    for path, key in tqdm(keys.items(), desc=f"{desc} (cache lookup)", unit="vol", delay=2.0,
-                          leave=False, disable=None if progress and keys else True):
+    for path, key in progress_bar(keys.items(), desc=f"{desc} (cache lookup)", unit="vol",
+                                  delay=2.0, enabled=progress):
         hit = cache.load(key, backbone.contract)
         if hit is None:
             if key not in copies:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from brainbench.errors import BenchError
 from brainbench.preprocess import read_voxels, voxel_stats
+from brainbench.progress import progress_bar
 from brainbench.taskspec import Sample
 
 log = logging.getLogger("brainbench")
@@ -165,8 +165,8 @@ class HashCache:
         # reading every voxel of a new cohort takes a while (~30 s for the default phantoms):
         # a bar appears on a terminal once it has run for 2 s
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-                tqdm(total=len(todo), desc="voxel hashes", unit="file", delay=2.0,
-                     leave=False, disable=None if todo else True) as bar:
+                progress_bar(total=len(todo), desc="voxel hashes", unit="file",
+                             delay=2.0) as bar:
             for path, key, value, error in pool.map(one, todo):
                 bar.update(1)
                 if error is not None:

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-from tqdm.auto import tqdm
 
 from brainbench.errors import BenchError
+from brainbench.progress import progress_bar
 
 if TYPE_CHECKING:  # pipeline imports this module
     from brainbench.leakage import HashCache
@@ -159,8 +159,7 @@ def check_images(loaded: "TaskSamples", hash_cache: "HashCache | None", *,
     check = ImageCheck(owners)
     # one header read per file (~5 ms; 1,280 files ~6 s on the shared 2-core machine): a bar
     # appears on a terminal once it has run for 2 s, as for the voxel hashes that follow
-    for path in tqdm(owners, desc="image headers", unit="file", delay=2.0, leave=False,
-                     disable=None if owners else True):
+    for path in progress_bar(owners, desc="image headers", unit="file", delay=2.0):
         info, problems = image_info(path)
         if info is not None:
             check.infos[path] = info

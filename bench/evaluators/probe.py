@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from brainbench.aggregate import sample_vector
 from brainbench.backbone import Backbone
@@ -21,6 +20,7 @@ from brainbench.features import ExtractionStats, FeatureCache, extract_features
 from brainbench.kinds import TaskKind, get_kind
 from brainbench.pipeline import PlannedCell, PreparedTask, plan_cells
 from brainbench.profiles import Profile
+from brainbench.progress import progress_bar
 from brainbench.protocols import Protocol, get_protocol, protocol_input
 from brainbench.runconfig import DEFAULT_PROTOCOL, RunConfig, RunReport
 from brainbench.search import fit_protocol
@@ -142,8 +142,8 @@ class ProbeEvaluator(Evaluator):
         cache_digest = digest(stats.keys)
         # 30 cells of a linear sweep take seconds, a searched protocol's minutes: a bar on a
         # terminal once it has run for 2 s
-        for planned in tqdm(cells, desc=f"{task.id} probes", unit="cell", delay=2.0,
-                            leave=False, disable=None if config.progress and cells else True):
+        for planned in progress_bar(cells, desc=f"{task.id} probes", unit="cell", delay=2.0,
+                                    enabled=config.progress):
             info, prediction, metrics = evaluate_cell(
                 task, protocol, prepared.members(planned.groups), test, inputs,
                 seed=planned.cell.seed, trials=config.trials, storage_url=store_url,

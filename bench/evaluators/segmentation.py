@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from brainbench.backbone import Backbone
 from brainbench.errors import BenchError
@@ -27,6 +26,7 @@ from brainbench.evaluators import EVALUATORS
 from brainbench.evaluators.base import EvaluatedCell, Evaluator
 from brainbench.features import PatchTokenCache, TokenRequest, extract_patch_tokens
 from brainbench.pipeline import PlannedCell, PreparedTask, plan_cells
+from brainbench.progress import progress_bar
 from brainbench.runconfig import RunConfig, RunReport
 from brainbench.segmentation.data import choose_slices, grid_shape, to_slice_grid
 from brainbench.segmentation.heads import HEADS, head_layers, make_head, trainable_parameters
@@ -153,9 +153,8 @@ class SegmentationEvaluator(Evaluator):
         empty: list[str] = []
         # heads train for seconds each and the test set is predicted volume by volume: each
         # loop shows a bar on a terminal once it has run for 2 s
-        quiet = True if not config.progress else None
-        for sample in tqdm(train_all + test, desc=f"{task.id} label maps", unit="subject",
-                           delay=2.0, leave=False, disable=quiet):
+        for sample in progress_bar(train_all + test, desc=f"{task.id} label maps",
+                                   unit="subject", delay=2.0, enabled=config.progress):
             regions = read_regions(sample.id, sample.target, dict(sample.images), task.target)
             if regions.empty_regions:
                 names = [task.target.regions[i] for i in regions.empty_regions]
@@ -203,8 +202,8 @@ class SegmentationEvaluator(Evaluator):
         regions = task.target.regions
         height, width, _ = grid_shape(contract)
         trained = []
-        for plan in tqdm(cells, desc=f"{task.id} heads", unit="cell", delay=2.0, leave=False,
-                         disable=quiet):
+        for plan in progress_bar(cells, desc=f"{task.id} heads", unit="cell", delay=2.0,
+                                 enabled=config.progress):
             per_sample = [token_cache.load_sample(keys, requests[s.id], plan.detail)
                           for s in prepared.members(plan.groups)]
             inputs = [np.concatenate([grids[i] for grids in per_sample])
@@ -220,8 +219,8 @@ class SegmentationEvaluator(Evaluator):
 
         started = time.perf_counter()
         scores: list[list[dict[str, float]]] = [[] for _ in trained]
-        for sample in tqdm(test, desc=f"{task.id} test", unit="subject", delay=2.0,
-                           leave=False, disable=quiet):
+        for sample in progress_bar(test, desc=f"{task.id} test", unit="subject", delay=2.0,
+                                   enabled=config.progress):
             volume = read_regions(sample.id, sample.target, dict(sample.images), task.target)
             if stream:
                 loaded, subject_keys = _streamed_tokens(backbone, requests[sample.id], layers,

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -188,12 +187,12 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
                                                         "sizes": old_sizes, "datasets": old_details},
                                                        indent=2, sort_keys=True))
 
-    from tqdm.auto import tqdm
+    from brainbench.progress import progress_bar
 
     # The template load and the cohort plans take seconds at a thousand people: a bar of their
     # own, closed before any worker is forked (no tqdm monitor thread at fork time).
-    with tqdm(total=1 + len(todo), desc="phantoms: template and cohort plans", unit="step",
-              file=sys.stderr, delay=2.0, leave=False, disable=not progress) as planning:
+    with progress_bar(total=1 + len(todo), desc="phantoms: template and cohort plans",
+                      unit="step", delay=2.0, enabled=progress) as planning:
         t0 = time.perf_counter()
         template = load_template()
         template_s = time.perf_counter() - t0
@@ -211,7 +210,8 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
         # one step per scan rendered, then one per dataset written (tables, truth, install)
         if not progress:
             return None
-        return tqdm(total=len(jobs) + len(todo), desc="phantoms", unit="step", file=sys.stderr)
+        return progress_bar(total=len(jobs) + len(todo), desc="phantoms", unit="step",
+                            leave=True)
 
     try:
         for d in todo:
