@@ -755,7 +755,9 @@ def fail_orphaned_trials(storage: Any, study_name: str) -> int:
     Optuna writes a trial's first heartbeat from a thread after the trial row exists, and
     never fails a RUNNING trial that has no heartbeat: a kill in that window would hold a
     slot of the cell's trial budget for good. Such a trial older than the grace period
-    belongs to no live run (a live one beats within milliseconds of starting). Returns how
+    belongs to no live run (a live one beats within milliseconds of starting). Optuna stores
+    a trial's start in the local time of the host that ran it: hosts sharing a store must
+    share a time zone (heartbeats themselves use the database server's clock). Returns how
     many were failed."""
     from datetime import timedelta
 
