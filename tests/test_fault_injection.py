@@ -6,8 +6,8 @@ does to the caches and the store. Each fault class, and what must hold after it:
 2. kill -9 inside a store transaction: the cell being written is absent (no partial rows),
    the store is intact and takes the cell on the rerun.
 3. kill -9 during an optuna search: the trials finished before the kill are kept, the trial
-   left RUNNING is failed by its heartbeat, and the resumed search runs only the missing
-   trials, so the budget N still means N.
+   left RUNNING is failed by its heartbeat (or, killed before its first heartbeat, by its
+   age), and the resumed search runs only the missing trials, so the budget N still means N.
 4. Concurrent writers: two processes writing one SQLite store, a writer blocked by another's
    long lock, a lock outlasting every retry, two runs of one cell sharing one search budget.
 5. Corrupt files: a store that is not a database or has damaged pages, malformed voxel-hash
