@@ -190,6 +190,7 @@ def test_kill_during_a_search_resumes_only_the_missing_trials(tmp_path, monkeypa
     assert fitted.info.hyperparameters["trials"] == SEARCH_TRIALS
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_killed_before_its_first_heartbeat_frees_its_budget_slot(tmp_path, monkeypatch):
     """Optuna writes a trial's first heartbeat from a thread; a run killed before it leaves a
     RUNNING trial with no heartbeat, which optuna itself never fails."""
