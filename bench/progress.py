@@ -2,10 +2,10 @@
 
 tqdm hides a bar when stderr is not a terminal (``disable=None``), so a cluster job's log
 showed nothing during hours of encoding at the paper profile. Here a bar redraws in place on
-a terminal, as before; off one (a batch job's log, ``2> run.log``) it writes a plain line when
-it starts, at most every ``LOG_INTERVAL_S`` seconds while it runs, and when it ends. A stage
-whose bar waits ``delay`` seconds on a terminal (the quick ones) waits ``LOG_DELAY_S`` in a
-log, so short runs leave their logs clean.
+a terminal, as before; off one (a batch job's log, ``2> run.log``) it writes a plain line once
+the stage has run ``LOG_DELAY_S`` seconds, then at most every ``LOG_INTERVAL_S`` seconds (tqdm
+also waits that long for its first line), and when it ends. Stages shorter than that leave a
+log (and a captured stderr) untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Iterable, TextIO
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 30.0
-LOG_DELAY_S = 10.0
+LOG_DELAY_S = 30.0
 _CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # nested bars move the cursor
 
 
@@ -42,8 +42,10 @@ class _LogLines:
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str,
                  total: int | None = None, enabled: bool = True, delay: float = 0.0,
-                 leave: bool = False, stream: TextIO | None = None) -> Any:
-    """A tqdm bar over `iterable` (or updated by hand with `total`). `enabled` False or
+                 log_delay: float | None = None, leave: bool = False,
+                 stream: TextIO | None = None) -> Any:
+    """A tqdm bar over `iterable` (or updated by hand with `total`). `delay`: seconds before
+    it shows on a terminal; `log_delay`: in a log (default LOG_DELAY_S). `enabled` False or
     nothing to count: no output at all."""
     stream = stream if stream is not None else sys.stderr
     count = total if total is not None else (len(iterable) if hasattr(iterable, "__len__")
@@ -54,5 +56,5 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str,
         return tqdm(iterable, total=total, desc=desc, unit=unit, delay=delay, leave=leave,
                     file=stream)
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=_LogLines(stream),
-                delay=LOG_DELAY_S if delay else 0.0, leave=True, ascii=True,
+                delay=LOG_DELAY_S if log_delay is None else log_delay, leave=True, ascii=True,
                 mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S)

@@ -211,7 +211,7 @@ def generate_phantoms(root: Path, n_subjects: int | dict[str, int], seed: int = 
         if not progress:
             return None
         return progress_bar(total=len(jobs) + len(todo), desc="phantoms", unit="step",
-                            leave=True)
+                            log_delay=0.0, leave=True)  # a line per dataset written, even in a log
 
     try:
         for d in todo:
