@@ -584,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_options(p)
     p.add_argument("--compile", default="auto",
                    help="how the encoder's forward pass executes: auto (compiled where it "
-                        "measured faster: bf16 on a CPU, images >= 112 px with AMX, >= 224 px "
-                        "with AVX-512 BF16 alone) | eager | "
+                        "measured faster, on a CPU with a C++ compiler: bf16 at images >= 112 "
+                        "px with AMX, >= 224 px with AVX-512 BF16 alone; fp32 at >= 224 px on "
+                        "AVX-512 without a bf16 path) | eager | "
                         "compiled (torch.compile with frozen weights)")
     p.add_argument("--preprocess", default="workers",
                    help="where z-score and resize run: workers (numpy, in the decode workers; "

@@ -360,14 +360,17 @@ def can_defer(model: str) -> bool:
 
 def build_key(options: Mapping[str, Any]) -> str:
     """The record's key: the backbone options, brainbench's source, libraries, bf16 path (and
-    the smallest image COMPILE=auto compiles for on this CPU)."""
+    the smallest image COMPILE=auto compiles each precision for on this CPU, and whether it
+    can compile at all)."""
     from brainbench import precision, runtime
 
     capability = precision.detect_capability()
     return digest({"schema": MEMO_SCHEMA, "options": dict(options), "source": source_digest(),
                    "libraries": _versions(), "cuda": torch.cuda.is_available(),
                    "bf16": {"cpu": capability.cpu_bf16, "cuda": capability.cuda_bf16},
-                   "compile_min_image": runtime.compile_min_image(capability)})
+                   "compile_min_image": {p: runtime.compile_min_image(capability, p)
+                                         for p in precision.RESOLVED},
+                   "cpp_compiler": runtime.cpp_compiler() is not None})
 
 
 def deferred(build: Callable[[], Backbone], options: Mapping[str, Any], cache_dir: Path

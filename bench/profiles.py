@@ -86,7 +86,8 @@ for _profile in (
             slice_size=112, num_slices=16, batch_size=16, phantom_subjects=80),
     Profile("paper", "the BrainDINO reference protocol: 128 slices at 224x224 (for a GPU, "
             "which DEVICE=auto uses; on a 2-core CPU the nine endpoints at 1% take ~2 h with AMX, "
-            "3-4 h with AVX-512 BF16 (Zen 5), ~6 h on a Zen 4)",
+            "3-4 h with AVX-512 BF16 (Zen 5), ~6 h on a Zen 4, ~8 h (estimated) in fp32 on an "
+            "AVX-512 Xeon without bf16)",
             slice_size=224, num_slices=128, batch_size=64, phantom_subjects=200),
     Profile("powered", "statistical power by design: 400 phantom people per dataset (1,000 for "
             "idh_status's UCSF-PDGM and 2,000 for stroke_time's ATLAS, whose metrics vary most "

@@ -15,14 +15,18 @@ open_clip's CLIP): the runtime is part of the feature cache key and of every cel
 when it is not eager.
 
 ``auto`` compiles only where it measured faster and pays for its ~15-40 s of compile per
-batch shape: bf16 on a CPU, for images of at least `COMPILE_MIN_IMAGE` pixels a side for the
-CPU's bf16 flag (112 with ``amx_bf16``, 224 with ``avx512_bf16`` alone). Everything else
-stays eager (GPUs were not measured).
+batch shape, on a CPU, for images of at least `COMPILE_MIN_IMAGE` pixels a side: bf16 from
+112 px with ``amx_bf16`` and from 224 px with ``avx512_bf16`` alone; fp32 from 224 px on an
+AVX-512 CPU with neither flag (where ``PRECISION=auto`` runs fp32: 1.19x at 224 px, 1.07x at
+112 px on such a Xeon, BENCHMARKS.md "A CPU without a bf16 path"). Everything
+else stays eager (GPUs were not measured), and so does ``auto`` on a machine without the C++
+compiler inductor needs; an explicit ``COMPILE=compiled`` there is an error naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from functools import cache
 from typing import Callable, Literal
 
@@ -33,11 +37,17 @@ from brainbench.precision import Capability, detect_capability
 
 Runtime = Literal["eager", "compiled"]
 RUNTIMES = ("auto", "eager", "compiled")  # what a user may ask for
-#: smallest image side `auto` compiles for, by the CPU's bf16 flag (the first one present):
-#: with AMX 112 px (the cpu profile) measured 1.2x and repaid its compiles in a default run;
-#: with AVX-512 BF16 alone 112 px gained 1.0-1.12x, less than two compiles cost a default run,
-#: and 224 px (the paper profile) 1.1-1.36x. Smaller images are smoke tests.
-COMPILE_MIN_IMAGE = {"amx_bf16": 112, "avx512_bf16": 224}
+#: smallest image side `auto` compiles for on a CPU, by precision, then by CPU flag (the first
+#: one present). bf16 with AMX: 112 px (the cpu profile) measured 1.2x and repaid its compiles
+#: in a default run; with AVX-512 BF16 alone 112 px gained 1.0-1.12x, less than two compiles
+#: cost a default run, and 224 px (the paper profile) 1.1-1.36x. fp32 on an AVX-512 CPU
+#: without a bf16 path (where PRECISION=auto runs fp32): 1.07x at 112 px, less than its
+#: compiles cost a default run, 1.19x at 224 px. fp32 on a CPU with a bf16 path, and CPUs
+#: without AVX-512, were not measured. Smaller images are smoke tests.
+COMPILE_MIN_IMAGE: dict[str, dict[str, int]] = {
+    "bf16": {"amx_bf16": 112, "avx512_bf16": 224},
+    "fp32": {"avx512f": 224},  # only where the CPU has no bf16 path (Capability.cpu_bf16)
+}
 
 
 def check_runtime(value: object) -> str:
@@ -48,24 +58,56 @@ def check_runtime(value: object) -> str:
 
 
 def resolve_runtime(requested: object, *, device: str | torch.device, precision: str,
-                    image_side: int, capability: Capability | None = None) -> Runtime:
-    """``auto`` -> compiled for bf16 on a CPU at images of at least `compile_min_image`,
-    else eager. `capability` is injectable so the rule can be tested without the hardware.
+                    image_side: int, capability: Capability | None = None,
+                    has_compiler: bool | None = None) -> Runtime:
+    """``auto`` -> compiled on a CPU at images of at least `compile_min_image` for the
+    precision, where a C++ compiler is found; else eager. An explicit "compiled" on a CPU
+    without a compiler is a BenchError. `capability` and `has_compiler` (None: look them up)
+    are injectable so the rule can be tested without the hardware.
     """
     value = check_runtime(requested)
+    on_cpu = torch.device(device).type == "cpu"
+    if value == "eager" or not on_cpu:
+        has_compiler = False  # eager needs none; off the CPU `auto` stays eager
+    elif has_compiler is None:
+        has_compiler = cpp_compiler() is not None
+    if value == "compiled" and on_cpu and not has_compiler:  # fail at build, not mid-run
+        raise BenchError(
+            "COMPILE=compiled (--compile) on a CPU needs the C++ compiler torch.compile's "
+            f"inductor calls ({' or '.join(_compiler_names())}, set by $CXX); none was found "
+            "on PATH: install one (e.g. apt-get install g++) or use COMPILE=eager / auto")
     if value != "auto":
         return value  # type: ignore[return-value]
-    if torch.device(device).type != "cpu" or precision != "bf16":
+    if not has_compiler:  # also every device but the CPU
         return "eager"
-    smallest = compile_min_image(capability or _machine_capability())
+    smallest = compile_min_image(capability or _machine_capability(), precision)
     return "compiled" if smallest is not None and image_side >= smallest else "eager"
 
 
-def compile_min_image(capability: Capability) -> int | None:
-    """The smallest image side `auto` compiles for on this CPU (None: never)."""
-    for flag, side in COMPILE_MIN_IMAGE.items():
+def compile_min_image(capability: Capability, precision: str) -> int | None:
+    """The smallest image side `auto` compiles `precision` for on this CPU (None: never)."""
+    if precision == "fp32" and capability.cpu_bf16:
+        return None  # fp32 beside a bf16 path: not measured
+    for flag, side in COMPILE_MIN_IMAGE.get(precision, {}).items():
         if flag in capability.cpu_flags:
             return side
+    return None
+
+
+def _compiler_names() -> list[str]:
+    from torch._inductor import config
+
+    return [name for name in config.cpp.cxx if name]
+
+
+@cache
+def cpp_compiler() -> str | None:
+    """Path of the C++ compiler inductor would call (its ``cpp.cxx``: $CXX or g++), or None.
+    Looked up once: `runtime` is asked on every forward call."""
+    for name in _compiler_names():
+        found = shutil.which(name)
+        if found:
+            return found
     return None
 
 

@@ -7,9 +7,9 @@ next to the load average and as a ratio to a reference measured by this same pro
    measured in the same interleaved rounds as the models (best of ``--rounds``).
 2. Model: for each backbone, mode and batch size, items/s (slices for 2d, volumes for 3d) x
    GFLOP per item (``torch.utils.flop_counter.FlopCounterMode``) as a fraction of both peaks.
-   Modes: ``fp32``, ``bf16`` and ``bf16-compiled`` are the product's paths (``backbone.embed``;
-   bf16 = autocast over a copy whose Linear/Conv weights are pre-cast,
-   brainbench.precision.bf16_matmul_copy, eager; bf16-compiled = the same under
+   Modes: ``fp32``, ``bf16``, ``fp32-compiled`` and ``bf16-compiled`` are the product's paths
+   (``backbone.embed``; bf16 = autocast over a copy whose Linear/Conv weights are pre-cast,
+   brainbench.precision.bf16_matmul_copy, eager; ``-compiled`` = the same under
    ``COMPILE=compiled``, brainbench.runtime, compile time shown apart); the alternatives
    measured against them: ``bf16-autocast`` (plain ``torch.autocast`` over the fp32 model)
    and ``bf16-cast`` (the model cast wholly to bf16).
@@ -45,7 +45,8 @@ from brainbench.preprocess import check_preprocess_place
 from brainbench.profiles import PROFILES
 from brainbench.runtime import check_runtime
 
-MODES = ("fp32", "bf16", "bf16-compiled", "bf16-autocast", "bf16-cast")
+MODES = ("fp32", "bf16", "fp32-compiled", "bf16-compiled", "bf16-autocast", "bf16-cast")
+PRODUCT_MODES = MODES[:4]  # brainbench's own paths (precision x runtime)
 DEFAULT_MODES = MODES
 
 
@@ -96,7 +97,7 @@ def gflop_per_item(backbone, x: torch.Tensor) -> float:
 
 def forward_step(backbone, mode: str, x: torch.Tensor):
     """The callable one mode times, and the seconds spent preparing it (compile)."""
-    if mode in ("fp32", "bf16", "bf16-compiled"):
+    if mode in PRODUCT_MODES:
         precision, runtime = mode.split("-")[0], ("compiled" if "compiled" in mode else "eager")
 
         def product():

@@ -12,7 +12,10 @@ record fp32 in both runs, so their error is 0 by construction.
 With ``--devices cpu,cuda`` (a GPU machine) it also compares the devices at each precision,
 ||cuda - cpu|| / ||cpu||. The device is not part of a feature's identity (brainbench.device),
 so this measures what a cache shared between a GPU and a CPU can mix. ``--compiled`` adds
-compiled bf16 (brainbench.runtime), against fp32 and against eager bf16.
+the compiled runtime (brainbench.runtime) at each of ``--precisions``: compiled bf16 against
+fp32 and against eager bf16, compiled fp32 against eager fp32. ``--precisions fp32
+--compiled`` measures only what compiling does to exact features (a CPU without a bf16 path,
+where bf16 runs emulated and slowly).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import os
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +50,14 @@ def relative_errors(exact: np.ndarray, fast: np.ndarray) -> np.ndarray:
 
 
 def measure(name: str, profile, images: list[Path], tmp: Path,
-            devices: tuple[str, ...] = ("cpu",), compiled: bool = False) -> list[list]:
-    """One row per compared pair: bf16 vs fp32 on each device (and, with `compiled`, compiled
-    bf16 vs fp32 and vs eager bf16), then each other device vs the first at each precision."""
-    runs = [(device, precision, "eager") for device in devices for precision in ("fp32", "bf16")]
+            devices: tuple[str, ...] = ("cpu",), compiled: bool = False,
+            precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[list]:
+    """One row per compared pair: bf16 vs fp32 on each device (when both are measured); with
+    `compiled`, compiled vs eager at each precision and compiled bf16 vs fp32; then each other
+    device vs the first at each precision."""
+    runs = [(device, precision, "eager") for device in devices for precision in precisions]
     if compiled:
-        runs += [(device, "bf16", "compiled") for device in devices]
+        runs += [(device, precision, "compiled") for device in devices for precision in precisions]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = {run: create_backbone(name, image_size=profile.slice_size,
@@ -62,12 +68,13 @@ def measure(name: str, profile, images: list[Path], tmp: Path,
                                     FeatureCache(tmp / f"{name}-{'-'.join(run)}"),
                                     batch_size=profile.batch_size, progress=False)[0]
               for run, backbone in built.items()}
-    pairs = [((d, "fp32", "eager"), (d, "bf16", "eager")) for d in devices]
+    both = set(precisions) >= {"fp32", "bf16"}
+    pairs = [((d, "fp32", "eager"), (d, "bf16", "eager")) for d in devices if both]
     if compiled:
-        pairs += [((d, exact, "eager"), (d, "bf16", "compiled"))
-                  for d in devices for exact in ("fp32", "bf16")]
+        pairs += [((d, p, "eager"), (d, p, "compiled")) for d in devices for p in precisions]
+        pairs += [((d, "fp32", "eager"), (d, "bf16", "compiled")) for d in devices if both]
     pairs += [((devices[0], p, "eager"), (d, p, "eager")) for d in devices[1:]
-              for p in ("fp32", "bf16")]
+              for p in precisions]
     rows = []
     for exact, fast in pairs:
         def shown(run):
@@ -90,14 +97,24 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu",
                         help="comma list, the reference first (e.g. cpu,cuda)")
     parser.add_argument("--compiled", action="store_true",
-                        help="also compiled bf16 (COMPILE=compiled, brainbench.runtime) vs fp32 "
-                             "and vs eager bf16")
+                        help="also the compiled runtime (COMPILE=compiled, brainbench.runtime) "
+                             "at each precision, vs eager")
+    parser.add_argument("--slices", type=int, default=None,
+                        help="axial slices per volume (default: the profile's); fewer keep a "
+                             "224 px comparison short")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma list of fp32, bf16 (default both)")
     args = parser.parse_args()
     devices = tuple(d for d in args.devices.split(",") if d)
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        parser.error(f"--precisions: expected a comma list of fp32, bf16, got {args.precisions!r}")
 
     import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
 
     profile = PROFILES.get(args.profile)
+    if args.slices is not None:
+        profile = replace(profile, num_slices=args.slices)
     names = BACKBONES.names() if args.models == "all" else args.models.split(",")
     load = (lambda: f"{os.getloadavg()[0]:.2f}") if hasattr(os, "getloadavg") else (lambda: "?")
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +122,8 @@ def main() -> None:
         print(f"profile {profile.name} ({profile.slice_size} px, {profile.num_slices} slices); "
               f"{len(images)} phantom volumes; load average {load()}")
         rows = [row for name in names
-                for row in measure(name, profile, images, Path(tmp), devices, args.compiled)]
+                for row in measure(name, profile, images, Path(tmp), devices, args.compiled,
+                                   precisions)]
     print(tabulate(rows, headers=["backbone", "run", "against", "cls median", "cls max",
                                   "patch_mean median", "patch_mean max"]))
     print(f"errors: ||run - against|| / ||against|| per slice (2d) or volume (3d); load "

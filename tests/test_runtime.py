@@ -21,6 +21,7 @@ from brainbench.runtime import CompiledForward, check_runtime, resolve_runtime
 AMX = Capability(frozenset({"amx_bf16", "avx512_bf16"}))
 AVX512_BF16 = Capability(frozenset({"avx512_bf16"}))
 NO_BF16 = Capability(frozenset({"avx2"}))
+AVX512_NO_BF16 = Capability(frozenset({"avx2", "avx512f", "avx512_vnni"}))
 TINY = PROFILES.get("tiny")
 
 
@@ -32,12 +33,52 @@ TINY = PROFILES.get("tiny")
     ("cpu", "bf16", 112, AVX512_BF16, "eager"),  # <= 1.12x: less than a default run's compiles
     ("cpu", "bf16", 96, AMX, "eager"),  # smoke-test images
     ("cpu", "bf16", 224, NO_BF16, "eager"),  # (auto picks fp32 there anyway)
+    ("cpu", "fp32", 224, AVX512_NO_BF16, "compiled"),  # paper profile, no bf16 path: 1.19x
+    ("cpu", "fp32", 112, AVX512_NO_BF16, "eager"),  # 1.07x: less than a default run's compiles
+    ("cpu", "fp32", 224, AVX512_BF16, "eager"),  # fp32 beside a bf16 path: not measured
+    ("cpu", "fp32", 224, NO_BF16, "eager"),  # no AVX-512: not measured
     ("cuda", "bf16", 224, AMX, "eager"),  # not measured on a GPU
+    ("cuda", "fp32", 224, AVX512_NO_BF16, "eager"),
 ])
 def test_auto_compiles_only_where_it_measured_faster(device, precision, side, capability,
                                                       expected):
     assert resolve_runtime("auto", device=device, precision=precision, image_side=side,
-                           capability=capability) == expected
+                           capability=capability, has_compiler=True) == expected
+
+
+def test_without_a_cpp_compiler_auto_stays_eager_and_compiled_is_refused(monkeypatch, tmp_path):
+    for capability, precision, side in ((AMX, "bf16", 112), (AVX512_NO_BF16, "fp32", 224)):
+        assert resolve_runtime("auto", device="cpu", precision=precision, image_side=side,
+                               capability=capability, has_compiler=False) == "eager"
+    with pytest.raises(BenchError, match=r"COMPILE=compiled.*C\+\+ compiler.*COMPILE=eager"):
+        resolve_runtime("compiled", device="cpu", precision="fp32", image_side=224,
+                        capability=AVX512_NO_BF16, has_compiler=False)
+    # the lookup itself: inductor's compiler ($CXX) absent from PATH -> none found, and a
+    # backbone asked to compile fails when it is built, naming the compiler
+    from brainbench import runtime
+
+    def paper_sized(compile: str):  # 224 px: `auto` compiles there on AVX-512 CPUs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return create_backbone("braindino", image_size=224, num_slices=4,
+                                   precision="auto", compile=compile)
+
+    real_compiler = runtime.cpp_compiler() is not None
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no g++ on it
+    runtime.cpp_compiler.cache_clear()
+    try:
+        assert runtime.cpp_compiler() is None
+        with pytest.raises(BenchError, match=r"C\+\+ compiler"):
+            _tiny("compiled")
+        assert _tiny("eager").runtime == "eager"
+        backbone = paper_sized("auto")
+        assert backbone.runtime == "eager"
+    finally:
+        monkeypatch.undo()
+        runtime.cpp_compiler.cache_clear()
+    if real_compiler and runtime.compile_min_image(runtime._machine_capability(),
+                                                    backbone.precision) is not None:
+        assert backbone.runtime == "compiled"  # the same backbone, the compiler back on PATH
 
 
 def test_an_explicit_runtime_is_kept_and_a_bad_one_is_named():
