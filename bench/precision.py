@@ -15,6 +15,7 @@ model serves both precisions), features handed back as float32.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -86,15 +87,36 @@ def resolve_precision(requested: object, device: str | torch.device = "cpu",
     `capability` is injectable so the rule can be tested without the hardware.
     """
     value = check_precision(requested)
+    kind = torch.device(device).type
+    if value == "bf16" and kind == "cpu":
+        _warn_slow_cpu_bf16(capability or detect_capability())
     if value != "auto":
         return value  # type: ignore[return-value]
     capability = capability or detect_capability()
-    kind = torch.device(device).type
     if kind == "cuda":
         return "bf16" if capability.cuda_bf16 else "fp32"
     if kind == "cpu":
         return "bf16" if capability.cpu_bf16 else "fp32"
     return "fp32"
+
+
+_warned_slow_bf16 = False
+
+
+def _warn_slow_cpu_bf16(capability: Capability) -> None:
+    """Once per process: bf16 asked for on a CPU whose flags show no bf16 matrix path, where
+    it measured 5x slower than fp32 (BENCHMARKS.md "A CPU without a bf16 path"). Silent where
+    the flags could not be read or name an unmeasured bf16 extension (aarch64's ``bf16``)."""
+    global _warned_slow_bf16
+    flags = capability.cpu_flags
+    if _warned_slow_bf16 or not flags or capability.cpu_bf16 or "bf16" in flags:
+        return
+    _warned_slow_bf16 = True
+    warnings.warn(
+        "PRECISION=bf16 on a CPU without a bf16 matrix path (neither "
+        f"{' nor '.join(sorted(CPU_BF16_FLAGS))} in /proc/cpuinfo): bf16 products measured "
+        "~5x slower than fp32 on such a CPU; PRECISION=auto runs fp32 here",
+        stacklevel=3)
 
 
 def cell_precision(requested: str, machine: Precision, rule: "PrecisionRule | None",

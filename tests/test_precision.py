@@ -99,6 +99,26 @@ def test_auto_resolves_by_the_detected_capability(flags, cuda, device, expected)
         assert resolve_precision(asked, device, capability) == asked
 
 
+def test_bf16_asked_on_a_cpu_without_a_bf16_path_warns_once(monkeypatch):
+    from brainbench import precision
+
+    monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+    slow = Capability(frozenset({"avx2", "avx512f"}))
+    with pytest.warns(UserWarning, match=r"PRECISION=bf16 on a CPU without a bf16 matrix "
+                                         r"path.*5x slower.*PRECISION=auto runs fp32"):
+        assert resolve_precision("bf16", "cpu", slow) == "bf16"  # still what was asked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, and never where bf16 is fast
+        resolve_precision("bf16", "cpu", slow)
+        monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+        for quiet in (Capability(frozenset({"avx2", "amx_bf16"})),  # the fast path
+                      Capability(frozenset()),  # flags unknown (no /proc/cpuinfo)
+                      Capability(frozenset({"fp", "asimd", "bf16"}))):  # aarch64: unmeasured
+            resolve_precision("bf16", "cpu", quiet)
+        resolve_precision("bf16", "cuda", slow)  # the CPU's flags say nothing about a GPU
+        resolve_precision("auto", "cpu", slow)  # auto picks fp32 there: nothing to warn of
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512_bf16\n\n"
