@@ -88,7 +88,7 @@ def resolve_precision(requested: object, device: str | torch.device = "cpu",
     """
     value = check_precision(requested)
     kind = torch.device(device).type
-    if value == "bf16" and kind == "cpu":
+    if value == "bf16" and kind == "cpu" and not _warned_slow_bf16:
         _warn_slow_cpu_bf16(capability or detect_capability())
     if value != "auto":
         return value  # type: ignore[return-value]

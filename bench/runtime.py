@@ -17,8 +17,8 @@ when it is not eager.
 ``auto`` compiles only where it measured faster and pays for its ~15-40 s of compile per
 batch shape, on a CPU, for images of at least `COMPILE_MIN_IMAGE` pixels a side: bf16 from
 112 px with ``amx_bf16`` and from 224 px with ``avx512_bf16`` alone; fp32 from 224 px on an
-AVX-512 CPU with neither flag (where ``PRECISION=auto`` runs fp32: 1.19x at 224 px, 1.07x at
-112 px on such a Xeon, BENCHMARKS.md "A CPU without a bf16 path"). Everything
+AVX-512 CPU with neither flag (where ``PRECISION=auto`` runs fp32: 1.16-1.38x at 224 px, 1.07x
+at 112 px on such a Xeon, BENCHMARKS.md "A CPU without a bf16 path"). Everything
 else stays eager (GPUs were not measured), and so does ``auto`` on a machine without the C++
 compiler inductor needs; an explicit ``COMPILE=compiled`` there is an error naming it.
 """
@@ -42,7 +42,7 @@ RUNTIMES = ("auto", "eager", "compiled")  # what a user may ask for
 #: in a default run; with AVX-512 BF16 alone 112 px gained 1.0-1.12x, less than two compiles
 #: cost a default run, and 224 px (the paper profile) 1.1-1.36x. fp32 on an AVX-512 CPU
 #: without a bf16 path (where PRECISION=auto runs fp32): 1.07x at 112 px, less than its
-#: compiles cost a default run, 1.19x at 224 px. fp32 on a CPU with a bf16 path, and CPUs
+#: compiles cost a default run, 1.16-1.38x at 224 px. fp32 on a CPU with a bf16 path, and CPUs
 #: without AVX-512, were not measured. Smaller images are smoke tests.
 COMPILE_MIN_IMAGE: dict[str, dict[str, int]] = {
     "bf16": {"amx_bf16": 112, "avx512_bf16": 224},
