@@ -26,7 +26,9 @@ compiler inductor needs; an explicit ``COMPILE=compiled`` there is an error nami
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 from functools import cache
 from typing import Callable, Literal
 
@@ -95,9 +97,13 @@ def compile_min_image(capability: Capability, precision: str) -> int | None:
 
 
 def _compiler_names() -> list[str]:
-    from torch._inductor import config
-
-    return [name for name in config.cpp.cxx if name]
+    """The compiler inductor's ``cpp.cxx`` setting names: $CXX, else g++ (clang++ on macOS).
+    Read from inductor's config only where torch has already imported it: importing it pulls
+    in torch._dynamo, ~2 s that a warm run which compiles nothing must not pay."""
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:
+        return [name for name in config.cpp.cxx if name]
+    return [os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")]
 
 
 @cache

@@ -210,3 +210,16 @@ def test_a_damaged_record_is_ignored_and_rewritten(tmp_path):
     assert memo.lookup("k") is None
     memo.record("k", BackboneIdentity.of(_tiny_backbone()), [], {})  # replaced atomically
     assert memo.lookup("k") is not None and not list(tmp_path.glob(".*.partial"))
+
+
+def test_the_record_key_does_not_import_the_compiler_stack():
+    """A warm run reads the record key and compiles nothing: looking up the C++ compiler for
+    COMPILE=auto must not import torch._dynamo / inductor (~2 s of a 5 s warm-run budget)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from brainbench.deferred import build_key; build_key({'model': 'x'}); "
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
