@@ -107,6 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     devices = tuple(d for d in args.devices.split(",") if d)
     precisions = tuple(p for p in args.precisions.split(",") if p)
+    if args.slices is not None and args.slices < 1:
+        parser.error(f"--slices: expected a whole number >= 1, got {args.slices}")
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         parser.error(f"--precisions: expected a comma list of fp32, bf16, got {args.precisions!r}")
 
