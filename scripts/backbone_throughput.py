@@ -12,7 +12,11 @@ next to the load average and as a ratio to a reference measured by this same pro
    brainbench.precision.bf16_matmul_copy, eager; ``-compiled`` = the same under
    ``COMPILE=compiled``, brainbench.runtime, compile time shown apart); the alternatives
    measured against them: ``bf16-autocast`` (plain ``torch.autocast`` over the fp32 model)
-   and ``bf16-cast`` (the model cast wholly to bf16).
+   and ``bf16-cast`` (the model cast wholly to bf16); and two inference runtimes, asked for by
+   name only (optional packages, not dependencies): ``fp32-onnxruntime`` (ONNX export, ONNX
+   Runtime's CPU provider) and ``fp32-openvino`` / ``bf16-openvino`` (``openvino.convert_model``,
+   the throughput hint, the batch split over its parallel requests). Their note gives the
+   conversion time and the norm-relative error of every token against eager fp32.
 3. ``--pipeline``: decode + preprocess + forward + cache write (at ``--compile``, default the
    product's ``auto``) (``extract_features`` on
    synthetic int16 ``.nii.gz`` volumes of ``--shape``, a fresh cache) as a fraction of the raw
@@ -45,9 +49,11 @@ from brainbench.preprocess import check_preprocess_place
 from brainbench.profiles import PROFILES
 from brainbench.runtime import check_runtime
 
-MODES = ("fp32", "bf16", "fp32-compiled", "bf16-compiled", "bf16-autocast", "bf16-cast")
+MODES = ("fp32", "bf16", "fp32-compiled", "bf16-compiled", "bf16-autocast", "bf16-cast",
+         "fp32-onnxruntime", "fp32-openvino", "bf16-openvino")
 PRODUCT_MODES = MODES[:4]  # brainbench's own paths (precision x runtime)
-DEFAULT_MODES = MODES
+RUNTIME_MODES = MODES[6:]  # external inference runtimes: optional packages, opt-in
+DEFAULT_MODES = MODES[:6]
 
 
 def load() -> str:
@@ -125,7 +131,75 @@ def forward_step(backbone, mode: str, x: torch.Tensor):
             with torch.inference_mode():
                 return backbone.features(cast, xb)
         return step, 0.0
+    if mode in RUNTIME_MODES:
+        return runtime_step(backbone, model, mode, x)
     raise ValueError(f"unknown mode {mode!r}")
+
+
+class TokenTuple(torch.nn.Module):
+    """`backbone.features` as a module returning its tokens in sorted-name order (exporters
+    take tensors, not dicts)."""
+
+    def __init__(self, backbone, model: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.model = backbone, model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens = self.backbone.features(self.model, x)
+        return tuple(tokens[name] for name in sorted(tokens))
+
+
+def runtime_step(backbone, model, mode: str, x: torch.Tensor):
+    """An external inference runtime's call on `x`, its conversion seconds, and a note with
+    the worst norm-relative error of a token against eager fp32 ``backbone.embed``."""
+    if x.device.type != "cpu":
+        raise ValueError("measured on the CPU only")
+    wrapper, array = TokenTuple(backbone, model).eval(), x.numpy()
+    started = time.perf_counter()
+    if mode == "fp32-onnxruntime":
+        import onnxruntime
+
+        with tempfile.TemporaryDirectory() as folder:  # the session holds the model in memory
+            path = Path(folder) / f"{backbone.name}.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(wrapper, (x,), str(path), dynamo=False, opset_version=17,
+                                  input_names=["x"])
+            session = onnxruntime.InferenceSession(str(path),
+                                                   providers=["CPUExecutionProvider"])
+
+        def step():
+            return session.run(None, {"x": array})
+    else:
+        import openvino
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = openvino.convert_model(wrapper, example_input=x)
+        compiled = openvino.Core().compile_model(converted, "CPU", {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": "f32" if mode.startswith("fp32") else "bf16"})
+        queue = openvino.AsyncInferQueue(compiled, 0)  # 0: the plugin's optimal count
+        parts = [part for part in np.array_split(array, len(queue)) if len(part)]
+        outputs: list = [None] * len(parts)
+        queue.set_callback(lambda request, index: outputs.__setitem__(
+            index, [request.get_output_tensor(i).data.copy()
+                    for i in range(len(compiled.outputs))]))
+
+        def step():
+            for index, part in enumerate(parts):
+                queue.start_async({0: part}, index)
+            queue.wait_all()
+            return [np.concatenate(column) for column in zip(*outputs)]
+    prepare = time.perf_counter() - started
+    got = step()
+    backbone.set_precision("fp32")
+    backbone.set_runtime("eager")
+    reference = backbone.embed(x)
+    errors = [float(np.linalg.norm(value - reference[name].numpy())
+                    / np.linalg.norm(reference[name].numpy()))
+              for name, value in zip(sorted(reference), got)]
+    return step, prepare, f"convert {prepare:.0f} s, error {max(errors):.1e}"
 
 
 def model_rows(name: str, profile, args) -> list[list]:
@@ -144,8 +218,8 @@ def model_rows(name: str, profile, args) -> list[list]:
         steps, notes, best = {}, {}, {}
         for mode in modes:
             try:
-                steps[mode], prepare = forward_step(backbone, mode, x)
-                notes[mode] = f"compile {prepare:.0f} s" if prepare else ""
+                steps[mode], prepare, *note = forward_step(backbone, mode, x)
+                notes[mode] = note[0] if note else f"compile {prepare:.0f} s" if prepare else ""
             except Exception as exc:  # a mode a backbone cannot run is reported, not fatal
                 notes[mode] = f"failed: {type(exc).__name__}: {str(exc)[:50]}"
         peaks = {"fp32": 0.0, "bf16": 0.0}
@@ -238,7 +312,8 @@ def main() -> None:
     parser.add_argument("--models", default="braindino",
                         help="comma list, or 'all' for every registered backbone")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                        help=f"comma list of {MODES}")
+                        help=f"comma list of {MODES} (default: the first six; the "
+                             "runtime modes need onnxruntime / openvino installed)")
     parser.add_argument("--batches", default=None,
                         help="comma list of 2d batch sizes (default: the profile's)")
     parser.add_argument("--batch-3d", type=int, default=2)
