@@ -4,7 +4,9 @@ What the data check rejects the run refuses, with the same words. Per image file
 
 * header plausibility (`image_info`): a 3D volume (a trailing singleton 4th axis allowed),
   each axis MIN_DIM..MAX_DIM voxels, voxel sizes MIN_VOXEL_MM..MAX_VOXEL_MM, a finite,
-  non-singular affine with three distinct axis codes;
+  non-singular affine with three distinct axis codes; the facts judged (`read_header`) of a
+  header that passed are kept per file version in the voxel-hash cache (brainbench.leakage),
+  so a warm rerun opens no file, and the rules still run on them every time;
 * the voxels (`voxel_problems`), from the statistics the voxel hash's read computes anyway and
   the voxel-hash cache keeps beside the hash (brainbench.leakage), so a warm rerun reads
   nothing: no finite voxel, no nonzero voxel (empty) or one value in every nonzero voxel
@@ -18,6 +20,7 @@ unusable file, logs the warnings, and returns the voxel hashes.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 from dataclasses import dataclass, field
@@ -50,17 +53,54 @@ class ImageInfo:
     orientation: str
 
 
-def image_info(path: Path) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
-    """Header-only look at one image: (info, [(level, problem)])."""
+def read_header(path: Path) -> dict:
+    """The header facts validation judges: {"shape", "zooms" (first three), "affine" (4x4)},
+    as plain lists (what the header cache stores). Raises what nibabel raises."""
+    img = nib.load(str(path))
+    return {"shape": [int(n) for n in img.shape],
+            "zooms": [float(z) for z in img.header.get_zooms()[:3]],
+            "affine": np.asarray(img.affine, dtype=float).tolist()}
+
+
+def _well_formed_header(facts: object) -> bool:
+    """Cached facts of the form `read_header` writes (a damaged cache entry is read again)."""
+    if not isinstance(facts, dict) or set(facts) != {"shape", "zooms", "affine"}:
+        return False
+    shape, zooms, affine = facts["shape"], facts["zooms"], facts["affine"]
+
+    def numbers(values: object, kind: tuple[type, ...]) -> bool:
+        return isinstance(values, list) and all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in values)
+
+    return (numbers(shape, (int,)) and 1 <= len(shape) <= 7 and numbers(zooms, (int, float))
+            and isinstance(affine, list) and len(affine) == 4
+            and all(numbers(row, (int, float)) and len(row) == 4 for row in affine))
+
+
+def image_info(path: Path, header_cache: "HashCache | None" = None
+               ) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
+    """Header-only look at one image: (info, [(level, problem)]).
+
+    With a ``header_cache`` (brainbench.leakage.HashCache) the facts of a file version whose
+    header passed before are taken from it instead of opening the file; the checks below run
+    on them every time, so a changed rule applies to cached files too."""
     if not Path(path).is_file():
         return None, [("error", "missing file")]
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(n) for n in img.shape)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        affine = np.asarray(img.affine, dtype=float)
-    except Exception as exc:  # nibabel raises many types for damaged headers
-        return None, [("error", f"unreadable header ({type(exc).__name__}: {exc})")]
+    facts = header_cache.header(path) if header_cache is not None else None
+    cached = _well_formed_header(facts)
+    if not cached:
+        try:
+            facts = read_header(path)
+        except Exception as exc:  # nibabel raises many types for damaged headers
+            return None, [("error", f"unreadable header ({type(exc).__name__}: {exc})")]
+    info, problems = _judge_header(facts)
+    if header_cache is not None and not cached and info is not None and not problems:
+        header_cache.remember_header(path, facts)
+    return info, problems
+
+
+def _judge_header(facts: dict) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
+    shape, zooms = tuple(facts["shape"]), tuple(float(z) for z in facts["zooms"])
     problems: list[tuple[str, str]] = []
     spatial = shape[:3]
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
@@ -70,17 +110,23 @@ def image_info(path: Path) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
     if any(not (np.isfinite(z) and MIN_VOXEL_MM <= z <= MAX_VOXEL_MM) for z in zooms):
         problems.append(("error", f"implausible voxel size {tuple(round(z, 4) for z in zooms)} mm "
                                   f"(expected {MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm per axis)"))
-    orientation = "?"
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        problems.append(("error", "degenerate affine (zero, singular or non-finite: orientation "
-                                  "cannot be determined)"))
-    else:
-        codes = nib.aff2axcodes(affine)
-        if None in codes or len(set(codes)) < 3:
-            problems.append(("error", f"implausible orientation {codes}"))
-        else:
-            orientation = "".join(codes)
+    orientation, problem = _orientation(tuple(map(tuple, facts["affine"])))
+    problems += [("error", problem)] if problem else []
     return ImageInfo(shape, tuple(round(z, 3) for z in zooms), orientation), problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _orientation(affine_rows: tuple[tuple[float, ...], ...]) -> tuple[str, str | None]:
+    """(axis codes or "?", problem or None) of one affine. Memoised: a cohort's files share a
+    few affines, and nibabel's SVD-based orientation was most of a cached header check."""
+    affine = np.asarray(affine_rows, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        return "?", ("degenerate affine (zero, singular or non-finite: orientation cannot be "
+                     "determined)")
+    codes = nib.aff2axcodes(affine)
+    if None in codes or len(set(codes)) < 3:
+        return "?", f"implausible orientation {codes}"
+    return "".join(codes), None
 
 
 def voxel_problems(stats: dict) -> list[tuple[str, str]]:
@@ -160,7 +206,7 @@ def check_images(loaded: "TaskSamples", hash_cache: "HashCache | None", *,
     # one header read per file (~5 ms; 1,280 files ~6 s on the shared 2-core machine): a bar
     # appears on a terminal once it has run for 2 s, as for the voxel hashes that follow
     for path in progress_bar(owners, desc="image headers", unit="file", delay=2.0):
-        info, problems = image_info(path)
+        info, problems = image_info(path, hash_cache)
         if info is not None:
             check.infos[path] = info
         if headers_only and info is not None and not problems:
@@ -168,6 +214,8 @@ def check_images(loaded: "TaskSamples", hash_cache: "HashCache | None", *,
             problems += [("error", problem)] if problem else []
         for level, message in problems:
             check.add(path, level, message)
+    if hash_cache is not None:
+        hash_cache.save_headers()
     if headers_only or hash_cache is None:
         return check
     bad = check.bad

@@ -175,6 +175,53 @@ def test_statistics_are_cached_beside_the_hash_and_old_entries_are_read_again(co
     assert again.computed == len(loaded.image_paths())
 
 
+def test_headers_that_passed_are_cached_so_a_warm_rerun_opens_none(cohort, tmp_path,
+                                                                    monkeypatch):
+    import brainbench.validation as validation
+
+    root, victim = cohort
+    loaded = load_samples(TASK, root)
+    files = set(map(Path, loaded.image_paths()))
+    cache_file = tmp_path / "hashes.json"
+    validate_images(loaded, HashCache(cache_file))
+    assert len(json.loads(cache_file.read_text())["headers"]) == len(files)
+
+    opened: list[Path] = []
+    real_read = validation.read_header
+    monkeypatch.setattr(validation, "read_header",
+                        lambda path: opened.append(Path(path)) or real_read(path))
+    warm = HashCache(cache_file)
+    hashes = validate_images(loaded, warm)
+    assert opened == [] and warm.computed == 0 and set(hashes) == files
+
+    # a changed file is a new version: its header is read again and judged (and, failing,
+    # not cached)
+    victim.unlink()
+    save_with_sform(victim, brain(), np.zeros((4, 4)))
+    with pytest.raises(BenchError, match="degenerate affine"):
+        validate_images(loaded, HashCache(cache_file))
+    assert opened == [victim] and HashCache(cache_file).header(victim) is None
+
+    # passing again, it is cached; the rules run on cached facts every time, and an entry of
+    # the wrong form is read again
+    save(victim, brain())
+    opened.clear()
+    validate_images(loaded, HashCache(cache_file))
+    assert opened == [victim] and HashCache(cache_file).header(victim) is not None
+    stored = json.loads(cache_file.read_text())
+    key = next(k for k, v in stored["headers"].items()
+               if k.startswith(f"{victim.resolve()}|") and v == HashCache(cache_file).header(victim))
+    stored["headers"][key] = {**stored["headers"][key], "shape": [4, 4, 4]}
+    cache_file.write_text(json.dumps(stored))
+    with pytest.raises(BenchError, match="implausible shape"):
+        validate_images(loaded, HashCache(cache_file))
+    stored["headers"][key] = {"shape": "not a shape"}
+    cache_file.write_text(json.dumps(stored))
+    opened.clear()
+    validate_images(loaded, HashCache(cache_file))
+    assert opened == [victim]
+
+
 def test_voxel_statistics_and_their_verdicts():
     data = brain()
     stats = voxel_stats(data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from brainbench.phantoms.fields import lowres_nodes, node_coords, smooth_field, smooth_noise, upsample
 from brainbench.phantoms.template import GRID_SHAPE, Template, mm_to_voxel
@@ -168,6 +167,8 @@ def _displacement(a: AnatomySpec, mass: list[MassEffect], rng: np.random.Generat
 
 def build_tissues(t: Template, a: AnatomySpec, mass: list[MassEffect] | None = None) -> Tissues:
     """Apply tissue effects, then the combined warp, to every tissue map (once each)."""
+    from scipy import ndimage as ndi
+
     rng = np.random.default_rng([a.warp_seed, 1])
     gm, wm, csf, wmh, stats = _modify_tissues(t, a)
     d_lo = _displacement(a, mass or [], rng)

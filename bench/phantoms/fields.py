@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,6 +52,8 @@ def node_coords(shape: tuple[int, int, int], nodes: tuple[int, int, int]) -> np.
 
 def smooth_noise(rng: np.random.Generator, nodes: tuple[int, int, int], smooth: float = 0.0) -> np.ndarray:
     """Unit-variance gaussian noise on a node grid, optionally smoothed across nodes."""
+    from scipy import ndimage as ndi
+
     n = rng.standard_normal(nodes, dtype=np.float32)
     if smooth > 0:
         n = ndi.gaussian_filter(n, smooth, mode="nearest")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from brainbench.phantoms.anatomy import Tissues
 from brainbench.phantoms.fields import smooth_field
@@ -135,6 +134,8 @@ def acquire(clean: np.ndarray, contrast: str, proto: SiteProtocol, mask_idx: np.
     Background (outside the skull-stripping mask) is exactly 0, like the real skull-stripped
     datasets (BraTS, UCSF-PDGM, UPENN-GBM).
     """
+    from scipy import ndimage as ndi
+
     seq = SEQUENCES[contrast]
     s = proto.blur_vox
     sig = (s, s, s * (2.2 if seq.thick_slices else 1.0))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
 
 #: Output grid: 2 mm isotropic, RAS, in MNI152NLin2009aSym space, cropped around the brain.
 VOXEL_MM = 2.0
@@ -119,6 +118,8 @@ def _vessels(brain: np.ndarray, csf: np.ndarray, ventricles: np.ndarray, x, y, z
     """Enhancing vessels and choroid plexus: superior sagittal sinus along the top of the
     interhemispheric fissure, transverse sinuses, sylvian (MCA) branches, choroid plexus in the
     ventricular atria. They make T1c differ from T1 outside any lesion."""
+    from scipy import ndimage as ndi
+
     seeds = np.zeros(GRID_SHAPE, np.float32)
     xi = int(round(mm_to_voxel([0, 0, 0])[0]))
     # superior sagittal sinus: the top-most brain voxel at the midline for every coronal slice
@@ -145,6 +146,8 @@ def _vessels(brain: np.ndarray, csf: np.ndarray, ventricles: np.ndarray, x, y, z
 
 def build_template() -> Template:
     """Read the ICBM152 maps and derive everything the effects need (about 1 s)."""
+    from scipy import ndimage as ndi
+
     d = _data_dir()
     vols = {}
     aff = None
