@@ -79,7 +79,8 @@ def _stat_key(path: Path) -> str:
 
 
 class HashCache:
-    """Voxel hashes by file version, persisted as one JSON file (``None``: memory only)."""
+    """Voxel hashes (and header facts, `header`) by file version, persisted as one JSON file
+    (``None``: memory only)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path is not None else None
