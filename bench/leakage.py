@@ -107,9 +107,15 @@ class HashCache:
         self._unsaved_headers += 1
 
     def save_headers(self) -> None:
-        """Write the cache if headers were remembered since the last write."""
+        """Write the cache if headers were remembered since the last write. Header facts only
+        save time, so a cache folder that cannot be written is a warning here, not an error
+        (a run whose hashes are all cached never had to write)."""
         if self._unsaved_headers and self.path is not None:
-            self._save()
+            try:
+                self._save()
+            except BenchError as exc:
+                log.warning("%s; image headers will be read again next time", exc)
+                self._unsaved_headers = 0
 
     @staticmethod
     def _load(path: Path) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:

@@ -222,6 +222,28 @@ def test_headers_that_passed_are_cached_so_a_warm_rerun_opens_none(cohort, tmp_p
     assert opened == [victim]
 
 
+def test_a_cache_that_cannot_be_written_only_costs_the_header_reads(cohort, tmp_path,
+                                                                   monkeypatch, caplog):
+    import brainbench.splits as splits
+
+    root, _ = cohort
+    loaded = load_samples(TASK, root)
+    cache_file = tmp_path / "hashes.json"
+    validate_images(loaded, HashCache(cache_file))
+    stored = json.loads(cache_file.read_text())
+    cache_file.write_text(json.dumps({**stored, "headers": {}}))  # hashes cached, no headers
+
+    def read_only(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(splits, "write_json_atomic", read_only)
+    with caplog.at_level(logging.WARNING, logger="brainbench"):
+        hashes = validate_images(loaded, HashCache(cache_file))
+    assert set(hashes) == set(map(Path, loaded.image_paths()))
+    assert any("image headers will be read again" in r.getMessage() for r in caplog.records)
+    assert json.loads(cache_file.read_text())["headers"] == {}
+
+
 def test_voxel_statistics_and_their_verdicts():
     data = brain()
     stats = voxel_stats(data)
