@@ -223,3 +223,24 @@ def test_the_record_key_does_not_import_the_compiler_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_listing_backbones_again_builds_no_network(tmp_path, monkeypatch, capsys):
+    """`brainbench list backbones` builds each network once per cache; a second listing reads
+    the records and prints the same table (parameters, weights status, input contract)."""
+    from brainbench.backbone import BACKBONES
+    from brainbench.cli import main
+
+    monkeypatch.setenv("BRAINBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(BACKBONES, "names", lambda: ["braindino", "intensity"])  # test time
+    assert main(["list", "backbones"]) == 0
+    first = capsys.readouterr().out
+    assert "85.6M" in first and "random-init" in first and "control" in first
+    assert len(json.loads((tmp_path / "cache" / MEMO_FILE).read_text())["entries"]) == 2
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a listed backbone was built again")
+
+    monkeypatch.setattr(backbone_module, "create_backbone", no_build)
+    assert main(["list", "backbones"]) == 0
+    assert capsys.readouterr().out == first
