@@ -53,6 +53,9 @@ class Entry:
     #: provenance fields an import could not verify, over the entry's cells (empty: every
     #: cell was computed here or fully verified; see brainbench.results_io)
     unverified: tuple[str, ...] = ()
+    #: the feature precision, when this backbone's cells of one task and fraction were stored
+    #: in both (bf16 and fp32 cells are never pooled: an entry each); "" otherwise
+    precision: str = ""
 
     @property
     def is_random(self) -> bool:
@@ -513,14 +516,31 @@ def _one(frame: pd.DataFrame, column: str, option: str) -> None:
                          f"({', '.join(map(str, values))}); choose one with {option}")
 
 
-def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str], Entry]:
-    """One entry per (backbone, weights, protocol label); the protocol is in the label when the
-    selection holds more than one."""
-    pairs = frame[["backbone", "weights_id", "weights_status", "protocol"]].drop_duplicates()
-    unverified: dict[tuple[str, str, str], set[str]] = {}
+ENTRY_KEY = ["backbone", "weights_id", "protocol", "precision_arm"]
+
+
+def _precision_arms(frame: pd.DataFrame) -> pd.Series:
+    """Each row's precision arm: its precision where the same backbone, weights and protocol
+    hold cells of one task and fraction in both precisions, else "" (one entry, as before)."""
+    precision = frame["precision"].fillna("fp32").astype(str) if "precision" in frame else \
+        pd.Series("fp32", index=frame.index)  # stores before schema 4 were all fp32
+    setting = ["backbone", "weights_id", "protocol"]
+    both = frame.assign(precision=precision).groupby(setting + ["task", "fraction"])[
+        "precision"].nunique()
+    split = {key[:3] for key, n in both.items() if n > 1}
+    return pd.Series([p if key in split else "" for key, p in
+                      zip(zip(*(frame[c] for c in setting)), precision)],
+                     index=frame.index, dtype=object)
+
+
+def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str, str], Entry]:
+    """One entry per (backbone, weights, protocol label, precision arm); the protocol is in the
+    label when the selection holds more than one, the precision when it splits the entry."""
+    pairs = frame[["backbone", "weights_id", "weights_status", "protocol", "precision_arm"]
+                  ].drop_duplicates()
+    unverified: dict[tuple[str, str, str, str], set[str]] = {}
     if "unverified" in frame:
-        for key, fields_ in zip(zip(frame["backbone"], frame["weights_id"], frame["protocol"]),
-                                frame["unverified"]):
+        for key, fields_ in zip(zip(*(frame[c] for c in ENTRY_KEY)), frame["unverified"]):
             unverified.setdefault(key, set()).update(fields_)
     per_name = pairs.groupby("backbone")["weights_id"].nunique()
     several = pairs["protocol"].nunique() > 1
@@ -531,9 +551,11 @@ def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str], Entry]:
             label = f"{row.backbone} ({row.weights_id.split(':')[-1][:8]})"
         if several:
             label = f"{label} {{{row.protocol}}}"
-        key = (row.backbone, row.weights_id, row.protocol)
+        if row.precision_arm:
+            label = f"{label} {row.precision_arm}"
+        key = (row.backbone, row.weights_id, row.protocol, row.precision_arm)
         out[key] = Entry(row.backbone, row.weights_id, row.weights_status, label, row.protocol,
-                         tuple(sorted(unverified.get(key, ()))))
+                         tuple(sorted(unverified.get(key, ()))), row.precision_arm)
     return out
 
 
@@ -581,10 +603,10 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     spec_of = {t: get_task(t) for t in frame["task"].unique()}
     frame = frame[[m == spec_of[t].primary_metric for t, m in zip(frame["task"], frame["metric"])]]
     frame = frame[frame["value"].notna()]
+    frame = frame.assign(precision_arm=_precision_arms(frame))
     # a re-run under a new config replaces, for display, the older cell of the same setting
     frame = (frame.sort_values("created_at")
-             .drop_duplicates(["backbone", "weights_id", "protocol", "task", "fraction", "seed"],
-                              keep="last"))
+             .drop_duplicates(ENTRY_KEY + ["task", "fraction", "seed"], keep="last"))
     frame = frame.assign(unverified=[unverified_fields(h) for h in frame["hyperparameters"]])
     entries = _entries(frame)
     preds = store.predictions(frame["cell_id"])
@@ -595,7 +617,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     for row in frame.to_dict("records"):
         spec = spec_of[row["task"]]
         rows = preds.get(row["cell_id"], [])
-        entry = entries[(row["backbone"], row["weights_id"], row["protocol"])]
+        entry = entries[tuple(row[c] for c in ENTRY_KEY)]
         provenance = {k: row[k] for k in ("cell_id", "code_version", "weights_sha256",
                                           "split_hash", "subset_hash", "config_hash",
                                           "created_at", "profile", "data_source", "head",

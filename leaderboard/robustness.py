@@ -47,8 +47,8 @@ class SiteDrop:
     people: int  # test people of the held-out site
 
 
-def _key(entry: Entry) -> tuple[str, str, str]:
-    return entry.backbone, entry.weights_id, entry.protocol
+def _key(entry: Entry) -> tuple[str, str, str, str]:
+    return entry.backbone, entry.weights_id, entry.protocol, entry.precision
 
 
 def held_out_site(analysis: Analysis, entry: Entry, task: str, fraction: float) -> str:

@@ -100,6 +100,15 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
         budgeted = (keep["protocol"] != keep["head"].astype(str)).any()  # searched: show budget
         if keep["protocol"].nunique() > 1 or budgeted:
             keep["column"] = [f"{c} {{{p}}}" for c, p in zip(keep["column"], keep["protocol"])]
+    # stores before schema 4 hold NULL: every earlier run was fp32 (brainbench.store)
+    keep["precision"] = (keep["precision"].fillna("fp32").astype(str) if "precision" in keep
+                         else "fp32")
+    # bf16 and fp32 cells are different cells, never pooled: a column holding both for one task
+    # and fraction becomes a column per precision (PRECISION=auto alone may differ by task)
+    both = keep.groupby(["column", "task", "fraction"])["precision"].nunique()
+    mixed = {column for (column, _, _), n in both.items() if n > 1}
+    keep["column"] = [f"{c} {p}" if c in mixed else c
+                      for c, p in zip(keep["column"], keep["precision"])]
     selection = keep["selection"] if "selection" in keep else pd.Series("", index=keep.index)
     keep["fallback"] = selection.fillna("").str.startswith("fallback")
     if "contaminated" not in keep:  # set by comparison_table from declared pretraining data
@@ -108,7 +117,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
                           n_train=("n_train", "mean"), n_test=("n_test", "max"),
                           fallback_seeds=("fallback", "sum"),
-                          contaminated=("contaminated", "any")).reset_index()
+                          contaminated=("contaminated", "any"),
+                          precision=("precision", "first")).reset_index()
     return summary
 
 
@@ -120,6 +130,21 @@ def _cell(mean: float, sd: float, seeds: int, fallback_seeds: int = 0) -> str:
     spread = "" if pd.isna(sd) else f" ± {sd:.3f}"
     marker = f" †{int(fallback_seeds)}" if fallback_seeds else ""
     return f"{mean:.3f}{spread} (k={seeds}){marker}"
+
+
+def _precision_note(summary: pd.DataFrame) -> str:
+    """Each column's feature precision, and the tasks and fractions where it differs (the
+    tasks' precision rules under PRECISION=auto)."""
+    parts = []
+    for column, part in summary.groupby("column"):
+        counts = part["precision"].value_counts()
+        main = str(counts.index[0])
+        others = part[part["precision"] != main].drop_duplicates(["task", "fraction"])
+        exceptions = ", ".join(f"{p} for {t} at {f:g}" for p, t, f in
+                               zip(others["precision"], others["task"], others["fraction"]))
+        parts.append(f"{column}: {main}" + (f" ({exceptions})" if exceptions else ""))
+    return ("Feature precision (brainbench.precision; bf16 and fp32 cells are never pooled: a "
+            "column run in both for a task gets a column per precision): " + "; ".join(parts))
 
 
 def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = "simple",
@@ -169,6 +194,8 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
         ["n train / n test"]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     notes = ["* primary metric; values are mean ± sd over seeds (k = number of seeds)."]
+    if not summary.empty:
+        notes.append(_precision_note(summary))
     if not summary.empty and summary["fallback_seeds"].any():
         notes.append("†n = n of the k seeds used a fixed-default fallback: the label-fraction "
                      "subset was too small for inner selection (the row's `selection` says why).")

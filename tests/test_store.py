@@ -125,3 +125,45 @@ def test_precision_is_part_of_a_cells_identity_and_kept_by_the_store(tmp_path):
     got = {c.cell.precision: (c.cell_id, c.metrics["mae"]) for c in store.cells()}
     assert got == {"fp32": (fp32.cell_id, 1.0), "bf16": (bf16.cell_id, 2.0)}
     assert set(store.frame()["precision"]) == {"fp32", "bf16"}
+
+
+def _two_precisions(tmp_path, bf16_fractions=(0.1,)):
+    """brain_age seeds 0-1 in fp32 (mae 4, 6) and in bf16 (mae 10, 12) at fraction 0.1, and
+    bf16 cells at any further ``bf16_fractions``; predictions match each stored mae."""
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    for precision, maes, fractions in (("fp32", (4.0, 6.0), (0.1,)),
+                                       ("bf16", (10.0, 12.0), bf16_fractions)):
+        for fraction in fractions:
+            for seed, mae in enumerate(maes):
+                predictions = [("s1", 30.0, 30.0 + mae), ("s2", 40.0, 40.0 - mae)]
+                store.write_cell(cell(seed=seed, precision=precision, fraction=fraction),
+                                 {"mae": mae}, predictions, persons={"s1": "p1", "s2": "p2"})
+    return store
+
+
+def test_tables_never_pool_bf16_and_fp32_cells(tmp_path):
+    """Both precisions of one setting: a column (results) and an entry (statistics) each,
+    every one with its own seeds' mean, the precision named."""
+    from brainbench.leaderboard.analysis import load_analysis
+
+    store = _two_precisions(tmp_path)
+    text = comparison_table(store.frame(), [get_task("brain_age")])
+    header = text.splitlines()[0]
+    assert "braindino [RANDOM-INIT] (abc) bf16" in header
+    assert "braindino [RANDOM-INIT] (abc) fp32" in header
+    assert "5.000 ± 1.414 (k=2)" in text and "11.000 ± 1.414 (k=2)" in text
+    assert "8.000" not in text  # the pooled mean of all four cells
+    analysis = load_analysis(store, n_boot=20)
+    by_label = {e.label: analysis.summary(e, "brain_age", 0.1) for e in analysis.entries}
+    assert {label: (s.mean, s.n_seeds) for label, s in by_label.items()} == \
+        {"braindino bf16": (11.0, 2), "braindino fp32": (5.0, 2)}
+
+
+def test_one_precision_per_task_and_fraction_keeps_one_column_and_names_the_exceptions(tmp_path):
+    """PRECISION=auto may run one task's fraction in fp32 by its precision rule: nothing is
+    pooled there, so one column, and the note says where the precision differs."""
+    store = _two_precisions(tmp_path, bf16_fractions=(0.5, 1.0))
+    text = comparison_table(store.frame(), [get_task("brain_age")])
+    header = text.splitlines()[0]
+    assert "braindino [RANDOM-INIT] (abc)" in header and "bf16" not in header
+    assert "braindino [RANDOM-INIT] (abc): bf16 (fp32 for brain_age at 0.1)" in text
