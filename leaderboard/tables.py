@@ -86,8 +86,13 @@ def protocol_labels(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=frame.index, dtype=object)
 
 
+#: what a comparison-table row shows apart when the selection holds several (`summarise`)
+SETTING_COLUMNS = ("profile", "data_source")
+
+
 def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
-    """mean +- sd over seeds per (task, metric, fraction, backbone column)."""
+    """mean +- sd over seeds per (task, metric, fraction, backbone column), and per profile /
+    data source when the frame holds several (the ``setting`` column; "" otherwise)."""
     wanted = {t.id: (t.primary_metric, *t.secondary_metrics) for t in tasks}
     keep = frame[[metric in wanted.get(task, ()) for task, metric
                   in zip(frame["task"], frame["metric"])]].copy()
@@ -109,11 +114,21 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     mixed = {column for (column, _, _), n in both.items() if n > 1}
     keep["column"] = [f"{c} {p}" if c in mixed else c
                       for c, p in zip(keep["column"], keep["precision"])]
+    # cells of different profiles or data sources answer different questions: rows apart
+    varying = [c for c in SETTING_COLUMNS if c in keep and keep[c].nunique() > 1]
+    keep["setting"] = [" / ".join(map(str, v)) for v in keep[varying].itertuples(index=False)] \
+        if varying else ""
+    if {"created_at", "cell_id"} <= set(keep):  # a re-run under a new config (another
+        # runtime, a changed task) replaces, for display, the older cell of the same setting,
+        # as in the statistics tables: every metric row of the latest cell, none of the older
+        latest = keep.sort_values("created_at", kind="stable").drop_duplicates(
+            ["column", "setting", "task", "dataset", "fraction", "seed"], keep="last")
+        keep = keep[keep["cell_id"].isin(set(latest["cell_id"]))]
     selection = keep["selection"] if "selection" in keep else pd.Series("", index=keep.index)
     keep["fallback"] = selection.fillna("").str.startswith("fallback")
     if "contaminated" not in keep:  # set by comparison_table from declared pretraining data
         keep["contaminated"] = False
-    grouped = keep.groupby(["task", "dataset", "metric", "fraction", "column"])
+    grouped = keep.groupby(["task", "dataset", "setting", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
                           n_train=("n_train", "mean"), n_test=("n_test", "max"),
                           fallback_seeds=("fallback", "sum"),
@@ -171,12 +186,15 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
     primary = {t.id: t.primary_metric for t in tasks}
     columns = sorted(summary["column"].unique()) if not summary.empty else []
     rows = []
+    several = not summary.empty and (summary["setting"] != "").any()
     if not summary.empty:
-        keys = summary[["task", "dataset", "metric", "fraction"]].drop_duplicates()
+        keys = summary[["task", "dataset", "setting", "metric", "fraction"]].drop_duplicates()
         keys = keys.assign(_o=[order[t] for t in keys["task"]],
                            _p=[m != primary[t] for t, m in zip(keys["task"], keys["metric"])])
-        for key in keys.sort_values(["_o", "dataset", "fraction", "_p", "metric"]).itertuples(index=False):
+        for key in keys.sort_values(["_o", "dataset", "setting", "fraction", "_p", "metric"]
+                                    ).itertuples(index=False):
             part = summary[(summary.task == key.task) & (summary.dataset == key.dataset)
+                           & (summary.setting == key.setting)
                            & (summary.metric == key.metric) & (summary.fraction == key.fraction)]
             direction = PRIMARY_METRIC_DIRECTION.get(key.metric, "")
             arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
@@ -184,14 +202,18 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
             cells = {r.column: _cell(r.mean, r.sd, r.seeds, r.fallback_seeds)
                      + (f" {MARK}" if r.contaminated else "") for r in part.itertuples()}
             sizes = f"{part.n_train.mean():.0f} / {part.n_test.max():.0f}"
-            rows.append([key.task, key.dataset, metric, f"{key.fraction:g}"]
+            rows.append([key.task, key.dataset] + ([key.setting] if several else [])
+                        + [metric, f"{key.fraction:g}"]
                         + [cells.get(c, "") for c in columns] + [sizes])
     for task in pending:
-        rows.append([task.id, task.dataset, task.primary_metric, "-"]
+        rows.append([task.id, task.dataset] + (["-"] if several else [])
+                    + [task.primary_metric, "-"]
                     + [f"PENDING: {task.pending_reason}"] * max(len(columns), 1)
                     + ["-"])
-    headers = ["task", "dataset", "metric", "fraction"] + (columns or ["result"]) + \
-        ["n train / n test"]
+    setting = [" / ".join(c.replace("_", " ") for c in SETTING_COLUMNS if c in frame
+                          and frame[c].nunique() > 1)] if several else []
+    headers = ["task", "dataset"] + setting + ["metric", "fraction"] + (columns or ["result"]) \
+        + ["n train / n test"]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     notes = ["* primary metric; values are mean ± sd over seeds (k = number of seeds)."]
     if not summary.empty:

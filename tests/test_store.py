@@ -167,3 +167,22 @@ def test_one_precision_per_task_and_fraction_keeps_one_column_and_names_the_exce
     header = text.splitlines()[0]
     assert "braindino [RANDOM-INIT] (abc)" in header and "bf16" not in header
     assert "braindino [RANDOM-INIT] (abc): bf16 (fp32 for brain_age at 0.1)" in text
+
+
+def test_results_table_keeps_profiles_apart_and_shows_the_latest_cell_of_a_setting(tmp_path):
+    """`make results` over a store holding two profiles: a row each (their own seeds and sizes),
+    never one pooled mean; a re-run under a new config replaces the older cell of its seed,
+    every metric of it, as the statistics tables do."""
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    for seed, mae in enumerate([4.0, 6.0]):
+        store.write_cell(cell(seed=seed), {"mae": mae, "pearson_r": 0.1}, [])
+        store.write_cell(cell(seed=seed, profile="paper", n_train=80, n_test=160),
+                         {"mae": mae + 10}, [])
+    store.write_cell(cell(seed=0, config_hash="z" * 64), {"mae": 100.0}, [])  # a re-run
+    lines = comparison_table(store.frame(), [get_task("brain_age")]).splitlines()
+    assert lines[0].split()[:3] == ["task", "dataset", "profile"]
+    rows = {tuple(line.split()[2:4]): line for line in lines[2:] if line.startswith("brain_age")}
+    assert "53.000 ± 66.468 (k=2)" in rows[("cpu", "mae")] and "8 / 16" in rows[("cpu", "mae")]
+    assert "0.100 (k=1)" in rows[("cpu", "pearson_r")]  # the re-run stored no pearson_r
+    assert "15.000 ± 1.414 (k=2)" in rows[("paper", "mae")]
+    assert "80 / 160" in rows[("paper", "mae")]
