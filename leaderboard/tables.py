@@ -137,7 +137,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     return summary
 
 
-def _cell(mean: float, sd: float, seeds: int, fallback_seeds: int = 0) -> str:
+def cell_text(mean: float, sd: float, seeds: int, fallback_seeds: int = 0) -> str:
+    """One table cell: mean ± sd over seeds (k seeds), †n for n fallback seeds."""
     if pd.isna(mean):
         return "n/a"
     if float(mean).is_integer() and (pd.isna(sd) or sd == 0) and abs(mean) >= 1000:
@@ -199,7 +200,7 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
             direction = PRIMARY_METRIC_DIRECTION.get(key.metric, "")
             arrow = {"higher": " ↑", "lower": " ↓"}.get(direction, "")
             metric = f"{key.metric}{arrow}" + (" *" if key.metric == primary[key.task] else "")
-            cells = {r.column: _cell(r.mean, r.sd, r.seeds, r.fallback_seeds)
+            cells = {r.column: cell_text(r.mean, r.sd, r.seeds, r.fallback_seeds)
                      + (f" {MARK}" if r.contaminated else "") for r in part.itertuples()}
             sizes = f"{part.n_train.mean():.0f} / {part.n_test.max():.0f}"
             rows.append([key.task, key.dataset] + ([key.setting] if several else [])

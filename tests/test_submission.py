@@ -214,3 +214,45 @@ def test_cli_validate_exits_2_with_the_reason(tmp_path):
                            "--profile", "tiny"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "declares feature_dim 100" in done.stderr
+
+
+def test_the_summary_never_pools_precisions_weights_or_split_variants(tmp_path):
+    """SUMMARY.md puts the submission beside the store's other backbones with the columns of
+    `brainbench results`: bf16 and fp32 cells of a reference, two weights of one backbone and
+    site-held-out cells are never averaged into one figure."""
+    from dataclasses import replace
+
+    from brainbench.store import Cell, ResultStore
+    from brainbench.submission.bundle import summary_markdown
+
+    base = Cell(backbone="mine", weights_id="pretrained:m", weights_status="pretrained",
+                weights_sha256="m", task="brain_age", dataset="ixi", data_source="phantom:x",
+                profile="tiny", head="linear", fraction=0.5, seed=0, n_train=8, n_test=4,
+                hyperparameters={}, selection="", code_version="c", config_hash="h",
+                split_hash="s", subset_hash="u", cache_key="k")
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    ref = dict(backbone="braindino", weights_status="random-init")
+    for seed in (0, 1):
+        store.write_cell(replace(base, seed=seed), {"mae": 3.0}, [])
+        store.write_cell(replace(base, seed=seed, weights_id="random-init:r1", **ref),
+                         {"mae": 10.0}, [])
+        store.write_cell(replace(base, seed=seed, weights_id="random-init:r1", precision="bf16",
+                                 **ref), {"mae": 20.0}, [])
+        store.write_cell(replace(base, seed=seed, weights_id="pretrained:p2", weights_sha256="p2",
+                                 backbone="braindino"), {"mae": 40.0}, [])
+        store.write_cell(replace(base, seed=seed, weights_id="random-init:r1",
+                                 split="site-held-out:3", **ref), {"mae": 80.0}, [])
+    manifest = {"name": "mine", "run": {"tasks_run": ["brain_age"], "profile": "tiny",
+                                        "data_source": "phantom:x", "fractions": [0.5],
+                                        "seeds": [0, 1]},
+                "weights": {"status": "pretrained", "sha256": "m"},
+                "backbone": {"kind": "card", "file": "mine.toml", "contract": {"dims": "2d"}},
+                "code_version": "c", "flags": [], "validation": {"measures": {}}}
+    text = summary_markdown(manifest, store)
+    header = next(line for line in text.splitlines() if line.startswith("| task"))
+    assert header.index("mine") < header.index("braindino")
+    row = next(line for line in text.splitlines() if line.startswith("| brain_age"))
+    for figure in ("3.000 ± 0.000 (k=2)", "10.000 ± 0.000 (k=2)", "20.000 ± 0.000 (k=2)",
+                   "40.000 ± 0.000 (k=2)"):
+        assert figure in row
+    assert "80.000" not in row and "15.000" not in row and "25.000" not in row

@@ -176,32 +176,35 @@ def write_bundle(config: SubmitConfig, kind: str, validation, run_report, ran: l
 
 def summary_markdown(manifest: dict[str, Any], store) -> str:
     """The submission's primary metric per task beside the other backbones in the store (same
-    profile, data source and fractions), as a Markdown table."""
+    profile, data source and fractions, standard split), as a Markdown table: the columns and
+    means of `brainbench results` (weights, protocol and precision never pooled)."""
     from tabulate import tabulate
 
+    from brainbench.leaderboard.tables import cell_text, summarise
     from brainbench.taskspec import get_task
 
     name, run = manifest["name"], manifest["run"]
     frame = store.frame(task=run["tasks_run"] or None, profile=run["profile"],
                         data_source=run["data_source"])
-    frame = frame[frame["fraction"].isin(run["fractions"])]
-    frame = frame[[m == get_task(t).primary_metric for t, m in zip(frame["task"], frame["metric"])]]
+    frame = frame[(frame["split"] == "") & frame["fraction"].isin(run["fractions"])]
     mine = manifest["weights"]["sha256"]
     frame = frame[(frame["backbone"] != name) | (frame["weights_sha256"] == mine)]
-    label = {(b, s): b + (" [RANDOM-INIT]" if s == "random-init" else "")
-             for b, s in zip(frame["backbone"], frame["weights_status"])}
-    frame = frame.assign(column=[label[(b, s)] for b, s in zip(frame["backbone"],
-                                                               frame["weights_status"])])
-    columns = [label[k] for k in sorted(label, key=lambda k: (k[0] != name, k))]
+    tasks = [get_task(t) for t in sorted(set(frame["task"]))]
+    summary = summarise(frame, tasks)
+    if not summary.empty:
+        primary = {t.id: t.primary_metric for t in tasks}
+        summary = summary[[m == primary[t] for t, m in zip(summary["task"], summary["metric"])]]
+    columns = sorted(set(summary["column"]) if not summary.empty else (),
+                     key=lambda c: (c.split(" ")[0] != name, c))
     rows = []
-    for (task, fraction), part in frame.groupby(["task", "fraction"]):
-        metric = get_task(task).primary_metric
-        cells = {c: f"{g['value'].mean():.3f} (k={g['seed'].nunique()})"
-                 for c, g in part.groupby("column")}
-        rows.append([task, metric, f"{fraction:g}"] + [cells.get(c, "–") for c in columns])
+    for (task, fraction), part in (summary.groupby(["task", "fraction"]) if columns else ()):
+        cells = {r.column: cell_text(r.mean, r.sd, r.seeds, r.fallback_seeds)
+                 for r in part.itertuples()}
+        rows.append([task, get_task(task).primary_metric, f"{fraction:g}"]
+                    + [cells.get(c, "–") for c in columns])
     table = tabulate(rows, headers=["task", "primary metric", "fraction"] + columns,
                      tablefmt="github", disable_numparse=True) if rows else "(no results)"
-    refs = [c for c in columns if not c.startswith(name)]
+    refs = [c for c in columns if c.split(" ")[0] != name]
     lines = [f"# Submission `{name}`", "",
              f"Backbone {manifest['backbone']['kind']} `{manifest['backbone']['file'] or name}`; "
              "weights "
@@ -210,7 +213,7 @@ def summary_markdown(manifest: dict[str, Any], store) -> str:
              f"{', '.join(f'{f:g}' for f in run['fractions'])}, seeds {run['seeds']}; "
              f"code `{manifest['code_version']}`.", ""]
     lines += [f"**{flag}**" for flag in manifest["flags"]] + ([""] if manifest["flags"] else [])
-    lines += ["Mean of the primary metric over seeds (k seeds) on the test split; reference "
+    lines += ["Mean ± sd of the primary metric over seeds (k seeds) on the test split; reference "
               "backbones are those already in the store for the same profile and data"
               + (f": {', '.join(refs)}." if refs else " (none found: run `make bench MODEL=...` "
                  "for a reference first)."), "", table, ""]
