@@ -293,11 +293,12 @@ class Analysis:
         low, high = stats.percentile_interval(self.replicates(entry, task, fraction), LEVEL)
         return Summary(float(np.mean(values)), sd, int(values.size), low, high)
 
-    def precisions(self, fraction: float) -> dict[str, list[str]]:
-        """Entry display name -> the feature precisions of its cells at ``fraction``."""
+    def precisions(self, fraction: float | None = None) -> dict[str, list[str]]:
+        """Entry display name -> the feature precisions of its cells at ``fraction`` (None:
+        at every fraction)."""
         out: dict[str, set[str]] = {}
         for (entry, _, f, _), record in self.cells.items():
-            if f == fraction:
+            if fraction is None or f == fraction:
                 out.setdefault(entry.display, set()).add(record.provenance.get("precision",
                                                                               "fp32"))
         return {name: sorted(found) for name, found in out.items()}

@@ -41,7 +41,7 @@ from brainbench.leaderboard.tables import (CHANCE_NOTE, CHANCE_ROW, CONTROL_NOTE
                                            MCNEMAR_TITLE, RANDOM_NOTE, SURVIVAL_NOTE,
                                            SURVIVAL_SECONDARY, SURVIVAL_SECONDARY_NOTE,
                                            SURVIVAL_TITLE, UNVERIFIED_NOTE, best_entries,
-                                           mcnemar_note, protocol_note)
+                                           mcnemar_note, precision_note, protocol_note)
 
 e = html.escape
 MARKER = ".brainbench-site"
@@ -260,6 +260,7 @@ def legend(analysis: Analysis) -> str:
                  "interval comes from ranking each bootstrap resample.")
     if protocol_note(analysis):
         items.append(e(protocol_note(analysis)))
+    items.append(e(precision_note(analysis)))
     if any(en.is_random for en in analysis.entries):
         items.append('<span class="badge">RANDOM-INIT</span> ' + e(RANDOM_NOTE))
     if any(en.is_control for en in analysis.entries):
@@ -281,7 +282,8 @@ def reproduce_command(record: CellRecord) -> str:
     """The one command that recomputes this cell (from a clean clone, same code version)."""
     p = record.provenance
     parts = [f"make bench MODEL={record.entry.backbone}", f"FRACTION={record.fraction:g}",
-             f"TASKS={record.task}", f"SEEDS={record.seed}", f"PROFILE={p['profile']}"]
+             f"TASKS={record.task}", f"SEEDS={record.seed}", f"PROFILE={p['profile']}",
+             f"PRECISION={p.get('precision', 'fp32')}"]  # auto may choose otherwise elsewhere
     if p.get("head", "linear") != "linear":
         parts.append(f"PROTOCOL={p['head']}")
     if p.get("trials"):
@@ -313,6 +315,7 @@ def _provenance_table(analysis: Analysis, task: str) -> str:
         rows.append(
             f"<tr{css}><td>{e(r.entry.display)}</td><td>{r.fraction:g}</td><td>{r.seed}</td>"
             f"<td>{r.value:.4f}</td><td>{int(p['n_train'])} / {int(p['n_test'])}</td>"
+            f"<td>{e(str(p.get('precision', 'fp32')))}</td>"
             f"<td><code>{e(str(p['code_version']))}</code></td>"
             f"<td><code title=\"{e(str(p['weights_sha256']))}\">"
             f"{e(str(p['weights_sha256'])[:16])}…</code></td>"
@@ -321,7 +324,8 @@ def _provenance_table(analysis: Analysis, task: str) -> str:
             f"<td>{_verification(p)}</td>"
             f"<td><code>{e(reproduce_command(r))}</code></td></tr>")
     head = ("<tr><th>backbone</th><th>fraction</th><th>seed</th>"
-            f"<th>{e(analysis.metric(task))}</th><th>n train / test</th><th>code version</th>"
+            f"<th>{e(analysis.metric(task))}</th><th>n train / test</th><th>precision</th>"
+            "<th>code version</th>"
             "<th>weights sha256</th><th>split hash</th><th>date (UTC)</th>"
             "<th>verified</th><th>reproduce</th></tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"

@@ -326,6 +326,14 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
     return headers, rows
 
 
+def precision_note(analysis, fraction: float | None = None) -> str:
+    """Each row's feature precision(s) at ``fraction`` (None: every fraction), in words."""
+    return ("Feature precision (brainbench.precision; bf16 and fp32 cells are different cells, "
+            "never pooled: a backbone with both for one task and fraction has a row per "
+            "precision): " + "; ".join(f"{name} {'+'.join(found)}" for name, found
+                                       in analysis.precisions(fraction).items()) + ".")
+
+
 def protocol_note(analysis) -> str | None:
     """Which probe protocol (and search budget) the rows are, in words."""
     protocols = analysis.protocols
@@ -350,12 +358,8 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
                          + f" ({people} test people)"
                          for task, (mdd, people) in detectable.items())
                      + ". Smaller true differences are likely to go unmarked.")
-    precisions = analysis.precisions(fraction)
-    if precisions:
-        notes.append("Feature precision (brainbench.precision; bf16 and fp32 cells are "
-                     "different cells): " + "; ".join(f"{name} {'+'.join(found)}"
-                                                      for name, found in precisions.items())
-                     + ".")
+    if analysis.precisions(fraction):
+        notes.append(precision_note(analysis, fraction))
     floors = [f"{t.id} {t.min_per_stratum}" for t in analysis.tasks]
     if floors:
         notes.append("Training subsets take max(k, ceil(fraction x n)) people of each label "

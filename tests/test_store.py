@@ -186,3 +186,20 @@ def test_results_table_keeps_profiles_apart_and_shows_the_latest_cell_of_a_setti
     assert "0.100 (k=1)" in rows[("cpu", "pearson_r")]  # the re-run stored no pearson_r
     assert "15.000 ± 1.414 (k=2)" in rows[("paper", "mae")]
     assert "80 / 160" in rows[("paper", "mae")]
+
+
+def test_the_site_names_each_rows_precision_and_reproduces_it(tmp_path):
+    """The leaderboard site: a row per precision, the legend names them, every cell's
+    provenance row shows its precision and its reproduce command asks for it (PRECISION=auto
+    may choose the other one on another machine)."""
+    from brainbench.leaderboard.analysis import load_analysis
+    from brainbench.leaderboard.site import build_site, reproduce_command
+
+    analysis = load_analysis(_two_precisions(tmp_path), n_boot=20)
+    page = build_site(analysis, tmp_path / "site").read_text()
+    assert "braindino bf16" in page and "braindino fp32" in page
+    assert "braindino bf16 [random-init] bf16" in page  # the legend's precision note
+    task_page = (tmp_path / "site" / "task-brain_age.html").read_text()
+    assert "<th>precision</th>" in task_page and "<td>bf16</td>" in task_page
+    for (entry, *_), record in analysis.cells.items():
+        assert f"PRECISION={entry.precision}" in reproduce_command(record)
