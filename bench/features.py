@@ -179,7 +179,7 @@ class _Volumes(torch.utils.data.Dataset):
             volume = load_volume(path)
             if self.decode_only:
                 return key, torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-            return key, volume_to_input(volume, self.contract)
+            return key, volume_to_input(volume, self.contract, contiguous=False)  # batched
         except Exception as exc:  # handed to the consumer, raised there
             return key, exc
 
@@ -193,7 +193,8 @@ def _on_device(decoded: Iterator[tuple[str, torch.Tensor | BaseException]], cont
                 yield key, item
                 continue
             try:
-                prepared = volume_to_input(item.to(device, non_blocking=True), contract)
+                prepared = volume_to_input(item.to(device, non_blocking=True), contract,
+                                           contiguous=False)  # batched by torch.cat
             except Exception as exc:  # raised by the consumer with the others
                 prepared = exc
             yield key, prepared

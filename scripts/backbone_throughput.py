@@ -278,7 +278,7 @@ def pipeline_rows(name: str, profile, args, precision: str) -> list[list]:
         volume_to_input(load_volume(paths[0]), contract)  # untimed: imports MONAI (~3 s)
         started = time.perf_counter()
         for path in paths[:3]:
-            volume_to_input(load_volume(path), contract)
+            volume_to_input(load_volume(path), contract, contiguous=False)  # as the workers do
         decode = (time.perf_counter() - started) / min(3, len(paths))
         x = torch.randn(batch, contract.in_channels, *contract.image_size, device=args.device)
 

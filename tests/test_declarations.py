@@ -100,3 +100,18 @@ def test_region_metric_names_and_directions_derive_from_the_regions():
             assert PRIMARY_METRIC_DIRECTION[region_metric(family, region)] == direction
     masks = np.zeros((len(regions), 4, 4, 4), dtype=bool)
     assert set(region_scores(masks, masks, (1.0, 1.0, 1.0), regions)) == names
+
+
+def test_the_encoding_loop_gets_three_channels_as_a_view_of_one():
+    """contiguous=False (the decode workers' call): the grey channel repeated as a broadcast
+    view, a third of the bytes, with the values of the contiguous slices the batch copies."""
+    import torch
+
+    contract = InputContract(dims="2d", in_channels=3, image_size=(32, 32), num_slices=6,
+                             intensity="robust_zscore", tokens=("cls",), feature_dim=8)
+    volume = np.asfortranarray(synthetic_brain(0))
+    view = volume_to_input(volume, contract, contiguous=False)
+    full = volume_to_input(volume, contract)
+    assert view.shape == full.shape == (6, 3, 32, 32) and full.is_contiguous()
+    assert view.stride(1) == 0 and view.untyped_storage().nbytes() * 3 == full.nbytes
+    assert torch.equal(torch.cat([view[:4], view[4:]]), full)
