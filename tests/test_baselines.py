@@ -370,11 +370,15 @@ def phantom(tmp_path_factory) -> Path:
 
 
 # the oracle reads phantom ground truth, not volumes (tests/test_controls.py)
+# (braindino and random: tests/test_precision.py); both precisions, as issue 15 asks
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(set(BACKBONES.names()) - {"braindino", "random", "oracle"}))
-def test_every_backbone_encodes_a_phantom_volume(tmp_path, phantom, name):
+def test_every_backbone_encodes_a_phantom_volume(tmp_path, phantom, name, precision):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backbone = create_backbone(name, image_size=32, num_slices=4)
+        warnings.simplefilter("ignore")  # random init; bf16 on a CPU without a bf16 path
+        backbone = create_backbone(name, image_size=32, num_slices=4, precision=precision)
+    # controls compute no network: always fp32, and say so
+    assert backbone.precision == ("fp32" if backbone.weights.is_control else precision)
     contract = backbone.contract
     tokens, stats = extract_features(backbone, [phantom], FeatureCache(tmp_path), batch_size=4,
                                      progress=False)
