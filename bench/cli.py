@@ -187,7 +187,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def _print_table(config, pending=()) -> None:
-    from brainbench.leaderboard.tables import comparison_table
+    from brainbench.leaderboard.tables import comparison_table, detectable_note
     from brainbench.runner import resolve_tasks
     from brainbench.store import ResultStore, default_url
 
@@ -220,6 +220,9 @@ def _print_table(config, pending=()) -> None:
     print(comparison_table(frame, tasks, fmt=config.format, pending=pending,
                            pretraining=pretraining,
                            hide_contaminated=getattr(config, "hide_contaminated", False)))
+    note = detectable_note(store, frame, tasks, split)
+    if note:
+        print(note)
 
 
 def cmd_run(args: argparse.Namespace) -> None:

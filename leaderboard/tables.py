@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from brainbench.errors import BenchError
 from brainbench.metrics import PRIMARY_METRIC_DIRECTION
 from brainbench.protocols import budget_of, is_searched, protocol_label
 from brainbench.taskspec import TaskSpec
@@ -161,6 +162,52 @@ def _precision_note(summary: pd.DataFrame) -> str:
         parts.append(f"{column}: {main}" + (f" ({exceptions})" if exceptions else ""))
     return ("Feature precision (brainbench.precision; bf16 and fp32 cells are never pooled: a "
             "column run in both for a task gets a column per precision): " + "; ".join(parts))
+
+
+def detectable_note(store, frame: pd.DataFrame, tasks: Sequence[TaskSpec], split: str = ""
+                    ) -> str | None:
+    """What difference the comparison table's test sets can detect: the minimum detectable
+    difference of `make table`'s paired test (alpha 0.05, power 0.8) per task, from the
+    statistics' reference entry (the first pretrained backbone, else the first) at each
+    fraction; a range over fractions when there are several."""
+    from brainbench.leaderboard.analysis import load_analysis
+
+    if frame.empty:
+        return None
+    if frame["profile"].nunique() > 1 or frame["data_source"].nunique() > 1:
+        return ("Minimum detectable differences: per profile and data source, see `make table "
+                "PROFILE=...` (these rows mix several).")
+    present = set(frame["task"])
+    try:
+        analysis = load_analysis(store, models=sorted(set(frame["backbone"])),
+                                 tasks=[t.id for t in tasks if t.id in present],
+                                 fractions=sorted(set(frame["fraction"])),
+                                 profile=frame["profile"].iloc[0],
+                                 data_source=frame["data_source"].iloc[0], split=split)
+    except BenchError as exc:
+        return f"Minimum detectable differences not computed: {exc}"
+    found: dict[str, list[tuple[float, int]]] = {}
+    for fraction in analysis.fractions():
+        for task, value in analysis.detectable_differences(fraction).items():
+            found.setdefault(task, []).append(value)
+    if not found:
+        return None
+    parts = []
+    for task, values in found.items():
+        finite = [m for m, _ in values if np.isfinite(m)]
+        shown = ("none within its range" if not finite
+                 else f"{min(finite):.3g}" if min(finite) == max(finite)
+                 else f"{min(finite):.3g}-{max(finite):.3g}")
+        if finite and len(finite) < len(values):
+            shown += " (none within its range at some fractions)"
+        people = "/".join(str(n) for n in sorted({n for _, n in values}))
+        parts.append(f"{task} {analysis.metric(task)} {shown} ({people} test people)")
+    reference = analysis.reference or analysis.entries[0]
+    return ("Minimum detectable difference of the paired test (alpha 0.05, power 0.8; from "
+            f"{reference.display}'s test predictions"
+            + (", range over the fractions" if len(analysis.fractions()) > 1 else "") + "): "
+            + "; ".join(parts) + ". Smaller true differences are likely to go unmarked; "
+            "intervals and paired tests: `make table`.")
 
 
 def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = "simple",

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from brainbench.store import Cell, ResultStore
@@ -203,3 +204,25 @@ def test_the_site_names_each_rows_precision_and_reproduces_it(tmp_path):
     assert "<th>precision</th>" in task_page and "<td>bf16</td>" in task_page
     for (entry, *_), record in analysis.cells.items():
         assert f"PRECISION={entry.precision}" in reproduce_command(record)
+
+
+def test_the_results_table_says_what_difference_it_can_detect(tmp_path, capsys):
+    """`make results` (and the table `make bench` prints) ends with the minimum detectable
+    difference of `make table`'s paired test, the same figure, per task."""
+    from brainbench.cli import main
+    from brainbench.leaderboard.analysis import load_analysis
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'results.db'}")
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        targets = rng.uniform(20, 80, 12)
+        predictions = [(f"s{i}", float(t), float(t + rng.normal(0, 5))) for i, t in
+                       enumerate(targets)]
+        mae = float(np.mean([abs(p - t) for _, t, p in predictions]))
+        store.write_cell(cell(seed=seed), {"mae": mae}, predictions,
+                         persons={f"s{i}": f"p{i}" for i in range(12)})
+    assert main(["results", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    expected = load_analysis(store).detectable_difference("brain_age", 0.1)
+    assert f"brain_age mae {expected:.3g} (12 test people)" in out
+    assert "Minimum detectable difference of the paired test" in out
