@@ -186,12 +186,16 @@ def _binary_auc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-def _auc(labels: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _auc(labels: np.ndarray, proba: np.ndarray, idx: np.ndarray,
+         prediction_idx: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise (macro one-vs-rest) AUC of labels[idx] against proba[prediction_idx] (default:
+    the same rows)."""
     y = labels[idx]
+    rows = idx if prediction_idx is None else prediction_idx
     k = proba.shape[1]
     if k == 2:
-        return _binary_auc(y == 1, proba[:, 1][idx])
-    per_class = [_binary_auc(y == c, proba[:, c][idx]) for c in range(k)]
+        return _binary_auc(y == 1, proba[:, 1][rows])
+    per_class = [_binary_auc(y == c, proba[:, c][rows]) for c in range(k)]
     return np.mean(per_class, axis=0)  # NaN when any class is absent from the resample
 
 
@@ -324,10 +328,7 @@ class Scorer:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 return np.nanmean(self.prediction[idx], axis=1)
         if self.kind == "regression":
-            err = self.prediction[idx] - self.y[idx]
-            if self.metric == "mae":
-                return np.abs(err).mean(axis=1)
-            return np.sqrt((err ** 2).mean(axis=1))
+            return self._regression_error(self.prediction[idx] - self.y[idx])
         time, event = self.y
         if self.metric in ("c_uno", "logrank_p"):
             return _survival_secondary(self, idx)
@@ -335,6 +336,26 @@ class Scorer:
 
     def point(self) -> float:
         return float(self(np.arange(self.n))[0])
+
+    def shuffled(self, perms: np.ndarray) -> np.ndarray:
+        """(P,) the metric with the predictions reordered by each row of `perms` against the
+        labels in place: the labels permuted across samples (the chance row). Classification
+        and regression score every row in one array operation; a survival pair matrix depends
+        on the order, so it is scored row by row."""
+        perms = np.atleast_2d(perms)
+        if self.kind == "classification":
+            everyone = np.broadcast_to(np.arange(self.n), perms.shape)
+            return _auc(self.y, self.prediction, everyone, perms)
+        if self.kind == "regression":
+            return self._regression_error(self.prediction[perms] - self.y[None, :])
+        everyone = np.arange(self.n)[None, :]
+        return np.array([replace(self, prediction=self.prediction[perm])(everyone)[0]
+                         for perm in perms])
+
+    def _regression_error(self, err: np.ndarray) -> np.ndarray:
+        if self.metric == "mae":
+            return np.abs(err).mean(axis=1)
+        return np.sqrt((err ** 2).mean(axis=1))
 
     def hard(self) -> np.ndarray:
         """Classification: the predicted class index per subject (argmax of the stored
@@ -469,12 +490,8 @@ def shuffled_labels(scorers: Sequence[Scorer], n_perm: int, seed: int, key: str)
     rng = np.random.default_rng([int(seed), salt])
     n = scorers[0].n
     perms = np.stack([rng.permutation(n) for _ in range(n_perm)])
-    out = np.empty((len(scorers), n_perm))
-    everyone = np.arange(n)[None, :]
-    for i, scorer in enumerate(scorers):
-        for j, perm in enumerate(perms):
-            # permuting the predictions against fixed labels = permuting the labels
-            out[i, j] = replace(scorer, prediction=scorer.prediction[perm])(everyone)[0]
+    # permuting the predictions against fixed labels = permuting the labels
+    out = np.stack([scorer.shuffled(perms) for scorer in scorers])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(out, axis=0)

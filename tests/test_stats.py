@@ -158,6 +158,37 @@ def test_scorers_match_sklearn_and_sksurv_on_resamples():
         assert value == pytest.approx(expected, abs=1e-12)
 
 
+def test_shuffled_scores_each_permutation_of_the_predictions_against_fixed_labels():
+    """The chance row's scores, every permutation at once, against scikit-learn / sksurv
+    scoring each permuted prediction vector on its own."""
+    rng = np.random.default_rng(1)
+    n = 24
+    perms = np.stack([rng.permutation(n) for _ in range(15)])
+    y = np.array(["a", "b"] * (n // 2))
+    proba = rng.random((n, 2)).round(1)  # tied scores
+    got = stats.make_scorer("classification", "auc", y.tolist(), proba.tolist()).shuffled(perms)
+    np.testing.assert_allclose(got, [roc_auc_score(y == "b", proba[p, 1]) for p in perms])
+    y3 = np.array(["AD", "CN", "MCI"] * (n // 3))
+    p3 = rng.dirichlet([1, 1, 1], n)
+    got3 = stats.make_scorer("classification", "auc", y3.tolist(), p3.tolist()).shuffled(perms)
+    np.testing.assert_allclose(got3, [roc_auc_score(y3, p3[p], multi_class="ovr",
+                                                    average="macro") for p in perms])
+    target, pred = rng.normal(50, 10, n), rng.normal(50, 10, n)
+    for metric, fn in (("mae", mean_absolute_error),
+                       ("rmse", lambda a, b: np.sqrt(mean_squared_error(a, b)))):
+        got_r = stats.make_scorer("regression", metric, target.tolist(),
+                                  pred.tolist()).shuffled(perms)
+        np.testing.assert_allclose(got_r, [fn(target, pred[p]) for p in perms])
+    time = rng.integers(1, 10, n).astype(float)
+    event = rng.random(n) < 0.6
+    risk = rng.normal(0, 1, n)
+    got_c = stats.make_scorer("survival", "c_harrell",
+                              [[t, bool(e)] for t, e in zip(time, event)],
+                              risk.tolist()).shuffled(perms)
+    np.testing.assert_allclose(
+        got_c, [concordance_index_censored(event, time, risk[p])[0] for p in perms])
+
+
 def test_class_order_is_the_probe_order_and_ambiguity_is_an_error():
     assert stats.class_order(["wildtype", "mutant"], 2) == ["mutant", "wildtype"]
     assert stats.class_order(["CN", "AD"], 3, ("CN", "MCI", "AD")) == ["AD", "CN", "MCI"]
