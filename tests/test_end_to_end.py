@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from brainbench.cli import main
 from brainbench.profiles import PROFILES
@@ -25,13 +24,18 @@ READY = sorted(t.id for t in all_tasks() if t.status == "ready")
 # training subsets, part of the configuration hash); the first release's cells keep their own
 # identities and stay readable (tests/test_store_schema.py recomputes every one of them).
 #
-# The random-init weights come from torch's RNG and CPU init kernels, whose rounding differs
-# between CPU vendors: the same seed gave other weights on an Intel Xeon (AMX) than on AMD EPYCs
-# (a Zen 4 with torch 2.15 and a Zen 5 with torch 2.14 agree), hence other cell ids,
-# configuration hashes and cache keys (the split and subset hashes do not move); the cells'
-# cache-key digests also moved between torch 2.14 and 2.15 on AMD. So the pins are per CPU
-# vendor (/proc/cpuinfo vendor_id) and torch release, one file each under tests/fixtures/pins;
-# a pair without a file fails here, saying so.
+# Two machine-dependent inputs enter them. The random-init weights come from torch's RNG and
+# CPU init kernels, whose rounding differs between CPU vendors: the same seed gave other weights
+# on Intel Xeons than on AMD EPYCs, hence other cell ids, configuration hashes and cache keys.
+# And the phantoms' smooth fields are matrix products (bench/phantoms/fields.py) through
+# numpy's OpenBLAS, which picks its kernel by CPU model (numpy's build carries Prescott,
+# Nehalem, SandyBridge, Haswell and SkylakeX ones): a Zen 5 EPYC runs the Haswell kernel, a
+# Zen 4 the SkylakeX one, a few phantom voxels round differently, and the cells' cache-key
+# digests differ while the weights, the pinned file's keys, splits and subsets agree. A Zen 4
+# with OPENBLAS_CORETYPE=Haswell reproduces the Zen 5 pins (session 18; they were first
+# filed as a torch 2.14-vs-2.15 difference). So the pins are per CPU vendor (/proc/cpuinfo
+# vendor_id) and numpy OpenBLAS kernel, one file each under tests/fixtures/pins; a pair
+# without a file fails here, saying so.
 PINS_DIR = Path(__file__).parent / "fixtures" / "pins"
 
 
@@ -46,8 +50,19 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return "unknown"
 
 
+def blas_kernel() -> str:
+    """The kernel numpy's OpenBLAS runs here ("SkylakeX", "Haswell", ...; "unknown" where
+    numpy uses no OpenBLAS)."""
+    from threadpoolctl import threadpool_info
+
+    for library in threadpool_info():
+        if library.get("internal_api") == "openblas" and "numpy" in library.get("filepath", ""):
+            return library.get("architecture") or "unknown"
+    return "unknown"
+
+
 CPU_VENDOR = cpu_vendor()
-TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+BLAS_KERNEL = blas_kernel()
 COLUMNS = ["cell_id", "config_hash", "split_hash", "subset_hash", "cache_key"]
 
 # one feature-cache and one patch-token key of one phantom file (tiny profile, braindino)
@@ -55,23 +70,24 @@ PINNED_FILE = "IXI/IXI-T1/IXI002-Guys-0482-T1.nii.gz"
 PINNED_FILE_SHA256 = "04d5c5221ff4d11b54d4ddafb4db8db171e5ca03d398472ba3b67a8203f06def"
 
 
-def cpu_pins(vendor: str = CPU_VENDOR, release: str = TORCH_RELEASE) -> dict:
-    """The pins of this CPU vendor and torch release: {"cells": {"task/seed": [COLUMNS...]}, "feature_key",
-    "patch_key" (slices 0,1; layer 11)}."""
-    path = PINS_DIR / f"random_init_{vendor}_torch-{release}.json"
+def cpu_pins(vendor: str = CPU_VENDOR, kernel: str = BLAS_KERNEL) -> dict:
+    """The pins of this CPU vendor and numpy OpenBLAS kernel: {"cells": {"task/seed":
+    [COLUMNS...]}, "feature_key", "patch_key" (slices 0,1; layer 11)}."""
+    path = PINS_DIR / f"random_init_{vendor}_{kernel}.json"
     if not path.exists():
-        pytest.fail(f"no pinned identities for CPU vendor {vendor} and torch {release} ({path} "
-                    "is missing; known: "
+        pytest.fail(f"no pinned identities for CPU vendor {vendor} with numpy's OpenBLAS "
+                    f"{kernel} kernel ({path} is missing; known: "
                     f"{sorted(p.stem for p in PINS_DIR.glob('*.json'))}). Check that only the "
-                    "random-init weights moved (split and subset hashes equal to another "
-                    "vendor's), then add the file")
+                    "random-init weights and the phantoms' rounding moved (split and subset "
+                    "hashes equal to another file's; OPENBLAS_CORETYPE=<kernel> runs another "
+                    "kernel), then add the file")
     return json.loads(path.read_text())
 
 
-def pinned_cells(vendor: str = CPU_VENDOR, release: str = TORCH_RELEASE
+def pinned_cells(vendor: str = CPU_VENDOR, kernel: str = BLAS_KERNEL
                  ) -> dict[tuple[str, int], tuple[str, ...]]:
     return {(key.split("/")[0], int(key.split("/")[1])): tuple(value)
-            for key, value in cpu_pins(vendor, release)["cells"].items()}
+            for key, value in cpu_pins(vendor, kernel)["cells"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +132,12 @@ def test_identities_match_the_pinned_ones(cold, workspace):
     assert stored == pinned_cells()
 
 
-def test_cpu_vendors_differ_only_in_what_the_random_weights_enter():
-    """The per-vendor pins agree on every split and subset hash: only identities that hold
-    the random-init weights' digest may differ between CPUs."""
-    kinds = sorted(tuple(p.stem.removeprefix("random_init_").split("_torch-"))
-                   for p in PINS_DIR.glob("random_init_*_torch-*.json"))
+def test_machines_differ_only_in_what_the_weights_and_phantom_voxels_enter():
+    """The per-machine pins agree on every split and subset hash: only identities that hold
+    the random-init weights' digest or the phantom files' hashes may differ between CPUs; and
+    within a vendor (the same weights) the cell ids and configuration hashes agree too."""
+    kinds = sorted(tuple(p.stem.removeprefix("random_init_").split("_", 1))
+                   for p in PINS_DIR.glob("random_init_*_*.json"))
     assert len(kinds) >= 3
     first = pinned_cells(*kinds[0])
     for vendor in kinds[1:]:
@@ -128,6 +145,10 @@ def test_cpu_vendors_differ_only_in_what_the_random_weights_enter():
         assert other.keys() == first.keys()
         for cell, values in other.items():
             assert values[2:4] == first[cell][2:4], (vendor, cell)
+    for vendor in {v for v, _ in kinds}:
+        mine = [pinned_cells(*kind) for kind in kinds if kind[0] == vendor]
+        for other in mine[1:]:
+            assert {c: v[:4] for c, v in other.items()} == {c: v[:4] for c, v in mine[0].items()}
 
 
 def test_cache_keys_match_the_first_release(cold, workspace):
