@@ -20,7 +20,8 @@ from brainbench.segmentation.data import choose_slices
 from brainbench.segmentation.heads import head_layers, make_head, trainable_parameters
 from brainbench.segmentation.labels import read_regions
 from brainbench.segmentation.metrics import diagonal_mm
-from brainbench.segmentation.train import TrainConfig
+from brainbench.segmentation.train import (HEAD_INIT_LOCK, TrainConfig, head_threads,
+                                           run_head_jobs, train_head)
 from brainbench.store import ResultStore, default_url
 from brainbench.targets import SegLabel, SegmentationTarget
 from brainbench.taskspec import get_task
@@ -246,6 +247,35 @@ def test_heads_shapes_layers_and_parameter_counts():
     assert trainable_parameters(multi) < 2_000_000
     with pytest.raises(BenchError, match="unknown segmentation head 'unet'"):
         head_layers("unet", 12)
+
+
+def test_heads_trained_side_by_side_are_the_heads_trained_one_after_the_other():
+    """The evaluator trains a task's cells on several threads: each head must come out bit for
+    bit as it does alone (own generator, one intra-op thread), results in job order, and the
+    process's torch thread count restored afterwards."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(12, 64, 7, 7)).astype(np.float16)]
+    targets = rng.random((12, 3, 112, 112)) < 0.2
+    config = TrainConfig(steps=25)
+
+    def job(seed):
+        def fit():
+            with HEAD_INIT_LOCK:
+                head = make_head("linear", [64], 3, (112, 112), (7, 7), seed=seed)
+            info = train_head(head, inputs, targets, config, seed=seed)
+            return seed, info.final_loss, [p.detach().clone() for p in head.parameters()]
+        return fit
+
+    threads_before = torch.get_num_threads()
+    alone = list(run_head_jobs([job(s) for s in range(4)], threads=1))
+    together = list(run_head_jobs([job(s) for s in range(4)], threads=3))
+    assert torch.get_num_threads() == threads_before
+    assert [a[0] for a in together] == [0, 1, 2, 3]
+    assert len({a[1] for a in alone}) == 4  # the seeds give different heads
+    for (_, loss_a, params_a), (_, loss_b, params_b) in zip(alone, together):
+        assert loss_a == loss_b
+        assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert head_threads(5) == min(5, torch.get_num_threads()) and head_threads(0) == 1
 
 
 def test_braindino_patch_tokens_are_final_norm_grids():

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,7 +33,8 @@ from brainbench.segmentation.data import choose_slices, grid_shape, to_slice_gri
 from brainbench.segmentation.heads import HEADS, head_layers, make_head, trainable_parameters
 from brainbench.segmentation.labels import read_regions
 from brainbench.segmentation.metrics import CONVENTIONS, region_scores
-from brainbench.segmentation.train import TrainConfig, predict_volume, train_head
+from brainbench.segmentation.train import (HEAD_INIT_LOCK, TrainConfig, head_threads,
+                                           predict_volume, run_head_jobs, train_head)
 from brainbench.splits import digest
 from brainbench.taskspec import TaskSpec
 
@@ -201,21 +203,29 @@ class SegmentationEvaluator(Evaluator):
 
         regions = task.target.regions
         height, width, _ = grid_shape(contract)
-        trained = []
-        for plan in progress_bar(cells, desc=f"{task.id} heads", unit="cell", delay=2.0,
-                                 enabled=config.progress):
+
+        def fit(plan: PlannedCell):
             per_sample = [token_cache.load_sample(keys, requests[s.id], plan.detail)
                           for s in prepared.members(plan.groups)]
             inputs = [np.concatenate([grids[i] for grids in per_sample])
                       for i in range(len(plan.detail))]
             del per_sample
             targets = np.concatenate([truth[s.id] for s in prepared.members(plan.groups)])
-            head = make_head(plan.cell.head, [a.shape[1] for a in inputs], len(regions),
-                             (height, width), tuple(inputs[0].shape[2:]), seed=plan.cell.seed)
+            with HEAD_INIT_LOCK:
+                head = make_head(plan.cell.head, [a.shape[1] for a in inputs], len(regions),
+                                 (height, width), tuple(inputs[0].shape[2:]),
+                                 seed=plan.cell.seed)
             n_params = trainable_parameters(head)  # counted before training freezes it
             info = train_head(head, inputs, targets, settings.training, seed=plan.cell.seed)
-            del inputs
-            trained.append((plan, head, info, n_params))
+            return plan, head, info, n_params
+
+        # the cells' heads train side by side, one thread each (memory: one cell's training
+        # grids per thread)
+        jobs = [partial(fit, plan) for plan in cells]
+        threads = head_threads(len(jobs))
+        trained = list(progress_bar(run_head_jobs(jobs, threads),
+                                    desc=f"{task.id} heads", unit="cell", total=len(jobs),
+                                    delay=2.0, enabled=config.progress))
 
         started = time.perf_counter()
         scores: list[list[dict[str, float]]] = [[] for _ in trained]
@@ -261,7 +271,8 @@ class SegmentationEvaluator(Evaluator):
             report.notes.append(
                 f"{task.id}: head {name}: {items[0][0]:,} trainable "
                 f"parameters beside the frozen backbone's {backbone_params:,}; training "
-                f"{np.mean([i.seconds for _, i in items]):.1f} s per cell ({len(items)} cells, "
+                f"{np.mean([i.seconds for _, i in items]):.1f} s per cell ({len(items)} cells "
+                f"on {threads} thread{'s' if threads > 1 else ''}, "
                 f"{items[0][1].n_slices}+ slices, {settings.training.steps} steps)")
         report.notes.append(
             f"{task.id}: full test set ({len(test)} subjects, {len(trained)} head(s)) predicted "

@@ -9,9 +9,11 @@ themselves are `brainbench.heads.segmentation` ("linear", "multiscale"); this is
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,10 @@ from torch import nn
 
 from brainbench.heads._torch import one_thread  # one intra-op thread: see its docstring
 from brainbench.segmentation.data import to_volume
+
+T = TypeVar("T")
+#: a head's initialisation seeds torch's global generator (inside fork_rng): one at a time
+HEAD_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,30 @@ def train_head(head: nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarra
     """inputs: per layer (N, C, h, w) float16; targets: (N, R, H, W) bool. Trains `head` only."""
     with one_thread():
         return _train(head, inputs, targets, config, seed)
+
+
+def head_threads(n_jobs: int) -> int:
+    """Threads for `n_jobs` head fits: one per intra-op thread torch may use here (so a Ray
+    worker limited to one CPU stays sequential), at most one per job."""
+    return max(1, min(n_jobs, torch.get_num_threads()))
+
+
+def run_head_jobs(jobs: Sequence[Callable[[], T]], threads: int) -> Iterator[T]:
+    """Each job's result, in job order, the jobs run on `threads` threads with one intra-op
+    thread each.
+
+    Why threads: a head step is milliseconds of small single-threaded ops that release the
+    GIL, so on two cores two heads trained ~1.6-2.4x faster side by side than one after the
+    other, bit for bit the same (each fit draws from its own generator, and every op runs on
+    the calling thread). Jobs that build a head take `HEAD_INIT_LOCK` around it.
+    """
+    with one_thread():
+        if threads <= 1:
+            for job in jobs:
+                yield job()
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="brainbench-head") as pool:
+            yield from pool.map(lambda job: job(), jobs)
 
 
 def _train(head: nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarray,
