@@ -161,8 +161,10 @@ def check_workers(workers: object) -> int:
 
 class _Volumes(torch.utils.data.Dataset):
     """Volume i of `todo` read whole and preprocessed to the contract (``decode_only``: read
-    only, as a float32 tensor, for preprocessing on the model's device); a bad file comes back
-    as its BenchError (raised by the consumer, in order, with its own message)."""
+    only, as a float32 tensor with its axes reversed, for preprocessing on the model's device:
+    nibabel's Fortran-ordered voxels are then one contiguous block to pin and copy, and the
+    device, not a decode worker, makes the C-order copy); a bad file comes back as its
+    BenchError (raised by the consumer, in order, with its own message)."""
 
     def __init__(self, todo: Sequence[tuple[Path, str]], contract: Any,
                  decode_only: bool = False) -> None:
@@ -177,8 +179,8 @@ class _Volumes(torch.utils.data.Dataset):
         path, key = self.todo[index]
         try:
             volume = load_volume(path)
-            if self.decode_only:
-                return key, torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+            if self.decode_only:  # axes reversed: nibabel's Fortran order as a C-order block
+                return key, torch.from_numpy(np.asarray(volume, dtype=np.float32).T)
             return key, volume_to_input(volume, self.contract, contiguous=False)  # batched
         except Exception as exc:  # handed to the consumer, raised there
             return key, exc
@@ -193,7 +195,10 @@ def _on_device(decoded: Iterator[tuple[str, torch.Tensor | BaseException]], cont
                 yield key, item
                 continue
             try:
-                prepared = volume_to_input(item.to(device, non_blocking=True), contract,
+                # the decode workers reversed the axes (`_Volumes`): the C-order copy they
+                # used to make on the CPU is made here, on the device
+                on_device = item.to(device, non_blocking=True).permute(2, 1, 0).contiguous()
+                prepared = volume_to_input(on_device, contract,
                                            contiguous=False)  # batched by torch.cat
             except Exception as exc:  # raised by the consumer with the others
                 prepared = exc

@@ -210,6 +210,33 @@ def test_device_preprocessing_gives_close_features_under_their_own_keys(tmp_path
                          progress=False, workers=0)
 
 
+def test_decode_only_workers_hand_nibabel_order_and_the_device_gets_the_c_order_volume(volumes):
+    """PREPROCESS=device: the decode workers send nibabel's Fortran-ordered voxels as one
+    contiguous block with the axes reversed (no C-order copy on the CPU; pinning copies a
+    block), and the device reverses them and makes the copy: its input is bit for bit the
+    C-ordered volume's."""
+    import torch
+
+    from brainbench.features import _on_device, _Volumes
+    from brainbench.preprocess import load_volume, volume_to_input
+
+    device = create_backbone("braindino", image_size=TINY.slice_size,
+                             num_slices=TINY.num_slices, preprocess_on="device")
+    dataset = _Volumes([(path, path.name) for path in volumes], device.contract,
+                       decode_only=True)
+    decoded = [dataset[i] for i in range(len(dataset))]
+    prepared = dict(_on_device(iter(decoded), device.contract, "cpu"))
+    for (key, tensor), path in zip(decoded, volumes):
+        voxels = load_volume(path)
+        assert voxels.flags.f_contiguous and not voxels.flags.c_contiguous  # nibabel's order
+        assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+        assert tensor.shape == voxels.shape[::-1]
+        c_order = torch.from_numpy(np.ascontiguousarray(voxels, dtype=np.float32))
+        assert torch.equal(tensor.permute(2, 1, 0), c_order)
+        expected = volume_to_input(c_order, device.contract, contiguous=False)
+        assert torch.equal(prepared[key], expected)
+
+
 def test_a_bad_file_in_a_worker_names_the_file(tmp_path, volumes):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(volumes[0].read_bytes()[:200])
