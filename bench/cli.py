@@ -814,10 +814,11 @@ def _environment_error(exc: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     import json
 
-    from brainbench.store import DATABASE_ERRORS
+    from brainbench.store import DATABASE_ERRORS, close_stores, open_store_engines
 
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    opened_before = open_store_engines()
     try:
         _check_folders(args)
         args.func(args)
@@ -836,6 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; caches and results hold only complete entries", file=sys.stderr)
         return 130
+    finally:
+        close_stores(keep=opened_before)  # this command's connections end with it
     return 0
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import sqlite3
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -430,6 +431,26 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: the engine of every store opened in this process and not yet collected (an engine can
+#: outlive its store in a reference cycle, its connections open until a garbage collection):
+#: `brainbench.cli.main` closes the ones its command opened (`close_stores`)
+_OPEN_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+def open_store_engines() -> set[Engine]:
+    """The engines of the stores open now (to pass to `close_stores` as `keep`)."""
+    return set(_OPEN_ENGINES)
+
+
+def close_stores(keep: set[Engine] = frozenset()) -> None:  # type: ignore[assignment]
+    """Close the pooled connections of every store opened but those of `keep`: a command run
+    in-process (a test, a notebook) must not leave connections that some later garbage
+    collection closes, since SQLite folds its write-ahead log into the database file when
+    the last connection closes, rewriting the file's bytes at an unpredictable moment."""
+    for engine in open_store_engines() - set(keep):
+        engine.dispose()
+
+
 class ResultStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
@@ -451,6 +472,11 @@ class ResultStore:
         self.schema_version = self._open()
         if self.engine.dialect.name == "sqlite":
             _sqlite_wal(self.engine)
+        _OPEN_ENGINES.add(self.engine)
+
+    def close(self) -> None:
+        """Close the pooled connections; the store stays usable (it reconnects on demand)."""
+        self.engine.dispose()
 
     # ------------------------------------------------------------------ schema
 

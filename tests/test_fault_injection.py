@@ -444,6 +444,9 @@ def test_a_refused_import_leaves_the_results_folder_as_it_was(tmp_path, capsys, 
     assert list(empty.iterdir()) == []  # no results.db, although the first file was good
     used = tmp_path / "used"
     assert main(["import", str(results_file), "--results", str(used)]) == 0
+    # the command closed its connections: SQLite folded its write-ahead log into the file
+    # then, not at some later garbage collection that would rewrite the file's bytes
+    assert not (used / "results.db-wal").exists()
     before = _snapshot(used)
     _fails(capsys, ["import", str(forged), "--results", str(used)], needle)
     assert _snapshot(used) == before
