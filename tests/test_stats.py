@@ -132,6 +132,15 @@ def test_scorers_match_sklearn_and_sksurv_on_resamples():
         yy = y[row] == "b"
         expected = roc_auc_score(yy, proba[row, 1]) if 0 < yy.sum() < n else np.nan
         np.testing.assert_allclose(value, expected, equal_nan=True)
+    # a NaN score (a negative's or a positive's) makes its resample's AUC NaN, never a number
+    # over the other scores
+    for i in (0, 1):
+        single = proba.copy()
+        single[i, 1] = np.nan
+        got_nan = stats.make_scorer("classification", "auc", y.tolist(), single.tolist())(idx)
+        assert np.isnan(got_nan[[(i in row) for row in idx]]).all()
+        assert np.isfinite(got_nan[[(i not in row) and len(set(y[row])) == 2
+                                    for row in idx]]).all()
     # 3 classes: macro one-vs-rest
     y3 = np.array(["AD", "CN", "MCI"] * (n // 3))
     p3 = rng.dirichlet([1, 1, 1], n)
