@@ -20,8 +20,9 @@ from brainbench.segmentation.data import choose_slices
 from brainbench.segmentation.heads import head_layers, make_head, trainable_parameters
 from brainbench.segmentation.labels import read_regions
 from brainbench.segmentation.metrics import diagonal_mm
-from brainbench.segmentation.train import (HEAD_INIT_LOCK, TrainConfig, head_threads,
-                                           run_head_jobs, train_head)
+from brainbench.segmentation.train import (HEAD_INIT_LOCK, HEAD_THREADS_MEMORY_BYTES,
+                                           TrainConfig, head_threads, run_head_jobs,
+                                           train_head)
 from brainbench.store import ResultStore, default_url
 from brainbench.targets import SegLabel, SegmentationTarget
 from brainbench.taskspec import get_task
@@ -276,6 +277,9 @@ def test_heads_trained_side_by_side_are_the_heads_trained_one_after_the_other():
         assert loss_a == loss_b
         assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
     assert head_threads(5) == min(5, torch.get_num_threads()) and head_threads(0) == 1
+    # cells whose training grids would not fit side by side train one at a time
+    assert head_threads(5, job_bytes=HEAD_THREADS_MEMORY_BYTES * 0.6) == 1
+    assert head_threads(5, job_bytes=1e6) == min(5, torch.get_num_threads())
 
 
 def test_braindino_patch_tokens_are_final_norm_grids():

@@ -219,10 +219,13 @@ class SegmentationEvaluator(Evaluator):
             info = train_head(head, inputs, targets, settings.training, seed=plan.cell.seed)
             return plan, head, info, n_params
 
-        # the cells' heads train side by side, one thread each (memory: one cell's training
-        # grids per thread)
+        # the cells' heads train side by side, one thread each, as many as their training
+        # grids fit in memory (float16 as loaded plus the float32 copy training makes, every
+        # layer: an upper bound)
         jobs = [partial(fit, plan) for plan in cells]
-        threads = head_threads(len(jobs))
+        largest = max(3 * per_slice * sum(len(slices[s.id]) for s in prepared.members(p.groups))
+                      for p in cells)
+        threads = head_threads(len(jobs), job_bytes=largest)
         trained = list(progress_bar(run_head_jobs(jobs, threads),
                                     desc=f"{task.id} heads", unit="cell", total=len(jobs),
                                     delay=2.0, enabled=config.progress))

@@ -54,10 +54,19 @@ def train_head(head: nn.Module, inputs: Sequence[np.ndarray], targets: np.ndarra
         return _train(head, inputs, targets, config, seed)
 
 
-def head_threads(n_jobs: int) -> int:
-    """Threads for `n_jobs` head fits: one per intra-op thread torch may use here (so a Ray
-    worker limited to one CPU stays sequential), at most one per job."""
-    return max(1, min(n_jobs, torch.get_num_threads()))
+#: memory the training grids of head fits running at once may take (every thread's cell): at
+#: the paper profile a linear-head cell holds ~3.6 MB per training slice (4 contrasts' float16
+#: tokens and their float32 copy), a multiscale one 4x that, so cells of hundreds of training
+#: subjects train one at a time
+HEAD_THREADS_MEMORY_BYTES = 4e9
+
+
+def head_threads(n_jobs: int, job_bytes: float = 0.0) -> int:
+    """Threads for `n_jobs` head fits of up to `job_bytes` of training grids each: one per
+    intra-op thread torch may use here (so a Ray worker limited to one CPU stays sequential),
+    at most one per job, and no more than fit in `HEAD_THREADS_MEMORY_BYTES` (one at least)."""
+    by_memory = int(HEAD_THREADS_MEMORY_BYTES // job_bytes) if job_bytes > 0 else n_jobs
+    return max(1, min(n_jobs, torch.get_num_threads(), by_memory))
 
 
 def run_head_jobs(jobs: Sequence[Callable[[], T]], threads: int) -> Iterator[T]:
