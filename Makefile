@@ -110,7 +110,8 @@ submit: $(STAMP)
 	@test -n "$(BACKBONE)" || { echo "usage: make submit BACKBONE=path/to/card.toml"; exit 2; }
 	$(BIN)/brainbench submit $(SUBMIT_ARGS) --fraction $(FRACTION) \
 		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE))
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE)) \
+		$(if $(DATA),--data $(DATA))
 
 import-bundle: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=path/to/bundle"; exit 2; }

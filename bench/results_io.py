@@ -28,6 +28,11 @@ What cannot be checked (metrics needing the training subset, ``n_train``, ``subs
 the test samples (``test_samples``) without the cohort, a split with neither manifest nor
 cohort) is recorded per cell under the reserved hyperparameters key ``import_verification``,
 with what was looked for and where, and the leaderboard marks such rows UNVERIFIED.
+
+No import can check the prediction values themselves, or fields only a re-run confirms
+(precision, head, config_hash, code_version). So an import never replaces a stored outcome: a
+cell already in the store must arrive with the same metrics, predictions and hashes
+(`write_verified`), and a cell computed in the store is kept rather than overwritten.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class ImportReport:
     backbone: str
     task: str
     cells: int
-    replaced: int
+    replaced: int  # cells an earlier import stored, written again (the same outcome)
+    kept: int = 0  # cells computed in the store with the same outcome, left as they are
 
 
 def _clean(value: Any) -> Any:
@@ -127,10 +133,17 @@ def _need(mapping: Any, key: str, types: tuple[type, ...], where: str) -> Any:
 #: reserved: a value in the file is never trusted (the import replaces it)
 VERIFICATION_KEY = "import_verification"
 WEIGHT_STATUSES = ("pretrained", "random-init", "control")  # brainbench.backbone.WeightStatus
-#: backbones that are random-init by definition (brainbench.baselines.random_init)
-ALWAYS_RANDOM = frozenset({"random"})
 #: built-in controls (no learned weights; their "weights" sha256 is of the feature definition)
 CONTROLS = frozenset({"intensity", "oracle"})
+
+
+def random_by_definition() -> frozenset[str]:
+    """Built-in backbones that are random-init by definition: registered as trained on no
+    data (``pretraining_datasets=()``: ``random``, ``random2d``, ``random3d``), controls aside."""
+    import brainbench.baselines  # noqa: F401  (registers the built-in backbones)
+    from brainbench.backbone import PRETRAINING_DATASETS
+
+    return frozenset(n for n, data in PRETRAINING_DATASETS.items() if not data) - CONTROLS
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -179,7 +192,7 @@ def _check_weights(cell: Cell, where: str, context: ImportContext) -> dict[str, 
         raise BenchError(f"{where}: field 'weights_status' does not verify: the file says "
                          f"{status!r} but weights_id {cell.weights_id!r} (part of the cell id) "
                          f"was recorded as {prefix!r}; the file was edited")
-    if status != "random-init" and cell.backbone in ALWAYS_RANDOM:
+    if status != "random-init" and cell.backbone in random_by_definition():
         raise BenchError(f"{where}: field 'weights_status' does not verify: backbone "
                          f"{cell.backbone!r} is random-init by definition, the file says "
                          f"{status!r}")
@@ -202,6 +215,27 @@ def _check_weights(cell: Cell, where: str, context: ImportContext) -> dict[str, 
         return {"weights_sha256": f"weights_id {cell.weights_id!r} does not carry this sha256"}
     return {"weights_sha256": ("a file hash (pretrained weights) cannot be checked without "
                                "the file") if status == "pretrained" else None}
+
+
+def _check_profile(cell: Cell, where: str) -> None:
+    """The profile must be one this brainbench defines, and a phantom cell's cohort the one
+    that profile generates (people per dataset, seed; any phantom version): a cell of the
+    small ``tiny`` cohort relabelled ``cpu`` is refused."""
+    from brainbench.profiles import PROFILES
+
+    try:
+        profile = PROFILES.get(cell.profile)
+    except BenchError as exc:
+        raise BenchError(f"{where}: field 'profile': {exc}") from None
+    match = _PHANTOM_SOURCE.fullmatch(cell.data_source)
+    if match is None:
+        return
+    claimed = match.group(1).split("-", 1)[1]
+    expected = profile.phantom_tag().split("-", 1)[1]
+    if claimed != expected:
+        raise BenchError(f"{where}: field 'profile' does not verify: profile {cell.profile!r} "
+                         f"generates the phantom cohort ...-{expected}, but the cell's "
+                         f"data_source is {cell.data_source!r}")
 
 
 def _numeric_close(value: float | None, recomputed: float) -> bool:
@@ -251,6 +285,7 @@ def _validate_cell(item: Any, backbone: str, task: str, where: str,
         if getattr(cell, name) < (0 if name == "seed" else 1):
             raise BenchError(f"{where}: field {name!r} is {getattr(cell, name)}; expected "
                              f"{'>= 0' if name == 'seed' else '>= 1'}")
+    _check_profile(cell, f"{where}.cell")
     weights = _check_weights(cell, f"{where}.cell", context)
     created_at = _need(item, "created_at", (str,), where)
     try:
@@ -601,6 +636,15 @@ def _check_test_samples(cell: Cell, prepared: Any, preds: list, where: str,
                          f"not the test samples of the split recomputed from {source}: "
                          f"{len(extra)} not in the test split {extra[:3]}, {len(missing)} test "
                          f"sample(s) without a prediction {missing[:3]}")
+    persons = prepared.test_persons
+    for j, p in enumerate(preds):  # the person is what the statistics resample
+        if "person" not in p:  # a file from before persons were kept: the cohort's grouping
+            p["person"] = persons[p["sample_id"]]
+        elif p["person"] != persons[p["sample_id"]]:
+            raise BenchError(f"{where}.predictions[{j}]: field 'person' does not verify: the "
+                             f"file says {p['person']!r} for sample {p['sample_id']!r} but the "
+                             f"split recomputed from {source} groups it as "
+                             f"{persons[p['sample_id']]!r}")
     kind = prepared.kind
     if kind.evaluator != "probe":  # segmentation targets name files on the computing machine
         return
@@ -697,8 +741,9 @@ def verify_results(path: Path, reference: ResultStore | None, results_dir: Path 
 
 
 def write_verified(store: ResultStore, files: list[VerifiedFile]) -> list[ImportReport]:
-    """Write the cells of every verified file in ONE transaction (replacing stored cells of
-    the same identity): all files are imported, or none."""
+    """Write the cells of every verified file in ONE transaction: all files are imported, or
+    none. A cell already stored must have the same outcome (`_check_same_outcome`); one
+    computed in this store is then kept as it is, one an earlier import stored is replaced."""
     seen: dict[str, Path] = {}
     for verified in files:
         for item in verified.cells:
@@ -706,10 +751,56 @@ def write_verified(store: ResultStore, files: list[VerifiedFile]) -> list[Import
             if first != verified.path:
                 raise BenchError(f"{verified.path}: cell {item.cell.cell_id[:12]} is also in "
                                  f"{first}; import each cell once")
+    stored = {c.cell_id: c for c in store.cells(with_predictions=True,
+                                                 cell_id=sorted(seen))} if seen else {}
+    for verified in files:
+        for item in verified.cells:
+            if item.cell.cell_id in stored:
+                _check_same_outcome(verified.path, item, stored[item.cell.cell_id], store)
+    def computed_here(item: StoredCell) -> bool:  # kept: its own run outranks a copy of it
+        return (item.cell.cell_id in stored
+                and VERIFICATION_KEY not in stored[item.cell.cell_id].cell.hyperparameters)
+
     reports = [ImportReport(f.path, f.backbone, f.task, len(f.cells),
-                            sum(store.has_cell(c.cell.cell_id) for c in f.cells)) for f in files]
-    store.write_cells([item for f in files for item in f.cells])
+                            sum(c.cell.cell_id in stored and not computed_here(c)
+                                for c in f.cells),
+                            sum(computed_here(c) for c in f.cells)) for f in files]
+    store.write_cells([item for f in files for item in f.cells if not computed_here(item)])
     return reports
+
+
+def _outcome(item: StoredCell) -> tuple:
+    """What a cell found: the fields outside its identity, its metrics and its predictions."""
+    def plain(value: Any) -> Any:  # undefined numbers travel as null
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return _clean(value)
+
+    cell = item.cell
+    return (cell.n_train, cell.n_test, cell.split_hash, cell.subset_hash, cell.cache_key,
+            json.dumps(plain(dict(item.metrics)), sort_keys=True),
+            json.dumps(plain(list(item.predictions)), sort_keys=True))
+
+
+def _check_same_outcome(path: Path, incoming: StoredCell, stored: StoredCell,
+                        store: ResultStore) -> None:
+    """An import re-writes a stored cell only with the same outcome: a cell's id covers its
+    configuration, so the same id with other predictions or metrics is a conflict (an edit,
+    or a nondeterministic run), never a silent replacement of what the store holds."""
+    if _outcome(incoming) == _outcome(stored):
+        return
+    origin = ("imported" if VERIFICATION_KEY in stored.cell.hyperparameters
+              else "computed in this store")
+    labels = ("n_train", "n_test", "split_hash", "subset_hash", "cache_key", "metrics",
+              "predictions")
+    differ = [name for name, a, b in zip(labels, _outcome(incoming), _outcome(stored)) if a != b]
+    cell = incoming.cell
+    raise BenchError(f"{path}: cell {cell.cell_id[:12]} ({cell.backbone}, {cell.task}, fraction "
+                     f"{cell.fraction:g}, seed {cell.seed}) is already in {store.shown} "
+                     f"({origin}, {stored.created_at}) with other {', '.join(differ)}: an import "
+                     "never replaces a stored outcome; nothing was imported")
 
 
 def existing_store(url: str) -> ResultStore | None:
@@ -735,8 +826,8 @@ def import_files(target: ResultStore | str, paths: list[Path],
 def import_results(store: ResultStore, path: Path, results_dir: Path | None = None,
                    reference: ResultStore | None = None,
                    lookup: DataLookup | None = None) -> ImportReport:
-    """Validate the whole file, then write every cell in one transaction (replacing any
-    stored cell with the same identity).
+    """Validate the whole file, then write every cell in one transaction (`write_verified`:
+    a cell already stored must have the same outcome).
 
     Every claim is verified where it can be (see the module docstring); what cannot be is
     recorded per cell under ``hyperparameters["import_verification"]`` and shown as

@@ -190,6 +190,11 @@ def run(config: RunConfig) -> RunReport:
                            precision=backbone.precision, runtime=backbone.runtime,
                            device=shown_device)
         report.other_split += without_split
+        if (config.precision == "bf16" and backbone.precision != "bf16"
+                and backbone.weights.status != "control"):  # controls always run fp32
+            report.note(f"backbone {backbone.name} runs fp32 only (its precisions: "
+                        f"{', '.join(backbone.precisions)}), so PRECISION=bf16 ran fp32; a "
+                        "backbone declares bf16 support with precisions = (\"fp32\", \"bf16\")")
         runnable = []
         for task in tasks:
             if task.status == "pending":

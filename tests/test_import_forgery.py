@@ -5,6 +5,7 @@ import could not check (shown as UNVERIFIED on the leaderboard)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,72 @@ def test_random_by_definition_backbone_cannot_claim_pretrained(exported, tmp_pat
 
     _refused(tmp_path, files["rand__brain_age.json"], rename,
              "backbone 'random' is random-init by definition")
+
+
+@pytest.mark.parametrize("backbone", ["random2d", "random3d"])
+def test_every_random_by_definition_backbone_cannot_claim_pretrained(exported, tmp_path,
+                                                                     backbone):
+    _, files = exported
+
+    def rename(data):
+        data["backbone"] = backbone
+        for item in data["cells"]:
+            item["cell"].update(backbone=backbone, weights_status="pretrained",
+                                weights_id=item["cell"]["weights_id"].replace("random-init",
+                                                                              "pretrained"))
+            _recompute_id(item)
+
+    _refused(tmp_path, files["rand__brain_age.json"], rename,
+             f"backbone '{backbone}' is random-init by definition")
+
+
+def _scored(data: dict, shift: float) -> None:
+    """Move every regression prediction by `shift` and rewrite the metrics to match them: a
+    forgery no metric check can see (the predictions themselves are the claim)."""
+    from brainbench.kinds import get_kind
+
+    kind = get_kind("regression")
+    for item in data["cells"]:
+        rows = sorted(item["predictions"], key=lambda p: p["sample_id"])
+        for p in item["predictions"]:
+            p["prediction"] = p["target"] + shift
+        item["metrics"] = {k: float(v) for k, v in kind.test_metrics(
+            kind.target_array([p["target"] for p in rows]),
+            np.asarray([p["target"] + shift for p in rows], dtype=float)).items()}
+
+
+def test_an_import_never_replaces_a_stored_outcome(exported, tmp_path):
+    """A store's own cells outrank copies: re-importing its own export keeps them as they are
+    (no import record is added), and a file with the same cells but other predictions (with
+    metrics to match) is refused naming the conflict, the store unchanged."""
+    import sqlite3
+
+    source, files = exported
+    copy = tmp_path / "own" / "results.db"
+    copy.parent.mkdir()
+    with sqlite3.connect(source.url.removeprefix("sqlite:///")) as a, sqlite3.connect(copy) as b:
+        a.backup(b)  # the write-ahead log too
+    store = ResultStore(f"sqlite:///{copy}")
+    before = store.frame().sort_values(["cell_id", "metric"]).reset_index(drop=True)
+    report = import_results(store, files["rand__brain_age.json"])
+    assert report.kept == report.cells > 0 and report.replaced == 0
+    after = store.frame().sort_values(["cell_id", "metric"]).reset_index(drop=True)
+    assert after.equals(before)  # hyperparameters carry no import record: still computed here
+
+    data = json.loads(files["rand__brain_age.json"].read_text())
+    _scored(data, 0.1)
+    message = _refused(tmp_path, files["rand__brain_age.json"], lambda d: d.update(data),
+                       r"is already in .* \(computed in this store, .*\) with other metrics, "
+                       r"predictions: an import never replaces a stored outcome", store=store)
+    assert "rand, brain_age" in message
+    assert store.frame().sort_values(["cell_id", "metric"]).reset_index(drop=True).equals(before)
+
+    # into a store that holds the cells from an earlier import: the same rule
+    target = _target(tmp_path, "imported")
+    import_results(target, files["rand__brain_age.json"])
+    assert import_results(target, files["rand__brain_age.json"]).replaced == report.cells
+    _refused(tmp_path, files["rand__brain_age.json"], lambda d: d.update(data),
+             r"\(imported, .*\) with other metrics, predictions", store=target)
 
 
 def test_empty_predictions_are_refused_naming_the_cell(exported, tmp_path):
@@ -336,6 +403,28 @@ def test_prediction_ids_must_be_the_recomputed_test_samples(computed, tmp_path, 
                     f"1 not in the test split ['{train_id}']")
 
 
+def test_each_test_sample_must_be_its_cohort_person(computed, tmp_path, capsys):
+    """Persons decide what the two-level bootstrap resamples: a forged grouping would narrow
+    the intervals. With the cohort present each one is checked, and a file without them
+    gets the cohort's grouping."""
+    def own_person(item):
+        item["predictions"][2]["person"] = "somebody-else"
+
+    _refused_by_cli(capsys, tmp_path, computed, own_person,
+                    "cells[1].predictions[2]: field 'person' does not verify",
+                    "'somebody-else'")
+    cache, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    expected = {p["sample_id"]: p["person"] for p in data["cells"][0]["predictions"]}
+    assert expected
+    for item in data["cells"]:
+        for p in item["predictions"]:
+            del p["person"]
+    assert _import(_write(tmp_path, data), tmp_path / "r", cache) == 0
+    for cell in _target(tmp_path, "r").cells(with_predictions=True):
+        assert dict(cell.persons) == expected
+
+
 def test_edited_target_with_recomputed_metrics_is_refused(computed, tmp_path, capsys):
     """Targets edited to flatter the predictions (metrics rewritten to match) are the cohort's
     labels no more."""
@@ -436,7 +525,8 @@ def _bundle(tmp_path: Path, results: dict) -> Path:
         "format": BUNDLE_FORMAT, "schema_version": BUNDLE_SCHEMA, "name": results["backbone"],
         "flags": flags_for(statuses.pop(), ["brain_age"], ["brain_age"]),
         "weights": {"sha256": results["cells"][0]["cell"]["weights_sha256"]},
-        "run": {"tasks_all": ["brain_age"]}, "results": ["results/intensity__brain_age.json"]}))
+        "run": {"tasks_all": ["brain_age"]}, "results": ["results/intensity__brain_age.json"],
+        "validation": {"ok": True, "checks": [{"name": "load", "ok": True, "detail": ""}]}}))
     return bundle
 
 
@@ -466,3 +556,193 @@ def test_import_bundle_verifies_the_training_subset_against_the_cohort(computed,
                         "--results", str(tmp_path / "r2")]) == 0
     assert all("n_train" in unverified_fields(c.cell.hyperparameters)
                for c in _target(tmp_path, "r2").cells())
+
+
+def test_a_relabelled_profile_is_refused_by_its_phantom_cohort(computed, tmp_path):
+    """A tiny-profile cell relabelled ``cpu`` (cell id recomputed) would sit among the cpu
+    results: the phantom cohort its data_source names is the tiny one, so it is refused."""
+    _, exported_file = computed
+    source = json.loads(exported_file.read_text())["cells"][0]["cell"]["data_source"]
+    assert source.startswith("phantom:")
+
+    def relabel(d):
+        for item in d["cells"]:
+            item["cell"]["profile"] = "cpu"
+            _recompute_id(item)
+
+    message = _refused(tmp_path, exported_file, relabel,
+                       r"field 'profile' does not verify: profile 'cpu' generates the phantom "
+                       r"cohort \.\.\.-seed0-n80")
+    assert source in message
+
+    def unknown(d):
+        d["cells"][0]["cell"]["profile"] = "huge"
+        _recompute_id(d["cells"][0])
+
+    _refused(tmp_path, exported_file, unknown,
+             r"field 'profile': unknown profile 'huge'; valid names")
+
+
+def _manifest_bundle(root: Path, results: dict, **run) -> Path:
+    """A bundle whose manifest describes its run as `brainbench submit` writes it (profile,
+    data source, fractions, seeds, tasks run, split hashes, weights status)."""
+    from brainbench.submission.bundle import MANIFEST
+
+    bundle = _bundle(root, results)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    cells = [item["cell"] for item in results["cells"]]
+    manifest["weights"]["status"] = cells[0]["weights_status"]
+    manifest["backbone"] = {"kind": "name", "file": None, "file_sha256": None}
+    manifest["run"].update({"profile": cells[0]["profile"],
+                            "data_source": cells[0]["data_source"],
+                            "fractions": sorted({c["fraction"] for c in cells}),
+                            "seeds": sorted({c["seed"] for c in cells}),
+                            "tasks_run": ["brain_age"],
+                            "split_hashes": {"brain_age": cells[0]["split_hash"]}, **run})
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    return bundle
+
+
+def _edit_manifest(bundle: Path, change) -> Path:
+    from brainbench.submission.bundle import MANIFEST
+
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    change(manifest)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    return bundle
+
+
+def _bundle_refused(tmp_path, capsys, bundles: list[Path], match: str) -> str:
+    from brainbench.cli import main
+
+    argv = ["import-bundle", *map(str, bundles), "--results", str(tmp_path / "r"),
+            "--out", str(tmp_path / "subs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "subs").exists()
+    return err
+
+
+def test_a_bundle_name_cannot_leave_the_submissions_folder(computed, tmp_path, capsys):
+    _, exported_file = computed
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    for name in ("../victim", str(victim), ".hidden", "a/b"):
+        data = json.loads(exported_file.read_text())
+        data["backbone"] = name
+        for item in data["cells"]:
+            item["cell"]["backbone"] = name
+            _recompute_id(item)
+        bundle = _manifest_bundle(tmp_path / f"b{abs(hash(name))}", data)
+        _bundle_refused(tmp_path, capsys, [bundle], r"field 'name' is .*expected 1-64 letters")
+        assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_a_submitted_file_cannot_take_a_built_in_name_or_change_after_the_run(computed, tmp_path,
+                                                                              capsys):
+    _, exported_file = computed
+    data = json.loads(exported_file.read_text())
+
+    def as_card(m):
+        m["backbone"] = {"kind": "card", "file": "card.toml", "file_sha256": "0" * 64}
+
+    bundle = _edit_manifest(_manifest_bundle(tmp_path / "builtin", data), as_card)
+    _bundle_refused(tmp_path, capsys, [bundle], r"field 'name' 'intensity' is a built-in "
+                                                r"backbone, but the bundle holds a card")
+    from brainbench.submission import bundle as bundles
+
+    # a card bundle of its own name whose card was edited after its run
+    renamed = json.loads(exported_file.read_text())
+    renamed["backbone"] = "mine"
+    for item in renamed["cells"]:
+        item["cell"]["backbone"] = "mine"
+        _recompute_id(item)
+    own = _manifest_bundle(tmp_path / "own", renamed)
+    (own / "card.toml").write_text('name = "mine"\n')
+    sha = bundles.sha256_file(own / "card.toml")
+    _edit_manifest(own, lambda m: m.update(backbone={"kind": "card", "file": "card.toml",
+                                                     "file_sha256": sha}))
+    (own / "card.toml").write_text('name = "mine"\narchitecture = "resnet50"\n')
+    _bundle_refused(tmp_path, capsys, [own], r"field 'backbone.file_sha256' does not verify")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m["run"].update(seeds=[0, 1, 2]),
+     r"holds seeds \[0, 1\] but the run's seeds are \[0, 1, 2\]"),
+    (lambda m: m["run"].update(tasks_run=["brain_age", "idh_status"]),
+     r"run.tasks_run \['brain_age', 'idh_status'\] but the bundle holds results for "
+     r"\['brain_age'\]"),
+    (lambda m: m["weights"].update(status="pretrained"),
+     r"field 'weights.status' is 'pretrained' but its results say \['control'\]"),
+    (lambda m: m["run"].update(profile="cpu"), r"a cell has profile 'tiny' but the manifest's "
+                                               r"run.profile is 'cpu'"),
+    (lambda m: m["run"].update(fractions=[0.01]), r"a cell at fraction 0.5, which the "
+                                                  r"manifest's run.fractions \[0.01\]"),
+    (lambda m: m["run"]["split_hashes"].update(brain_age="f" * 64),
+     r"split_hash is not the manifest's run.split_hashes"),
+    (lambda m: m.update(weights="pretrained"), r"field 'weights' must be an object"),
+    (lambda m: m["weights"].pop("sha256"), r"field 'weights.sha256' must be a string, got None"),
+    (lambda m: m["run"].pop("tasks_all"), r"field 'run.tasks_all' must be an array"),
+    (lambda m: m["run"].update(cells=99), r"run.cells is 99 but its results hold 2 cell"),
+    (lambda m: m["validation"].update(ok=False), r"the backbone failed validation \(ok False"),
+    (lambda m: m["validation"]["checks"][0].update(ok=False),
+     r"failed validation .*failed checks \['load'\]"),
+    (lambda m: m.pop("validation"), r"field 'validation' must hold the validation report"),
+    (lambda m: m["validation"].update(checks=[]), r"field 'validation' must hold"),
+])
+def test_the_manifest_must_describe_its_results(computed, tmp_path, capsys, change, match):
+    _, exported_file = computed
+    bundle = _manifest_bundle(tmp_path / "b", json.loads(exported_file.read_text()))
+    _bundle_refused(tmp_path, capsys, [_edit_manifest(bundle, change)], match)
+
+
+def test_a_dropped_seed_is_refused_and_the_honest_bundle_imports(computed, tmp_path, capsys):
+    from brainbench.cli import main
+
+    _, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    honest = _manifest_bundle(tmp_path / "honest", data)
+    dropped = dict(data, cells=[c for c in data["cells"] if c["cell"]["seed"] != 1])
+    forged = _manifest_bundle(tmp_path / "forged", dropped, seeds=[0, 1])
+    _bundle_refused(tmp_path, capsys, [forged], r"holds seeds \[0\] but the run's seeds are "
+                                                r"\[0, 1\]; a seed was dropped")
+    # two bundles in one import: all or none
+    _bundle_refused(tmp_path, capsys, [honest, forged], r"a seed was dropped")
+    assert main(["import-bundle", str(honest), "--results", str(tmp_path / "r"),
+                 "--out", str(tmp_path / "subs")]) == 0
+    assert len(_target(tmp_path, "r").cells()) == 2
+
+
+def test_only_what_was_verified_reaches_the_submissions_folder(computed, tmp_path, capsys):
+    """An unlisted results file or a linked one is refused; other files a bundle carries are
+    not copied, and SUMMARY.md is written afresh from the importing store."""
+    from brainbench.cli import main
+
+    _, exported_file = computed
+    data = json.loads(exported_file.read_text())
+    unlisted = _manifest_bundle(tmp_path / "unlisted", data)
+    (unlisted / "results" / "other.json").write_text("{}")
+    _bundle_refused(tmp_path, capsys, [unlisted], r"results/ holds file\(s\) the manifest does "
+                                                  r"not list: \['results/other.json'\]")
+    linked = _manifest_bundle(tmp_path / "linked", data)
+    real = linked / "results" / "intensity__brain_age.json"
+    moved = tmp_path / "elsewhere.json"
+    real.rename(moved)
+    real.symlink_to(moved)
+    _bundle_refused(tmp_path, capsys, [linked], r"intensity__brain_age.json is a link")
+
+    honest = _manifest_bundle(tmp_path / "honest", data)
+    (honest / "evil.html").write_text("<script>")
+    (honest / "passwd").symlink_to("/etc/passwd")
+    (honest / "SUMMARY.md").write_text("MAE 0.001, best in class")
+    assert main(["import-bundle", str(honest), "--results", str(tmp_path / "r"),
+                 "--out", str(tmp_path / "subs")]) == 0
+    placed = tmp_path / "subs" / "intensity"
+    assert sorted(str(p.relative_to(placed)) for p in placed.rglob("*") if p.is_file()) == [
+        "SUMMARY.md", "results/intensity__brain_age.json", "submission.json"]
+    summary = (placed / "SUMMARY.md").read_text()
+    assert "best in class" not in summary and "# Submission `intensity`" in summary
+    assert "brain_age" in summary

@@ -256,3 +256,40 @@ def test_the_summary_never_pools_precisions_weights_or_split_variants(tmp_path):
                    "40.000 ± 0.000 (k=2)"):
         assert figure in row
     assert "80.000" not in row and "15.000" not in row and "25.000" not in row
+
+
+def test_submit_reads_the_data_folder_it_is_given(tmp_path, capsys):
+    """`make submit DATA=...` runs on that folder, as `make bench DATA=...` does: an empty one
+    stops the run naming what is missing, and nothing is bundled or stored."""
+    from brainbench.cli import main
+
+    (source,) = fenced("python")
+    path = tmp_path / "tinyconv.py"
+    path.write_text(source)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["submit", str(path), "--profile", "tiny", "--tasks", "brain_age", "--seeds", "0",
+            "--fraction", "1", "--data", str(empty), "--cache", str(tmp_path / "cache"),
+            "--results", str(tmp_path / "r"), "--out", str(tmp_path / "subs"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"no dataset recognised in {empty}" in err and "Traceback" not in err
+    assert not (tmp_path / "subs").exists()
+    assert not (tmp_path / "cache" / "phantoms").exists()  # no phantom run instead
+
+
+def test_bf16_asked_of_an_fp32_only_python_backbone_is_said(tmp_path, capsys):
+    from brainbench.cli import main
+
+    (source,) = fenced("python")
+    path = tmp_path / "tinyconv.py"
+    path.write_text(source)
+    assert main(["run", "--model", str(path), "--profile", "tiny", "--tasks", "brain_age",
+                 "--seeds", "0", "--fraction", "1", "--precision", "bf16", "--cache",
+                 str(tmp_path / "cache"), "--results", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "runs fp32 only" in out and "PRECISION=bf16 ran fp32" in out
+    from brainbench.store import ResultStore, default_url
+
+    assert set(ResultStore(default_url(tmp_path / "r")).frame()["precision"]) == {"fp32"}

@@ -54,6 +54,7 @@ class SubmitConfig:
     precision: str = "auto"  # brainbench.precision; validated and run at the same one
     workers: int | None = None  # decode processes (None: from the machine)
     device: str = "auto"  # where the run's encoder runs (brainbench.device); validation runs on the CPU
+    data_dir: Path | None = None  # real datasets (None: as `run`: DATA / config, else phantoms)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def submit(config: SubmitConfig) -> SubmitResult:
         cache_dir=config.cache_dir, results_dir=config.results_dir, tasks=config.tasks,
         seeds=config.seeds, weights=config.weights, require_weights=config.require_weights,
         db_url=config.db_url, progress=config.progress, precision=config.precision,
-        workers=config.workers, device=config.device))
+        workers=config.workers, device=config.device, data_dir=config.data_dir))
     run_seconds = time.perf_counter() - started
     name = run_report.backbone
     ran = sorted({c.task for c in run_report.cells})
@@ -180,14 +181,17 @@ def summary_markdown(manifest: dict[str, Any], store) -> str:
     means of `brainbench results` (weights, protocol and precision never pooled)."""
     from tabulate import tabulate
 
-    from brainbench.leaderboard.tables import cell_text, summarise
+    from brainbench.leaderboard.tables import cell_text, summarise, summary_notes
     from brainbench.taskspec import get_task
 
-    name, run = manifest["name"], manifest["run"]
-    frame = store.frame(task=run["tasks_run"] or None, profile=run["profile"],
-                        data_source=run["data_source"])
-    frame = frame[(frame["split"] == "") & frame["fraction"].isin(run["fractions"])]
+    name, run = manifest["name"], manifest["run"]  # a hand-made manifest may lack fields
     mine = manifest["weights"]["sha256"]
+    own = store.frame(backbone=name, weights_sha256=mine)
+    tasks_run = run.get("tasks_run") or sorted(set(own["task"]))
+    frame = store.frame(task=tasks_run or None, profile=run.get("profile"),
+                        data_source=run.get("data_source"))
+    fractions = run.get("fractions") or sorted(set(own["fraction"]))
+    frame = frame[(frame["split"] == "") & frame["fraction"].isin(fractions)]
     frame = frame[(frame["backbone"] != name) | (frame["weights_sha256"] == mine)]
     tasks = [get_task(t) for t in sorted(set(frame["task"]))]
     summary = summarise(frame, tasks)
@@ -205,22 +209,25 @@ def summary_markdown(manifest: dict[str, Any], store) -> str:
     table = tabulate(rows, headers=["task", "primary metric", "fraction"] + columns,
                      tablefmt="github", disable_numparse=True) if rows else "(no results)"
     refs = [c for c in columns if c.split(" ")[0] != name]
+    backbone = manifest.get("backbone", {})
     lines = [f"# Submission `{name}`", "",
-             f"Backbone {manifest['backbone']['kind']} `{manifest['backbone']['file'] or name}`; "
+             f"Backbone {backbone.get('kind', 'name')} `{backbone.get('file') or name}`; "
              "weights "
-             f"{manifest['weights']['status']} (sha256 `{manifest['weights']['sha256']}`).",
-             f"Profile `{run['profile']}`, data `{run['data_source']}`, fractions "
-             f"{', '.join(f'{f:g}' for f in run['fractions'])}, seeds {run['seeds']}; "
-             f"code `{manifest['code_version']}`.", ""]
+             f"{manifest['weights'].get('status')} (sha256 `{mine}`).",
+             f"Profile `{run.get('profile')}`, data `{run.get('data_source')}`, fractions "
+             f"{', '.join(f'{f:g}' for f in fractions)}, seeds {run.get('seeds')}; "
+             f"code `{manifest.get('code_version')}`.", ""]
     lines += [f"**{flag}**" for flag in manifest["flags"]] + ([""] if manifest["flags"] else [])
     lines += ["Mean ± sd of the primary metric over seeds (k seeds) on the test split; reference "
               "backbones are those already in the store for the same profile and data"
               + (f": {', '.join(refs)}." if refs else " (none found: run `make bench MODEL=...` "
                  "for a reference first)."), "", table, ""]
-    v = manifest["validation"]["measures"]
-    if "seconds_per_item" in v:
+    for note in summary_notes(store, frame, summary, tasks):  # precision, detectable difference
+        lines += [note, ""]
+    v = (manifest.get("validation") or {}).get("measures") or {}
+    if "seconds_per_item" in v and "seconds" in run:
         lines += [f"Validation: passed; {1000 * v['seconds_per_item']:.1f} ms per "
-                  f"{'slice' if manifest['backbone']['contract']['dims'] == '2d' else 'volume'}"
+                  f"{'slice' if (backbone.get('contract') or {}).get('dims') == '2d' else 'volume'}"
                   f", parameters {v['parameter_mb']:.1f} MB. Run time "
                   f"{run['seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -242,64 +249,248 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if manifest.get("schema_version") != BUNDLE_SCHEMA:
         raise BenchError(f"{path}: schema_version {manifest.get('schema_version')!r} is not "
                          f"supported (this brainbench reads {BUNDLE_SCHEMA})")
-    for key in ("name", "flags", "weights", "run", "results"):
+    for key, kind, shown in (("name", str, "a string"), ("flags", list, "an array"),
+                             ("weights", dict, "an object"), ("run", dict, "an object"),
+                             ("results", list, "an array")):
         if key not in manifest:
             raise BenchError(f"{path}: missing field {key!r}")
+        if not isinstance(manifest[key], kind):
+            raise BenchError(f"{path}: field {key!r} must be {shown}, got {manifest[key]!r}")
+    for parent, key, kind, shown in (("weights", "sha256", str, "a string"),
+                                     ("run", "tasks_all", list, "an array")):
+        if not isinstance(manifest[parent].get(key), kind):
+            raise BenchError(f"{path}: field '{parent}.{key}' must be {shown}, got "
+                             f"{manifest[parent].get(key)!r}")
+    if not isinstance(manifest.get("backbone", {}), dict):
+        raise BenchError(f"{path}: field 'backbone' must be an object, got "
+                         f"{manifest['backbone']!r}")
     return manifest
 
 
-def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Every results file belongs to this bundle's backbone and weights; the flags match."""
-    from brainbench.results_io import read_results_file
+def _check_name(bundle: Path, manifest: dict[str, Any]) -> str:
+    """The bundle's name becomes a folder under the submissions root and the name of result
+    rows: a plain name (no path), and not a built-in backbone's unless the bundle is a run of
+    that registered backbone (``backbone.kind`` "name")."""
+    from brainbench.backbone import BACKBONES, load_plugins
+    from brainbench.submission.source import NAME_RE
 
-    files = [Path(bundle) / f for f in manifest["results"]]
-    tasks, statuses = [], set()
+    name, where = manifest["name"], Path(bundle) / MANIFEST
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BenchError(f"{where}: field 'name' is {name!r}; expected 1-64 letters, digits, "
+                         "'_', '.' or '-', starting with a letter or digit (it names a folder "
+                         "under the submissions folder)")
+    kind = manifest.get("backbone", {}).get("kind", "name")
+    load_plugins()
+    if kind != "name" and name in BACKBONES:
+        raise BenchError(f"{where}: field 'name' {name!r} is a built-in backbone, but the "
+                         f"bundle holds a {kind} ({manifest['backbone'].get('file')}"
+                         "): a submitted backbone takes a name of its own")
+    return name
+
+
+def _check_backbone_file(bundle: Path, manifest: dict[str, Any]) -> None:
+    """The card or Python file the bundle carries is the one its run used (sha256)."""
+    described = manifest.get("backbone", {})
+    file, sha = described.get("file"), described.get("file_sha256")
+    if described.get("kind", "name") == "name" and file is None:
+        return
+    where = Path(bundle) / MANIFEST
+    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+        raise BenchError(f"{where}: field 'backbone.file' is {file!r}; expected the name of "
+                         "the card or Python file inside the bundle")
+    path = Path(bundle) / file
+    if path.is_symlink():
+        raise BenchError(f"{where}: field 'backbone.file' names {file!r}, a link; a bundle "
+                         "holds the card or Python file itself")
+    if not path.is_file():
+        raise BenchError(f"{where}: field 'backbone.file' names {file!r}, which is not in the "
+                         f"bundle ({path} is missing)")
+    if sha256_file(path) != sha:
+        raise BenchError(f"{where}: field 'backbone.file_sha256' does not verify: {path} has "
+                         f"sha256 {sha256_file(path)[:16]}..., the manifest says "
+                         f"{str(sha)[:16]}...; the bundle was edited")
+
+
+def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Every results file belongs to this bundle's backbone and weights, and the manifest's
+    account of the run (flags, weights status, tasks run, seeds, fractions, profile, data
+    source, split hashes) is what its results hold: a dropped task or seed is refused."""
+    from brainbench.results_io import read_results_file
+    from brainbench.taskspec import get_task
+
+    where = Path(bundle) / MANIFEST
+    _check_name(bundle, manifest)
+    _check_backbone_file(bundle, manifest)
+    results = manifest["results"]
+    if not all(
+            isinstance(f, str) and not Path(f).is_absolute() and ".." not in Path(f).parts
+            for f in results):
+        raise BenchError(f"{where}: field 'results' must list the results files inside the "
+                         f"bundle (relative paths), got {results!r}")
+    files = [Path(bundle) / f for f in results]
+    run = manifest["run"]
+    tasks, statuses, cell_count = [], set(), 0
+    claims = {"profile": run.get("profile"), "data_source": run.get("data_source")}
     for path in files:
+        if path.is_symlink():
+            raise BenchError(f"{where}: results file {path} is a link; a bundle holds its "
+                             "results files themselves")
         payload = read_results_file(path)
         if payload.get("backbone") != manifest["name"]:
             raise BenchError(f"{path}: results of backbone {payload.get('backbone')!r} in the "
                              f"bundle of {manifest['name']!r}")
-        for item in payload.get("cells", []):
-            cell = item.get("cell", {}) if isinstance(item, dict) else {}
+        task = payload.get("task")
+        cells = [item.get("cell", {}) if isinstance(item, dict) else {}
+                 for item in payload.get("cells", [])]
+        for cell in cells:
             if cell.get("weights_sha256") != manifest["weights"]["sha256"]:
                 raise BenchError(f"{path}: a cell has weights sha256 "
                                  f"{str(cell.get('weights_sha256'))[:16]}… but the bundle "
                                  f"declares {str(manifest['weights']['sha256'])[:16]}…")
             statuses.add(cell.get("weights_status"))
-        tasks.append(payload.get("task"))
+            for key, claimed in claims.items():
+                if claimed is not None and cell.get(key) != claimed:
+                    raise BenchError(f"{path}: a cell has {key} {cell.get(key)!r} but the "
+                                     f"manifest's run.{key} is {claimed!r}; the bundle was "
+                                     "edited")
+        split_hash = (run.get("split_hashes") or {}).get(task)
+        if split_hash is not None and any(c.get("split_hash") != split_hash for c in cells):
+            raise BenchError(f"{path}: a cell's split_hash is not the manifest's "
+                             f"run.split_hashes[{task!r}] {str(split_hash)[:16]}…")
+        _check_seeds_and_fractions(path, task, cells, run, get_task)
+        tasks.append(task)
+        cell_count += len(cells)
+    declared = manifest["weights"].get("status")
+    if declared is not None and statuses and statuses != {declared}:
+        raise BenchError(f"{where}: field 'weights.status' is {declared!r} but its results "
+                         f"say {sorted(map(str, statuses))}; the bundle was edited")
+    if "tasks_run" in run and sorted(run["tasks_run"]) != sorted(tasks):
+        raise BenchError(f"{where}: run.tasks_run {run['tasks_run']} but the bundle holds "
+                         f"results for {sorted(tasks)}; a results file was added or removed")
     expected = flags_for(next(iter(statuses)) if len(statuses) == 1 else "mixed", sorted(tasks),
-                         manifest["run"]["tasks_all"])
+                         run["tasks_all"])
     if sorted(manifest["flags"]) != sorted(expected):
-        raise BenchError(f"{Path(bundle) / MANIFEST}: flags {manifest['flags']} do not match "
+        raise BenchError(f"{where}: flags {manifest['flags']} do not match "
                          f"its results ({expected}); the bundle was edited")
+    if "cells" in run and run["cells"] != cell_count:
+        raise BenchError(f"{where}: run.cells is {run['cells']!r} but its results hold "
+                         f"{cell_count} cell(s); the bundle was edited")
+    _check_validation(where, manifest.get("validation"))
+    unlisted = sorted(str(p.relative_to(bundle)) for p in (Path(bundle) / "results").glob("*")
+                      if p not in files) if (Path(bundle) / "results").is_dir() else []
+    if unlisted:
+        raise BenchError(f"{where}: results/ holds file(s) the manifest does not list: "
+                         f"{unlisted[:5]}; every results file of a bundle is verified")
     return files
+
+
+def _check_validation(where: Path, validation: Any) -> None:
+    """`make submit` runs the suite only after validation passed: a bundle whose record says
+    otherwise (or has none) is not a submission."""
+    checks = validation.get("checks") if isinstance(validation, dict) else None
+    if not isinstance(checks, list) or not checks or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) for c in checks):
+        raise BenchError(f"{where}: field 'validation' must hold the validation report "
+                         "`brainbench submit` writes (ok and a non-empty list of checks), got "
+                         f"{validation!r}")
+    failed = [c["name"] for c in checks if c.get("ok") is not True]
+    if validation.get("ok") is not True or failed:
+        raise BenchError(f"{where}: the backbone failed validation (ok "
+                         f"{validation.get('ok')!r}; failed checks {failed}): a backbone "
+                         "that fails `make validate` is not imported")
+
+
+def _check_seeds_and_fractions(path: Path, task: Any, cells: list[dict], run: dict,
+                               get_task) -> None:
+    """Each (fraction, split, precision) of the run holds exactly the seeds it ran (the
+    manifest's list, else the defaults `RunConfig.seeds_for` takes: the profile's, or the
+    task's own): none dropped, none added."""
+    from brainbench.profiles import PROFILES
+
+    seeds = run.get("seeds")
+    if seeds is None or not cells:
+        return
+    if isinstance(seeds, list):
+        wanted = set(seeds)
+    elif run.get("profile") in PROFILES:
+        wanted = set(PROFILES.get(run["profile"]).seeds or get_task(task).seeds)
+    else:
+        return
+    fractions = run.get("fractions")
+    groups: dict[tuple, list] = {}
+    for cell in cells:
+        if isinstance(fractions, list) and cell.get("fraction") not in fractions:
+            raise BenchError(f"{path}: a cell at fraction {cell.get('fraction')!r}, which the "
+                             f"manifest's run.fractions {fractions} does not hold")
+        key = (cell.get("fraction"), cell.get("split", ""), cell.get("precision", "fp32"))
+        groups.setdefault(key, []).append(cell.get("seed"))
+    for (fraction, split, precision), got in sorted(groups.items(), key=str):
+        if sorted(got) != sorted(wanted):
+            raise BenchError(f"{path}: fraction {fraction} ({precision}"
+                             f"{', ' + split if split else ''}) holds seeds {sorted(got)} but "
+                             f"the run's seeds are {sorted(wanted)}; a seed was dropped, added "
+                             "or duplicated")
 
 
 def import_bundle(bundle: Path, store, out_root: Path | None = None,
                   lookup=None) -> tuple[int, Path]:
-    """Validate a bundle made elsewhere (manifest, then every results file as `brainbench
-    import` verifies it, against `store`'s records and split manifests and, with `lookup`
-    (a `brainbench.results_io.DataLookup`), the cohorts present here), then add all its
-    results to `store` in one transaction and copy the bundle (no data) to `out_root` so the
-    leaderboard shows its flags. `store`: a ResultStore or the URL of one, opened (created)
-    only once the bundle verified. Returns (cells imported, bundle path under out_root)."""
+    """Validate a bundle made elsewhere and add it (`import_bundles` with one bundle).
+    Returns (cells imported, bundle path under out_root)."""
+    return import_bundles([bundle], store, out_root, lookup)[0]
+
+
+def import_bundles(bundles: Sequence[Path], store, out_root: Path | None = None,
+                   lookup=None) -> list[tuple[int, Path]]:
+    """Validate bundles made elsewhere (each manifest against its results, then every results
+    file as `brainbench import` verifies it, against `store`'s records and split manifests
+    and, with `lookup` (a `brainbench.results_io.DataLookup`), the cohorts present here), then
+    add all their results to `store` in ONE transaction and copy each bundle (no data) to
+    `out_root` so the leaderboard shows its flags: all bundles are imported, or none.
+    `store`: a ResultStore or the URL of one, opened (created) only once every bundle
+    verified. Returns [(cells imported, bundle path under out_root)] per bundle."""
     from brainbench.results_io import import_files
 
-    bundle = Path(bundle).resolve()
-    manifest = read_manifest(bundle)
-    files = _check_consistency(bundle, manifest)
-    _, reports = import_files(store, files, lookup)
-    cells = sum(report.cells for report in reports)
     out_root = Path(out_root or submissions_dir())
-    target = (out_root / manifest["name"]).resolve()
-    if target != bundle:
-        staging = target.with_name(f".{target.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(bundle, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.replace(target)
-    return cells, target
+    plans = []
+    for bundle in bundles:
+        bundle = Path(bundle).resolve()
+        manifest = read_manifest(bundle)
+        files = _check_consistency(bundle, manifest)
+        target = (out_root / manifest["name"]).resolve()
+        if target.parent != out_root.resolve():
+            raise BenchError(f"{bundle / MANIFEST}: field 'name' {manifest['name']!r} would "
+                             f"place the bundle outside {out_root}")
+        if any(target == other for _, other, _ in plans):
+            raise BenchError(f"{bundle}: a second bundle named {manifest['name']!r} in one "
+                             "import")
+        plans.append((bundle, target, files))
+    written, reports = import_files(store, [f for _, _, files in plans for f in files], lookup)
+    cells = {report.path: report.cells for report in reports}
+    out = []
+    for bundle, target, files in plans:
+        if target != bundle:
+            _place(bundle, target, files, written)
+        out.append((sum(cells[f] for f in files), target))
+    return out
+
+
+def _place(bundle: Path, target: Path, files: list[Path], store) -> None:
+    """Copy what was verified (the manifest, its results files, its card or Python file, whose
+    sha256 matched) and write SUMMARY.md afresh from the importing store: nothing else a
+    bundle holds reaches the leaderboard folder."""
+    manifest = read_manifest(bundle)
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "results").mkdir(parents=True)
+    backbone_file = manifest.get("backbone", {}).get("file")
+    for path in [bundle / MANIFEST, *files] + ([bundle / backbone_file] if backbone_file else []):
+        copy = staging / path.relative_to(bundle)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+    (staging / "SUMMARY.md").write_text(summary_markdown(manifest, store), encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.replace(target)
 
 
 def submission_flags(root: Path | None = None) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from brainbench.errors import BenchError
 
 CARD_SUFFIXES = (".toml",)
 PY_SUFFIXES = (".py",)
+#: a backbone name: it names result rows and a folder under leaderboard/submissions/
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def is_submission_path(text: str | Path) -> bool:

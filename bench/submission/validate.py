@@ -23,9 +23,9 @@ from brainbench.backbone import Backbone, InputContract, create_backbone
 from brainbench.errors import BenchError
 from brainbench.preprocess import intensity_problem, volume_to_input
 from brainbench.profiles import Profile
+from brainbench.submission.source import NAME_RE
 from brainbench.weights import sha256_file, state_dict_sha256
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BATCH = 4  # 2d: slices per test batch
 
 
