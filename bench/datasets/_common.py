@@ -33,6 +33,11 @@ class DatasetAdapter:
                    patterns relative to it (label files such as ``ADNIMERGE.csv``, image paths
                    such as ``BraTS2021_?????/BraTS2021_?????_t1.nii*``), matched case-insensitively;
                    one match is enough. A folder named ``folder`` is recognised too.
+    parts:         for releases distributed in parts (BraTS 2021 from TCIA groups its cases by
+                   source collection: ``BraTS2021_TrainingSet/<collection>/BraTS2021_NNNNN/``):
+                   whether a folder whose subfolders are all parts of one release is the
+                   dataset's folder (``read`` then reads every part as one cohort).
+    parts_text:    what ``parts`` looks for, in words.
     """
 
     name: str
@@ -41,27 +46,44 @@ class DatasetAdapter:
     expected_tree: str
     read: Callable[[Path], Cohort]
     signature: tuple[str, ...] = ()
+    parts: Callable[[Path], bool] | None = None
+    parts_text: str = ""
 
     def recognises(self, path: Path) -> bool:
         """Whether ``path`` is this dataset's own folder: named ``folder`` or matching the
-        signature. Only names are listed (a few folders), no file is opened."""
+        signature (or holding its parts). Only names are listed (a few folders), no file is opened."""
         path = Path(path)
-        return path.name.lower() == self.folder.lower() or (
-            path.is_dir() and any(matches(path, pattern) for pattern in self.signature))
+        return path.name.lower() == self.folder.lower() or self.recognises_content(path)
+
+    def matches_signature(self, path: Path, *, label_files: bool | None = None) -> bool:
+        """Whether a file under ``path`` matches the signature: label files only (patterns
+        without ``/``), image paths only (with ``/``), or either (``label_files=None``)."""
+        return any(matches(path, p) for p in self.signature
+                   if label_files is None or label_files == ("/" not in p.strip("/")))
+
+    def recognises_content(self, path: Path) -> bool:
+        """Whether ``path``'s files are this dataset's (its name aside)."""
+        return Path(path).is_dir() and (self.matches_signature(path) or self.holds_parts(path))
+
+    def holds_parts(self, path: Path) -> bool:
+        return self.parts is not None and Path(path).is_dir() and self.parts(Path(path))
 
     def looked_for(self) -> str:
         """What `recognises` looks for, in words (for 'not found' messages)."""
-        return " or ".join([f"a folder named {self.folder}/", *self.signature])
+        return " or ".join([f"a folder named {self.folder}/", *self.signature,
+                            *([self.parts_text] if self.parts_text else [])])
 
 
 ADAPTERS: "Registry[DatasetAdapter]" = Registry("dataset")
 
 
 def register_adapter(name: str, title: str, folder: str, expected_tree: str,
-                     read: Callable[[Path], Cohort], signature: Iterable[str] = ()) -> DatasetAdapter:
+                     read: Callable[[Path], Cohort], signature: Iterable[str] = (),
+                     parts: Callable[[Path], bool] | None = None,
+                     parts_text: str = "") -> DatasetAdapter:
     """Build and register an adapter: each module ends with ``ADAPTER = register_adapter(...)``."""
     return ADAPTERS.register(name, DatasetAdapter(name, title, folder, expected_tree, read,
-                                                  tuple(signature)))
+                                                  tuple(signature), parts, parts_text))
 
 
 def matches(folder: Path | str, pattern: str) -> bool:

@@ -137,6 +137,17 @@ def _read_csv(path: Path):
     raise AssertionError("latin-1 decodes everything")
 
 
+def find_column(columns: Iterable[str], name: str) -> str | None:
+    """The column ``name``, else the one whose header starts with it followed by a space or a
+    parenthesised codebook (the real IXI.xls writes ``SEX_ID (1=m, 2=f)``); case-insensitive."""
+    columns = list(columns)
+    exact = [c for c in columns if c.strip().lower() == name.lower()]
+    if exact:
+        return exact[0]
+    leading = [c for c in columns if re.split(r"[\s(]", c.strip(), maxsplit=1)[0].lower() == name.lower()]
+    return leading[0] if leading else None
+
+
 # --------------------------------------------------------------------------------------------- cells
 
 

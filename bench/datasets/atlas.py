@@ -2,6 +2,11 @@
 
 The target is days post stroke; the lesion mask is kept in ``targets["lesion"]`` (None if the
 mask file is absent). The site is the ``R###`` folder the subject sits in.
+
+The metadata is read from ``ATLAS_2.0_MetaData.csv``, a dated CSV export
+(``20220425_ATLAS_2.0_MetaData.csv``), or the spreadsheet the release ships,
+``20220425_ATLAS_2.0_MetaData.xlsx`` (first sheet; reading .xlsx needs the ``openpyxl`` package,
+and without it the error says so and how to export the sheet to CSV instead).
 """
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from brainbench.errors import BenchError
 from brainbench.subjects import Cohort, Subject
 
-from ._common import counted, find_image, finish, key_rows, listed, locate, register_adapter, require_dir
+from ._common import (counted, find_image, finish, key_rows, layout_error, listed, locate, register_adapter,
+                      require_dir)
 from ._tables import is_missing, parse_float, read_table
 
 NAME = "atlas2"
@@ -21,7 +28,8 @@ LABEL_FILE = "ATLAS_2.0_MetaData.csv"
 SPACE = "space-MNI152NLin2009aSym"
 EXPECTED_TREE = f"""\
 ATLAS_2/
-  {LABEL_FILE}   (Subject ID, Site, Session, Days Post Stroke, Lesion Hemisphere, Age, Sex)
+  {LABEL_FILE}   (Subject ID, Site, Session, Days Post Stroke, Lesion Hemisphere, Age, Sex;
+                          or the release's 20220425_ATLAS_2.0_MetaData.xlsx, which needs openpyxl)
   Training/
     R001/
       sub-r001s001/ses-1/anat/
@@ -33,13 +41,34 @@ REQUIRED = ("Subject ID", "Session", "Days Post Stroke", "Lesion Hemisphere")
 SUBJECT = re.compile(r"^(?:sub-)?(r\d+s\d+)$", re.IGNORECASE)
 
 
+SPREADSHEET = "*ATLAS_2.0_MetaData*.xlsx"
+
+
 def _label_file(folder: Path) -> Path:
     exact = folder / LABEL_FILE
     if exact.is_file():
         return exact
     # releases prefix the file with a date (e.g. 20220425_ATLAS_2.0_MetaData.csv)
     dated = sorted(folder.glob("*ATLAS_2.0_MetaData*.csv"))
-    return dated[0] if dated else exact
+    if dated:
+        return dated[0]
+    # the release ships the metadata as a spreadsheet: 20220425_ATLAS_2.0_MetaData.xlsx
+    sheets = sorted(p for p in folder.glob(SPREADSHEET) if not p.name.startswith("~$"))
+    if sheets:
+        _require_xlsx_reader(sheets[0], folder)
+        return sheets[0]
+    raise layout_error(TITLE, f"missing metadata {exact} (nor a dated *ATLAS_2.0_MetaData*.csv, nor the "
+                              "release's *ATLAS_2.0_MetaData*.xlsx spreadsheet)", EXPECTED_TREE)
+
+
+def _require_xlsx_reader(sheet: Path, folder: Path) -> None:
+    try:
+        import openpyxl  # noqa: F401  (pandas reads .xlsx with it)
+    except ImportError:
+        raise BenchError(
+            f"{TITLE}: the metadata is the spreadsheet {sheet}, and reading .xlsx needs the openpyxl "
+            f"package, which is not installed: install it (pip install openpyxl), or export the sheet "
+            f"to CSV as {folder / LABEL_FILE}") from None
 
 
 def _subject_id(raw: str) -> str:
@@ -57,7 +86,7 @@ def _session(raw: str) -> str:
 def read(root: Path) -> Cohort:
     folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE,
                     alt_folders=("ATLAS_R2.0", "ATLAS_2.0"),
-                    looks_like=lambda p: any(p.glob("*ATLAS_2.0_MetaData*.csv")))
+                    looks_like=lambda p: any(p.glob("*ATLAS_2.0_MetaData*.csv")) or any(p.glob(SPREADSHEET)))
     label = _label_file(folder)
     table = read_table(label, REQUIRED, expected_tree=EXPECTED_TREE)
     training = require_dir(folder / "Training", TITLE, EXPECTED_TREE, what="image folder")
@@ -110,6 +139,6 @@ def read(root: Path) -> Cohort:
 
 
 # how the dataset's own folder is recognised under any name (brainbench.datasets.locations)
-SIGNATURE = ("*ATLAS_2.0_MetaData*.csv", "Training/R*/sub-r*s*/ses-1/anat/*_T1w.nii*")
+SIGNATURE = ("*ATLAS_2.0_MetaData*.csv", SPREADSHEET, "Training/R*/sub-r*s*/ses-1/anat/*_T1w.nii*")
 
 ADAPTER = register_adapter(NAME, TITLE, FOLDER, EXPECTED_TREE, read, signature=SIGNATURE)

@@ -2,9 +2,9 @@
 
 One Subject per participant with a T1w image: ``sub-<label>/anat/sub-<label>_T1w.nii.gz``, or with
 sessions ``sub-<label>/ses-<s>/anat/sub-<label>_ses-<s>_T1w.nii.gz``. When a participant has
-several T1w images (sessions, runs, acquisitions) the first session's plainest one is used and
-the choice is reported: ``participants.tsv`` holds one age per person, which dates one scan only
-if there is one. The age column is ``age`` in any capitalisation (ds000228 writes ``Age``);
+several T1w images (sessions, runs, acquisitions) the first session's (in natural order:
+``ses-2`` before ``ses-10``) plainest one is used and the choice is reported:
+``participants.tsv`` holds one age per person, which dates one scan only if there is one. The age column is ``age`` in any capitalisation (ds000228 writes ``Age``);
 ``n/a`` is missing. An optional ``site`` column is kept as a stratum.
 """
 
@@ -42,11 +42,18 @@ def _column(columns: tuple[str, ...], *names: str) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
+def natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Numeric-aware sort key: ``ses-2`` before ``ses-10`` (text order puts ``ses-10`` first)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower())
+                 for part in re.split(r"(\d+)", text) if part)
+
+
 def _t1w(subject_dir: Path) -> tuple[Path | None, int]:
-    """The first session's plainest T1w (fewest entities), and how many T1w images were found."""
+    """The first session's plainest T1w (fewest entities), and how many T1w images were found.
+    Sessions are in natural order (``ses-2`` before ``ses-10``); no session folder comes first."""
     found = sorted((p for p in subject_dir.glob("**/anat/*_T1w.nii*") if T1W.match(p.name)),
-                   key=lambda p: (p.parent.parent.name if p.parent.parent != subject_dir else "",
-                                  p.name.count("_"), p.name))
+                   key=lambda p: (natural(p.parent.parent.name) if p.parent.parent != subject_dir else (),
+                                  p.name.count("_"), natural(p.name)))
     return (found[0] if found else None), len(found)
 
 

@@ -3,9 +3,15 @@
 IDs are three digits in the CSV (``UCSF-PDGM-004``) and four in the folders (``UCSF-PDGM-0004``):
 both are parsed to their integer, and subject ids use the four-digit form.
 
-Grouping: the real release has 501 exams of 495 patients (a few patients were scanned twice
-under different IDs), and the release does not say which exams share a patient. Each exam is its
-own group here (``group == id``); a patient map can be supplied later to merge the groups.
+Follow-up exams: the v5 release has 501 exams of 495 patients; the six second exams carry a
+follow-up suffix, ``UCSF-PDGM-0433_FU007d`` in the CSV (four digits there) and
+``UCSF-PDGM-0433_FU007d_nifti/UCSF-PDGM-0433_FU007d_T1.nii.gz`` on disk (exam 433, 7 days
+later). IDH is a property of the patient and the cohort has one exam per patient: each patient's
+baseline exam (``group == id == UCSF-PDGM-0433``); follow-up exams are set aside and counted in
+the notes.
+
+IDH is free text: ``wildtype``, or a mutation (``mutated (NOS)``, ``IDH1 p.R132H``,
+``IDH2 p.R172K``, ...; also ``mutant ...``): every mutation is ``mutant``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ LABEL_FILE = "UCSF-PDGM-metadata_v5.csv"
 IMAGE_DIR = "UCSF-PDGM-v5"
 EXPECTED_TREE = f"""\
 UCSF-PDGM/
-  {LABEL_FILE}   (ID like UCSF-PDGM-004, Sex, Age at MRI, WHO CNS Grade, IDH, 1-dead 0-alive, OS, ...)
+  {LABEL_FILE}   (ID like UCSF-PDGM-004, or UCSF-PDGM-0433_FU007d for a follow-up exam;
+                              Sex, Age at MRI, WHO CNS Grade, IDH (wildtype / mutated (NOS) / IDH1 p.R132H ...),
+                              1-dead 0-alive, OS, ...)
   {IMAGE_DIR}/
     UCSF-PDGM-0004_nifti/
       UCSF-PDGM-0004_T1.nii.gz
@@ -38,8 +46,9 @@ UCSF-PDGM/
     ..."""
 
 REQUIRED = ("ID", "Sex", "Age at MRI", "WHO CNS Grade", "IDH", "1-dead 0-alive", "OS")
-ID = re.compile(r"^UCSF-PDGM-(\d+)$", re.IGNORECASE)
-FOLDER_ID = re.compile(r"^UCSF-PDGM-(\d+)_nifti$", re.IGNORECASE)
+ID = re.compile(r"^UCSF-PDGM-(\d+)(?:_(FU\d+d))?$", re.IGNORECASE)
+FOLDER_ID = re.compile(r"^UCSF-PDGM-(\d+)(?:_(FU\d+d))?_nifti$", re.IGNORECASE)
+MUTATION = re.compile(r"^(mutant|mutated)\b|^idh[12]\s+p\.", re.IGNORECASE)
 MODALITIES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
 SEX = {"M": "M", "F": "F", "Male": "M", "Female": "F"}
 EVENT = {"1": True, "0": False}
@@ -49,6 +58,17 @@ def canonical(num: int) -> str:
     return f"UCSF-PDGM-{num:04d}"
 
 
+def exam_id(key: tuple[int, str | None]) -> str:
+    """``UCSF-PDGM-0433`` (baseline) or ``UCSF-PDGM-0433_FU007d`` (follow-up)."""
+    num, follow_up = key
+    return canonical(num) + (f"_{follow_up}" if follow_up else "")
+
+
+def _key(m: re.Match) -> tuple[int, str | None]:
+    """(exam number, follow-up tag ``FU007d`` or None) of an ID or folder name."""
+    return int(m.group(1)), (f"FU{m.group(2)[2:-1]}d" if m.group(2) else None)
+
+
 def _idh(table: Table, row: Row) -> str | None:
     raw = row["IDH"]
     if is_missing(raw):
@@ -56,11 +76,11 @@ def _idh(table: Table, row: Row) -> str | None:
     low = raw.strip().lower()
     if low in ("wildtype", "wild type", "wild-type"):
         return "wildtype"
-    if low.startswith("mutant"):
+    if MUTATION.match(low):
         return "mutant"
     raise BenchError(
-        f"unknown code {raw!r} in {table.where(row, 'IDH')}; valid codes: 'wildtype', or anything "
-        f"starting with 'mutant' (e.g. 'mutant (R132H)')"
+        f"unknown code {raw!r} in {table.where(row, 'IDH')}; valid codes: 'wildtype', or a mutation: "
+        f"'mutated (NOS)', 'IDH1 p.R132H' / 'IDH2 p.R172K' (any 'IDH1 p.' / 'IDH2 p.' variant), 'mutant ...'"
     )
 
 
@@ -68,38 +88,42 @@ def read(root: Path) -> Cohort:
     folder = locate(root, folder=FOLDER, title=TITLE, expected_tree=EXPECTED_TREE, markers=(LABEL_FILE,))
     table = read_table(folder / LABEL_FILE, REQUIRED, expected_tree=EXPECTED_TREE)
     image_root = require_dir(folder / IMAGE_DIR, TITLE, EXPECTED_TREE)
-    exam_dirs: dict[int, Path] = {}
+    exam_dirs: dict[tuple[int, str | None], Path] = {}
     for p in sorted(image_root.iterdir()):
         m = FOLDER_ID.match(p.name)
         if m and p.is_dir():
-            exam_dirs.setdefault(int(m.group(1)), p)
+            exam_dirs.setdefault(_key(m), p)
 
-    def exam_number(row: Row) -> int | None:
+    def exam_key(row: Row) -> tuple[int, str | None] | None:
         raw = row["ID"]
         if is_missing(raw):
             return None
         m = ID.match(raw.strip())
         if not m:
-            raise BenchError(f"cannot parse exam id {raw!r} in {table.where(row, 'ID')} (expected UCSF-PDGM-004)")
-        return int(m.group(1))
+            raise BenchError(f"cannot parse exam id {raw!r} in {table.where(row, 'ID')} (expected "
+                             "UCSF-PDGM-004, or a follow-up exam like UCSF-PDGM-0433_FU007d)")
+        return _key(m)
 
     # an ID written with 3 or 4 digits names the same exam: repeats compare the other columns
-    keyed = key_rows(table, exam_number, drop_conflicts=True, ignore=("ID",))
+    keyed = key_rows(table, exam_key, drop_conflicts=True, ignore=("ID",))
     rows = keyed.rows
 
     subjects: list[Subject] = []
-    no_image, incomplete, no_seg, no_idh = [], [], [], []
-    for num, row in rows.items():
+    no_image, incomplete, no_seg, no_idh, follow_ups = [], [], [], [], []
+    for key, row in rows.items():
         if row is None:
             continue
-        sid = canonical(num)
+        sid = exam_id(key)
+        if key[1] is not None:  # one exam per patient: the baseline (IDH is the patient's)
+            follow_ups.append(sid)
+            continue
         idh = _idh(table, row)
         event = parse_code(table, row, "1-dead 0-alive", EVENT, valid_text="1 (dead), 0 (alive)")
         os_days = parse_float(table, row, "OS", what="overall survival (days)")
         age = parse_float(table, row, "Age at MRI", what="age")
         sex = parse_code(table, row, "Sex", SEX)
         grade = parse_int(table, row, "WHO CNS Grade", what="WHO CNS grade")
-        exam = exam_dirs.get(num)
+        exam = exam_dirs.get(key)
         if exam is None:
             no_image.append(sid)
             continue
@@ -123,9 +147,15 @@ def read(root: Path) -> Cohort:
             )
         )
 
-    unlisted = [canonical(n) for n in sorted(exam_dirs) if n not in rows]
-    same, different = ([canonical(n) for n in keyed.repeated(identical=i)] for i in (True, False))
+    kept = {s.id for s in subjects}
+    without_baseline = sorted({f.split("_")[0] for f in follow_ups} - kept)
+    unlisted = [exam_id(k) for k in sorted(exam_dirs, key=lambda k: (k[0], k[1] or "")) if k not in rows]
+    same, different = ([exam_id(k) for k in keyed.repeated(identical=i)] for i in (True, False))
     notes = [
+        counted(follow_ups, "follow-up exam(s) set aside: each patient's baseline exam is used (IDH "
+                            "is the patient's)"),
+        counted(without_baseline, "patient(s) with a follow-up exam but no usable baseline exam, not in "
+                                  "the cohort"),
         listed(same, "exam id repeated with identical rows, one kept"),
         listed(different, "exam id repeated with different rows, dropped"),
         counted(no_image, "row(s) without an image folder skipped"),
