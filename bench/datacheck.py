@@ -2,12 +2,15 @@
 
 It runs the run's own preparation (brainbench.pipeline: adapter, samples, duplicate merge,
 split, leakage guard) and, before it, the run's own image validation (brainbench.validation)
-on every image the task would use: headers for shape, voxel size and orientation, and (by
+on every image the task would use: headers for shape, voxel size and orientation (volumes
+whose last axis is not axial are reported as reoriented to RAS, as preprocessing does), and (by
 default) the voxels themselves, hashed for the leakage guard and checked for NaN/inf, empty
 and constant volumes, so a bad file is found now rather than an hour into feature
 extraction; where the run stops at the first unusable file set, the check lists them all. ``headers_only`` skips the voxel read and instead compares the
 gzip trailer's length (or the file size) with what the header promises: cheap, catches
-truncation, not bit rot. Nothing is written except the voxel-hash cache.
+truncation, not bit rot. A segmentation task's label maps get the run's own check
+(brainbench.segmentation.labels: shape and affine against each image, label values against the
+scheme; values only when voxels are read). Nothing is written except the voxel-hash cache.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from brainbench.errors import BenchError
 from brainbench.kinds import get_kind
 from brainbench.leakage import HashCache
 from brainbench.pipeline import load_samples, manifest_path, prepare_task
+from brainbench.preprocess import CANONICAL_ORIENTATION, is_axial_last
+from brainbench.segmentation.labels import check_label_maps
 from brainbench.splits import read_manifest
+from brainbench.targets import SegmentationTarget
 from brainbench.taskspec import Sample, TaskSpec
 from brainbench.validation import (MAX_DIM, MAX_VOXEL_MM, MIN_DIM, MIN_VOXEL_MM,  # noqa: F401
                                    ImageInfo, check_images, image_info, length_problem)
@@ -51,6 +57,7 @@ class DataCheckReport:
     findings: list[Finding] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     orientations: dict[str, int] = field(default_factory=dict)
+    reoriented: dict[str, int] = field(default_factory=dict)  # not axial-last: reoriented to RAS
     voxel_sizes: dict[str, int] = field(default_factory=dict)
     shapes: dict[str, int] = field(default_factory=dict)
     split: dict[str, object] = field(default_factory=dict)
@@ -116,14 +123,31 @@ def _check(task: TaskSpec, root: Path, report: DataCheckReport, data_source: str
     report.orientations = dict(Counter(i.orientation for i in infos.values()).most_common())
     report.voxel_sizes = dict(Counter("x".join(f"{z:g}" for z in i.voxel_mm) for i in infos.values()).most_common(5))
     report.shapes = dict(Counter("x".join(map(str, i.shape)) for i in infos.values()).most_common(5))
-    if len(report.orientations) > 1:
+    # what preprocessing does with each (brainbench.preprocess.reorientation): axial-last
+    # volumes are sliced as stored, the others reoriented to RAS first
+    known = {o: n for o, n in report.orientations.items() if o != "?"}
+    report.reoriented = {o: n for o, n in known.items() if not is_axial_last(o)}
+    as_stored = {o: n for o, n in known.items() if is_axial_last(o)}
+    sliced = set(as_stored) | ({CANONICAL_ORIENTATION} if report.reoriented else set())
+    if len(sliced) > 1:
         report.findings.append(Finding(
-            "warning", task.dataset, f"mixed orientations {report.orientations}: slices are taken along the "
-            "stored last axis without reorientation, so these volumes are sliced differently"))
+            "warning", task.dataset, f"mixed orientations {report.orientations}: volumes stored axial-last "
+            f"({', '.join(as_stored)}) are sliced along their last axis as stored"
+            + (f" and the others reoriented to {CANONICAL_ORIENTATION}" if report.reoriented else "")
+            + ", so their slices are mirrored or rotated relative to each other"))
     for s in samples:  # modalities of one sample are averaged: they should share a grid
         grids = {infos[Path(p)].shape[:3] for _, p in s.images if Path(p) in infos}
         if len(grids) > 1:
             report.findings.append(Finding("warning", s.id, f"modalities on different grids {sorted(grids)}"))
+
+    # label maps: the run's own check (shape and affine against each image, label values
+    # against the scheme; values need the voxels, so headers only checks the geometry)
+    if isinstance(task.target, SegmentationTarget):
+        bad = images.bad
+        readable = [s for s in samples if Path(s.target.path) not in bad
+                    and not any(Path(p) in bad for _, p in s.images)]
+        for sid, problem in check_label_maps(readable, task.target, voxels=not headers_only).items():
+            report.findings.append(Finding("error", sid, problem + " (a run would stop)"))
 
     hashes = images.usable_hashes()  # samples reading an unusable image are left out
     report.voxels_read = images.voxels_read
@@ -199,6 +223,9 @@ def render(r: DataCheckReport, max_findings: int = 40) -> str:
     ]
     lines += [f"  shapes: {_counts(r.shapes)}", f"  voxel sizes (mm): {_counts(r.voxel_sizes)}",
               f"  orientations: {_counts(r.orientations)}"]
+    if r.reoriented:
+        lines += [f"  reoriented to {CANONICAL_ORIENTATION} before slicing (last axis not axial, "
+                  f"e.g. stored sagittally): {_counts(r.reoriented)}"]
     if r.adapter_notes:
         lines += ["resolved by the adapter (rows without images, images without rows, quirks):"]
         lines += [f"  - {n}" for n in r.adapter_notes]

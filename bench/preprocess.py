@@ -1,9 +1,17 @@
 """Volume -> backbone input, following each backbone's input contract.
 
 The BrainDINO protocol (DESIGN.md section 3): axial slices from the NIfTI's last axis in the
-array order as stored (no reorientation: the reference did none), robust z-score over nonzero
-voxels (clip to their 1st-99th percentile, then mean/std of nonzero voxels; background stays 0),
-depth resized to `num_slices` and slices to `image_size`, grey repeated to `in_channels`.
+array order as stored, robust z-score over nonzero voxels (clip to their 1st-99th percentile,
+then mean/std of nonzero voxels; background stays 0), depth resized to `num_slices` and slices
+to `image_size`, grey repeated to `in_channels`.
+
+Orientation (`reorientation`): a volume whose last array axis is already the axial one
+(inferior-superior, e.g. RAS, LAS, LPS) is used as stored, as the reference did; one stored
+sagittally or coronally (e.g. PIR, the way IXI T1 scans are acquired) would be sliced in the
+wrong plane, so `load_volume` first reorients it to the closest canonical RAS (nibabel's
+`as_closest_canonical`: an axis permutation and flips, no resampling). Label maps get the
+identical transform (brainbench.segmentation.labels), and `image_sha256` marks a reoriented
+file, so its cache key is not that of the features it had before this rule.
 """
 
 from __future__ import annotations
@@ -30,13 +38,20 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MAX_DEFLATE_RATIO = 1032
 
 
+def _gzipped(path: Path) -> bool:
+    """Whether nibabel reads ``path`` through gzip: by its name ending in ``.gz``, in any case
+    (nibabel matches extensions case-insensitively: ``IXI002-Guys-0482-T1.NII.GZ`` is gzip)."""
+    return Path(path).name.lower().endswith(".gz")
+
+
 def size_problem(path: Path, img=None) -> str | None:
     """Without reading voxels: does the file hold the bytes its header promises?
 
     The header's implied size (voxel offset + shape x item size) is compared with the data
     file's length, or for a ``.gz`` with the gzip trailer's uncompressed length (ISIZE, mod
     2**32) and with what the compressed bytes could possibly expand to. Returns the problem
-    (naming both sizes) or None; an unreadable header is left to the reader's own message.
+    (naming the sizes known: a truncated ``.gz`` has no trailer, so its last 4 bytes are never
+    reported as a length) or None; an unreadable header is left to the reader's own message.
     """
     path = Path(path)
     try:
@@ -45,7 +60,7 @@ def size_problem(path: Path, img=None) -> str | None:
         implied = int(np.prod([int(n) for n in img.shape], dtype=object)) * \
             int(np.dtype(header.get_data_dtype()).itemsize)
         offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
-        if not path.name.endswith((".img", ".hdr")) and hasattr(header, "extensions"):
+        if not path.name.lower().endswith((".img", ".hdr")) and hasattr(header, "extensions"):
             # single-file NIfTI: the data follow the header and its extensions (vox_offset
             # may be 0)
             minimum = int(header.sizeof_hdr) + 4 + int(header.extensions.get_sizeondisk())
@@ -53,7 +68,7 @@ def size_problem(path: Path, img=None) -> str | None:
     except Exception:  # nibabel raises many types for damaged headers
         return None
     needed = offset + implied
-    if path.name.endswith(".gz"):
+    if _gzipped(path):
         try:
             with open(path, "rb") as fh:
                 fh.seek(0, 2)
@@ -69,10 +84,14 @@ def size_problem(path: Path, img=None) -> str | None:
                     f"{header.get_data_dtype()}) but the file holds {compressed} compressed "
                     f"bytes, which expand to at most {compressed * _MAX_DEFLATE_RATIO}")
         if isize != needed % 2**32:
-            return (f"truncated or damaged: the gzip stream ends at {isize} bytes, the header "
-                    f"implies {needed}")
+            # the last 4 bytes are gzip's length trailer only in an intact stream: in a
+            # truncated file they are voxel data, so their value is never shown as a length
+            return (f"truncated or corrupt: its gzip trailer does not give the {needed} "
+                    f"bytes the header implies (shape {tuple(img.shape)}, "
+                    f"{header.get_data_dtype()}; {compressed} compressed bytes on disk)")
         return None
-    data_file = path if path.suffix != ".hdr" else path.with_suffix(".img")
+    data_file = path if path.suffix.lower() != ".hdr" else path.with_suffix(
+        ".IMG" if path.suffix.isupper() else ".img")
     try:
         size = data_file.stat().st_size
     except OSError:
@@ -83,11 +102,8 @@ def size_problem(path: Path, img=None) -> str | None:
     return None
 
 
-def read_voxels(path: Path) -> np.ndarray:
-    """Voxels as stored (scaled, float32, a trailing singleton 4th axis dropped); damaged or
-    missing files raise a BenchError naming the file. Shared by preprocessing and hashing.
-    A header promising more bytes than the file holds is refused before anything is
-    allocated."""
+def _read(path: Path) -> tuple["nib.spatialimages.SpatialImage", np.ndarray]:
+    """(image, voxels as stored): see `read_voxels`."""
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
@@ -110,7 +126,15 @@ def read_voxels(path: Path) -> np.ndarray:
                          "(corrupt or truncated file?)") from None
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    return data
+    return img, data
+
+
+def read_voxels(path: Path) -> np.ndarray:
+    """Voxels as stored (scaled, float32, a trailing singleton 4th axis dropped; never
+    reoriented: the voxel hash of brainbench.leakage reads them); damaged or missing files
+    raise a BenchError naming the file. Shared by preprocessing and hashing. A header
+    promising more bytes than the file holds is refused before anything is allocated."""
+    return _read(path)[1]
 
 
 def voxel_stats(data: np.ndarray) -> dict:
@@ -126,31 +150,123 @@ def voxel_stats(data: np.ndarray) -> dict:
             "max": float(values.max()) if values.size else None}
 
 
+# ------------------------------------------------------------------------------ orientation
+
+#: the orientation a volume that is not stored axial-last is brought to before slicing
+CANONICAL_ORIENTATION = "RAS"
+AXIAL_CODES = ("S", "I")
+
+
+def orientation_codes(affine: np.ndarray) -> str | None:
+    """The axis codes of an affine ("RAS", "PIR", ...; nibabel's `aff2axcodes`), or None when
+    they cannot be determined (non-finite or singular: validation refuses those files)."""
+    ornt = _orientation(affine)
+    return None if ornt is None else "".join(nib.orientations.ornt2axcodes(ornt))
+
+
+def is_axial_last(codes: str) -> bool:
+    """Whether a volume with these axis codes has its last array axis along inferior-superior,
+    so that slicing the last axis gives axial slices: such a volume is used as stored."""
+    return len(codes) == 3 and codes[2] in AXIAL_CODES
+
+
+def _orientation(affine: np.ndarray) -> np.ndarray | None:
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        return None
+    ornt = nib.io_orientation(affine)
+    return None if np.isnan(ornt).any() else ornt
+
+
+def reorientation(affine: np.ndarray) -> np.ndarray | None:
+    """The transform `load_volume` applies to the voxels of a volume with this affine: None
+    when the volume is used as stored (its last axis is already axial, e.g. RAS, LAS or LPS;
+    or its orientation cannot be determined), else nibabel's orientation array from the stored
+    axes to the closest canonical RAS (`io_orientation`, as `as_closest_canonical` uses):
+    an axis permutation and flips, no resampling."""
+    ornt = _orientation(affine)  # one SVD per volume (io_orientation)
+    if ornt is None or is_axial_last("".join(nib.orientations.ornt2axcodes(ornt))):
+        return None
+    return ornt
+
+
+def reorient(data: np.ndarray, ornt: np.ndarray | None) -> np.ndarray:
+    """Voxels (X, Y, Z, ...) under `reorientation`'s transform (None: unchanged, the same
+    array). The result is one Fortran-ordered copy, the memory order nibabel hands out, so
+    every later step (the workers' C-order copy, the device path's axis reversal) sees what
+    it sees for a volume stored in RAS."""
+    if ornt is None:
+        return data
+    return np.asfortranarray(nib.orientations.apply_orientation(data, ornt))
+
+
+def reorient_zooms(zooms: tuple[float, ...], ornt: np.ndarray | None) -> tuple[float, ...]:
+    """Voxel sizes (first three axes) in the order of the reoriented axes."""
+    zooms = tuple(float(z) for z in zooms[:3])
+    if ornt is None:
+        return zooms
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt):
+        out[int(target)] = zooms[axis]
+    return tuple(out)
+
+
+def _reoriented_codes(path: Path) -> str | None:
+    """The stored axis codes of an image `load_volume` reorients (None: used as stored, or a
+    header the reader will refuse with its own message)."""
+    try:
+        affine = nib.load(str(path)).affine
+    except Exception:  # nibabel raises many types for damaged headers; the read names it
+        return None
+    return orientation_codes(affine) if reorientation(affine) is not None else None
+
+
 def image_files(path: Path) -> tuple[Path, ...]:
     """The files one image is stored in: an Analyze/NIfTI pair (OASIS-1 ``.img``) is read
     through its ``.hdr`` too (orientation, scaling), so both belong to the image's identity."""
     path = Path(path)
-    return (path, path.with_suffix(".hdr")) if path.suffix == ".img" else (path,)
+    if path.suffix.lower() != ".img":
+        return (path,)
+    return path, path.with_suffix(".HDR" if path.suffix.isupper() else ".hdr")
 
 
 def image_sha256(path: Path) -> str:
     """Content hash of an image for cache keys: the file's sha256, or for an ``.img``/``.hdr``
-    pair a digest of both files' sha256 (a changed header must not reuse cached features)."""
+    pair a digest of both files' sha256 (a changed header must not reuse cached features).
+
+    A file that `load_volume` reorients (not stored axial-last) gets a digest of that hash and
+    its stored orientation instead: its features are not those the same file had before
+    reorientation existed, so it must not meet their cache entries; files used as stored (every
+    phantom cohort) keep the plain hash, so their cache keys never changed."""
     from brainbench.splits import digest
     from brainbench.weights import sha256_file
 
     files = image_files(path)
     if len(files) == 1:
-        return sha256_file(files[0])  # single files keep their plain sha256 (stable cache keys)
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise BenchError(f"image {path}: missing file(s) {missing} (an .img needs its .hdr)")
-    return digest({"analyze_pair": [sha256_file(f) for f in files]})
+        sha = sha256_file(files[0])  # single files keep their plain sha256 (stable cache keys)
+    else:
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise BenchError(f"image {path}: missing file(s) {missing} (an .img needs its .hdr)")
+        sha = digest({"analyze_pair": [sha256_file(f) for f in files]})
+    codes = _reoriented_codes(files[0])
+    if codes is None:
+        return sha
+    return digest({"image": sha, "reoriented": f"{codes}->{CANONICAL_ORIENTATION}"})
+
+
+def read_reoriented(path: Path) -> np.ndarray:
+    """`read_voxels` brought to the orientation `load_volume` slices in (`reorientation`): for
+    maps that must overlay a backbone's input voxel for voxel (masks, tissue maps)."""
+    img, data = _read(path)
+    return reorient(data, reorientation(img.affine))
 
 
 def load_volume(path: Path) -> np.ndarray:
-    """Read a 3D NIfTI as float32 for a backbone; empty, all-NaN or non-3D volumes are errors."""
-    data = read_voxels(path)
+    """Read a 3D NIfTI as float32 for a backbone, brought to axial-last (`reorientation`; a
+    volume already axial-last is the array as stored); empty, all-NaN or non-3D volumes are
+    errors."""
+    img, data = _read(path)
     if data.ndim != 3:
         raise BenchError(f"{path}: expected a 3D volume, got shape {data.shape}")
     finite = np.isfinite(data)
@@ -160,7 +276,7 @@ def load_volume(path: Path) -> np.ndarray:
         data = np.where(finite, data, 0.0).astype(np.float32)
     if not np.any(data != 0):
         raise BenchError(f"{path}: volume is all zeros")
-    return data
+    return reorient(data, reorientation(img.affine))
 
 
 def robust_zscore(volume: np.ndarray) -> np.ndarray:
@@ -350,7 +466,11 @@ def volume_to_input(volume: np.ndarray | torch.Tensor, contract: InputContract,
 
 def preprocessing_identity(contract: InputContract) -> dict:
     """What the feature cache key must cover about preprocessing (where it ran is part of
-    `Backbone.cache_identity`: ``preprocess_on``)."""
+    `Backbone.cache_identity`: ``preprocess_on``).
+
+    "orientation" keeps its first-release text: for a volume stored axial-last it is still
+    exactly what happens, and those volumes' keys must not move; a volume that is reoriented
+    (`reorientation`) carries that in its per-image part of the key (`image_sha256`)."""
     return {"preprocess_version": PREPROCESS_VERSION, "contract": contract.as_dict(),
             "orientation": "array order, axial = last axis", "resize": "monai trilinear"}
 

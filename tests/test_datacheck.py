@@ -195,6 +195,113 @@ def test_mixed_orientation_is_a_warning(phantoms, tmp_path):  # noqa: F811
     assert any("mixed orientations" in f.message for f in report.findings)
 
 
+def _store_as(path: Path, codes: str) -> None:
+    """Rewrite one file as the same scan stored in another axis order (e.g. PIR, sagittal)."""
+    img = nib.load(str(path))
+    current = nib.orientations.io_orientation(img.affine)
+    target = nib.orientations.axcodes2ornt(tuple(codes))
+    other = img.as_reoriented(nib.orientations.ornt_transform(current, target))
+    nib.save(nib.Nifti1Image(np.asarray(other.dataobj), other.affine), str(path))
+
+
+def test_a_sagittally_stored_cohort_is_reported_reoriented(phantoms, tmp_path):  # noqa: F811
+    """IXI T1 scans are acquired sagittally: stored PIR, the last axis is left-right. The check
+    says they are reoriented to RAS (as preprocessing does), instead of a silent OK on a cohort
+    that would be sliced sagittally."""
+    folder = copy_dataset(phantoms, "ixi", tmp_path)
+    images = sorted(folder.rglob("*-T1.nii.gz"))
+    for image in images:
+        _store_as(image, "PIR")
+    report = check(task_on("brain_age", "ixi"), tmp_path)
+    assert report.ok, report.render()
+    n = report.images_checked
+    assert report.orientations == {"PIR": n} and report.reoriented == {"PIR": n}
+    text = report.render()
+    assert f"orientations: PIR {n}" in text
+    assert f"reoriented to RAS before slicing (last axis not axial, e.g. stored sagittally): PIR {n}" in text
+    assert "mixed orientations" not in text  # all end up RAS
+    # half sagittal, half as the phantoms are (RAS): both sliced axially, in RAS: no warning
+    for image in images[::2]:
+        _store_as(image, "RAS")
+    mixed = check(task_on("brain_age", "ixi"), tmp_path)
+    assert mixed.ok and set(mixed.orientations) == {"PIR", "RAS"}
+    assert not any("mixed orientations" in f.message for f in mixed.findings)
+
+
+def _brats_subject(folder: Path, number: str) -> tuple[Path, list[Path]]:
+    case = folder / f"BraTS2021_{number}"
+    seg = case / f"BraTS2021_{number}_seg.nii.gz"
+    return seg, sorted(p for p in case.glob("*.nii.gz") if p != seg)
+
+
+@pytest.mark.parametrize("headers_only", [False, True])
+def test_label_maps_get_the_runs_checks_naming_every_subject(phantoms, tmp_path, capsys,  # noqa: F811
+                                                             headers_only):
+    """A seg affine that differs from its images' (left-right flipped) and a label 3 under
+    BraTS 2021 naming: the run refuses both, so the check lists both (label values need the
+    voxels: not with --headers-only)."""
+    from brainbench.segmentation.labels import validate_label_maps
+
+    folder = copy_dataset(phantoms, "brats2021", tmp_path)
+    cases = sorted(p.name.removeprefix("BraTS2021_") for p in folder.glob("BraTS2021_*"))
+    flipped, relabelled = cases[1], cases[3]
+    seg, _ = _brats_subject(folder, flipped)
+    img = nib.load(str(seg))
+    affine = img.affine.copy()
+    affine[0, 0] = -affine[0, 0]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine, img.header), str(seg))
+    seg, _ = _brats_subject(folder, relabelled)
+    img = nib.load(str(seg))
+    data = np.asarray(img.dataobj)
+    assert (data == 4).any()
+    nib.save(nib.Nifti1Image(np.where(data == 4, 3, data).astype(data.dtype), img.affine, img.header), str(seg))
+
+    task = task_on("tumor_seg")
+    report = check(task, tmp_path, headers_only=headers_only)
+    errors = {f.where: f.message for f in report.errors}
+    expected = {f"BraTS2021_{flipped}"} | (set() if headers_only else {f"BraTS2021_{relabelled}"})
+    assert set(errors) == expected, report.render()
+    assert "different affines" in errors[f"BraTS2021_{flipped}"]
+    if not headers_only:
+        assert "label values [3]" in errors[f"BraTS2021_{relabelled}"]
+        assert "brats2021" in errors[f"BraTS2021_{relabelled}"]
+    assert not report.ok and "result: UNUSABLE" in report.render()
+    # the run's refusal (the same check) names both subjects, not only the first
+    with pytest.raises(BenchError) as refused:
+        validate_label_maps(load_samples(task, tmp_path).samples, task.target)
+    assert f"subject BraTS2021_{flipped}:" in str(refused.value)
+    assert f"subject BraTS2021_{relabelled}:" in str(refused.value)
+    if headers_only:
+        return
+    # and the run itself (fraction 1: every label map is read) before any forward pass: exit 2
+    # naming both, nothing stored
+    results = tmp_path.parent / f"{tmp_path.name}_results"
+    assert main(["run", "--model", "random", "--profile", "tiny", "--tasks", "tumor_seg",
+                 "--seeds", "0", "--fraction", "1", "--data", str(tmp_path), "--results", str(results),
+                 "--cache", str(tmp_path.parent / f"{tmp_path.name}_cache"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "2 label maps cannot be used" in err and "Traceback" not in err
+    assert f"subject BraTS2021_{flipped}:" in err and f"subject BraTS2021_{relabelled}:" in err
+    from brainbench.store import ResultStore
+
+    db = results / "results.db"
+    assert not db.exists() or ResultStore(f"sqlite:///{db}").frame().empty
+
+
+def test_an_upper_case_gz_name_is_read_as_gzip(phantoms, tmp_path):  # noqa: F811
+    copy_dataset(phantoms, "ixi", tmp_path)
+    task = task_on("brain_age", "ixi")
+    image = load_samples(task, tmp_path).image_paths()[0]
+    upper = image.with_name(image.name.replace(".nii.gz", ".NII.GZ"))
+    image.rename(upper)
+    assert upper in load_samples(task, tmp_path).image_paths()  # the task reads it
+    assert length_problem(upper) is None
+    for headers_only in (False, True):
+        report = check(task, tmp_path, headers_only=headers_only)
+        assert report.ok and not report.findings, report.render()
+
+
 def test_length_check_without_decompressing(tmp_path):
     good = write_nifti(tmp_path / "a.nii.gz", random_brain(0))
     assert length_problem(good) is None

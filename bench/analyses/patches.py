@@ -23,7 +23,7 @@ import torch
 
 from brainbench.backbone import InputContract
 from brainbench.errors import BenchError
-from brainbench.preprocess import read_voxels
+from brainbench.preprocess import read_reoriented
 
 TISSUE_CLASSES = ("background", "CSF", "GM", "WM")
 DSEG_SUFFIX = "_dseg"
@@ -72,7 +72,7 @@ def tissue_maps(image: Path) -> np.ndarray:
 
     seg = dseg_path(image)
     if seg.is_file():
-        labels = read_voxels(seg)
+        labels = read_reoriented(seg)
         bad = sorted(set(np.unique(labels).tolist()) - {0, 1, 2, 3})
         if bad:
             raise BenchError(f"tissue segmentation {seg}: labels {bad[:5]} are not 0 background, "
@@ -87,9 +87,9 @@ def tissue_maps(image: Path) -> np.ndarray:
 
 def mask_map(path: Path) -> np.ndarray:
     """(1, X, Y, Z) 0/1 map of a label file's nonzero voxels (lesion masks, BraTS labels)."""
-    return (read_voxels(path) > 0).astype(np.float32)[None]
+    return (read_reoriented(path) > 0).astype(np.float32)[None]
 
 
 def brain_map(image: Path) -> np.ndarray:
     """(1, X, Y, Z) 0/1 map of the image's nonzero voxels (skull-stripped brain)."""
-    return (read_voxels(image) != 0).astype(np.float32)[None]
+    return (read_reoriented(image) != 0).astype(np.float32)[None]

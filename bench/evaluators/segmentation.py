@@ -31,7 +31,7 @@ from brainbench.progress import progress_bar
 from brainbench.runconfig import RunConfig, RunReport
 from brainbench.segmentation.data import choose_slices, grid_shape, to_slice_grid
 from brainbench.segmentation.heads import HEADS, head_layers, make_head, trainable_parameters
-from brainbench.segmentation.labels import read_regions
+from brainbench.segmentation.labels import read_regions, refuse_label_maps
 from brainbench.segmentation.metrics import CONVENTIONS, region_scores
 from brainbench.segmentation.train import (HEAD_INIT_LOCK, TrainConfig, head_threads,
                                            predict_volume, run_head_jobs, train_head)
@@ -153,11 +153,17 @@ class SegmentationEvaluator(Evaluator):
         slices: dict[str, tuple[int, ...]] = {}
         truth: dict[str, np.ndarray] = {}
         empty: list[str] = []
+        bad: dict[str, str] = {}  # every unusable label map is named, not only the first
         # heads train for seconds each and the test set is predicted volume by volume: each
         # loop shows a bar on a terminal once it has run for 2 s
         for sample in progress_bar(train_all + test, desc=f"{task.id} label maps",
                                    unit="subject", delay=2.0, enabled=config.progress):
-            regions = read_regions(sample.id, sample.target, dict(sample.images), task.target)
+            try:
+                regions = read_regions(sample.id, sample.target, dict(sample.images),
+                                       task.target)
+            except BenchError as exc:
+                bad[sample.id] = str(exc).removeprefix(f"subject {sample.id}: ")
+                continue
             if regions.empty_regions:
                 names = [task.target.regions[i] for i in regions.empty_regions]
                 empty.append(f"{sample.id} (no {'/'.join(names)})")
@@ -166,6 +172,7 @@ class SegmentationEvaluator(Evaluator):
                 chosen = choose_slices(grid[:, 0].sum(axis=(1, 2)), settings.slices_per_subject,
                                        settings.foreground_share, salt=sample.id)
                 slices[sample.id], truth[sample.id] = chosen, grid[list(chosen)]
+        refuse_label_maps(bad)
         if empty:
             report.notes.append(f"{task.id}: {len(empty)} subject(s) with empty tumour regions, "
                                 f"scored by the empty-mask conventions: {', '.join(empty[:5])}"
