@@ -40,6 +40,7 @@ log = logging.getLogger("brainbench")
 FEATURE_SCHEMA = 1
 TOKEN_SCHEMA = 1  # patch-token entries
 TOKEN_DTYPE = np.float16
+FEATURE_DTYPE = np.float32  # what `extract_features` writes, so all a valid entry may hold
 
 Tokens = dict[str, np.ndarray]  # token name -> (n_items, feature_dim) float32
 
@@ -54,8 +55,9 @@ def _entry_problem(tokens: Tokens, contract: Any) -> str | None:
         if value.ndim != 2 or value.shape[1] != contract.feature_dim or value.shape[0] < 1:
             return (f"holds {name} of shape {value.shape}, expected (n, "
                     f"{contract.feature_dim})")
-        if not np.issubdtype(value.dtype, np.floating):
-            return f"holds {name} of dtype {value.dtype}, expected floating point"
+        if value.dtype != FEATURE_DTYPE:  # e.g. float64 beyond float32 range, or float16
+            return (f"holds {name} of dtype {value.dtype}, expected "
+                    f"{np.dtype(FEATURE_DTYPE).name} (what the cache writes)")
         if not np.isfinite(value).all():
             return f"holds non-finite values in {name}"
         items.add(value.shape[0])
@@ -83,9 +85,10 @@ class FeatureCache:
 
     def load(self, key: str, contract: Any = None) -> Tokens | None:
         """The entry, or None (a miss) when it is absent or damaged. With the backbone's
-        ``contract`` a hit is also validated (token names, 2-D (n, feature_dim) floating
-        arrays, one item count, finite values): a bad entry is a miss, recomputed and
-        rewritten atomically, with a logged note naming the file."""
+        ``contract`` a hit is also validated (token names, 2-D (n, feature_dim) arrays of the
+        dtype the cache writes (`FEATURE_DTYPE`, float32), one item count, finite values): a
+        bad entry is a miss, recomputed and rewritten atomically, with a logged note naming
+        the file."""
         path = self.path(key)
         if not path.exists():
             return None
@@ -282,6 +285,26 @@ class EncodeJob:
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
+def _where(backbone: Backbone) -> str:
+    """How messages name a backbone: a Python-file backbone by its file."""
+    return getattr(backbone, "where", None) or f"backbone {backbone.name}"
+
+
+def _output_problem(outputs: Any, n: int) -> str | None:
+    """Why a forward call's outputs are not named (n, ...) tensors (None: they are)."""
+    if not isinstance(outputs, dict):
+        return (f"returned {type(outputs).__name__} for a batch of {n} inputs; expected a dict "
+                f"{{token name: torch.Tensor ({n}, feature_dim)}}")
+    for key, value in outputs.items():
+        if not isinstance(value, torch.Tensor):
+            return (f"returned {key!r} as {type(value).__name__}; expected a torch.Tensor with "
+                    f"one row per input")
+        if value.ndim < 1 or value.shape[0] != n:
+            return (f"returned {key!r} of shape {tuple(value.shape)} for a batch of {n} "
+                    f"inputs; expected {n} rows, one per input")
+    return None
+
+
 def effective_batch(backbone: Backbone, batch_size: int) -> int:
     """Items per forward call: the profile's batch, capped by the backbone's ``max_batch``."""
     cap = getattr(backbone, "max_batch", None)
@@ -291,15 +314,18 @@ def effective_batch(backbone: Backbone, batch_size: int) -> int:
 def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forward, *,
                    batch_size: int, stats: ExtractionStats,
                    on_volume: Callable[[EncodeJob, dict[str, np.ndarray]], None],
-                   dtype: Any = np.float32, progress: bool = True, desc: str = "features",
-                   lookahead: int = 4, workers: int | None = None) -> None:
+                   dtype: Any = FEATURE_DTYPE, progress: bool = True, desc: str = "features",
+                   lookahead: int = 4, workers: int | None = None,
+                   what: str = "embed()") -> None:
     """The one encoding loop: volumes are read and preprocessed by `workers` processes
     (None: `default_workers`; 0: a background thread) while the backbone runs, their
     items (slices, or whole volumes for 3d backbones) packed into forward calls of exactly
     `batch_size` items (the last may be smaller; capped by the backbone's ``max_batch``), and
     each volume's outputs concatenated and handed to `on_volume` once all of its items are
-    encoded. `forward` maps a batch to named (items, ...) tensors. For a CUDA model each batch
-    is assembled in pinned memory, where the host-to-device copy reads it."""
+    encoded. `forward` maps a batch to named (items, ...) tensors (anything else stops the run
+    with a BenchError naming the backbone and `what` it called, before any entry of that
+    batch is written). For a CUDA model each batch is assembled in pinned memory, where the
+    host-to-device copy reads it."""
     from brainbench.device import tune_host_allocator
 
     tune_host_allocator()  # activations reused from the heap, not faulted in on every call
@@ -323,6 +349,9 @@ def encode_volumes(backbone: Backbone, jobs: Sequence[EncodeJob], forward: Forwa
         stats.forward_seconds += time.perf_counter() - tick
         stats.forward_calls += 1
         stats.items_encoded += batch.shape[0]
+        problem = _output_problem(outputs, batch.shape[0])
+        if problem:
+            raise BenchError(f"{_where(backbone)}: {what} {problem}")
         offset = 0
         for name, tensor in items:
             n = tensor.shape[0]
@@ -412,6 +441,10 @@ def extract_features(backbone: Backbone, paths: Sequence[Path], cache: FeatureCa
     stats.volumes, stats.cached, stats.keys = len(keys), len(results), sorted(keys.values())
 
     def save(job: EncodeJob, tokens: dict[str, np.ndarray]) -> None:
+        # entries hold FEATURE_DTYPE, the one dtype `FeatureCache.load` accepts (a no-op for
+        # the encoding loop's float32; a control's `encode_file` may return another)
+        tokens = {name: np.asarray(value).astype(FEATURE_DTYPE, copy=False)
+                  for name, value in tokens.items()}
         _check_tokens(backbone, job.path, tokens)
         cache.save(job.name, tokens)
         results.update({copy: tokens for copy in copies[job.name]})
@@ -503,7 +536,14 @@ def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
     jobs = [EncodeJob(r.path, str(i), r.slices) for i, r in enumerate(todo)]
 
     def forward(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {str(layer): grid for layer, grid in zip(layers, backbone.patch_tokens(batch, layers))}
+        grids = backbone.patch_tokens(batch, layers)
+        if not isinstance(grids, (list, tuple)) or len(grids) != len(layers):
+            got = (f"{len(grids)} item(s)" if isinstance(grids, (list, tuple))
+                   else type(grids).__name__)
+            raise BenchError(f"{_where(backbone)}: patch_tokens(batch, {list(layers)}) returned "
+                             f"{got}; expected a list of one (batch, dim, h, w) tensor per "
+                             "layer asked for")
+        return {str(layer): grid for layer, grid in zip(layers, grids)}
 
     def save(job: EncodeJob, grids: dict[str, np.ndarray]) -> None:
         request = todo[int(job.name)]
@@ -514,7 +554,7 @@ def extract_patch_tokens(backbone: Backbone, requests: Sequence[TokenRequest],
 
     encode_volumes(backbone, jobs, forward, batch_size=batch_size, stats=stats, on_volume=save,
                    dtype=TOKEN_DTYPE, progress=progress, desc=desc, lookahead=2,
-                   workers=workers)
+                   workers=workers, what="patch_tokens()")
     stats.wall_seconds = time.perf_counter() - started
     return keys, stats
 
@@ -523,11 +563,11 @@ def _check_patch_tokens(backbone: Backbone, request: TokenRequest, layer: int,
                         tokens: np.ndarray) -> None:
     """Wrong shapes or non-finite values (also float16 overflow) never reach the cache."""
     if tokens.ndim != 4 or tokens.shape[0] != len(request.slices):
-        raise BenchError(f"backbone {backbone.name}.patch_tokens returned shape {tokens.shape} "
+        raise BenchError(f"{_where(backbone)}: patch_tokens() returned shape {tokens.shape} "
                          f"at layer {layer} for {len(request.slices)} slices of {request.path}; "
                          "expected (slices, dim, h, w)")
     if not np.isfinite(tokens).all():
-        raise BenchError(f"backbone {backbone.name} returned non-finite patch tokens (or values "
+        raise BenchError(f"{_where(backbone)} returned non-finite patch tokens (or values "
                          f"beyond float16 range) at layer {layer} for {request.path}")
 
 
@@ -535,11 +575,11 @@ def _check_tokens(backbone: Backbone, path: Path, tokens: Tokens) -> None:
     """A backbone that returns the wrong shape or non-finite values must not reach the cache."""
     expected = set(backbone.contract.tokens)
     if set(tokens) != expected:
-        raise BenchError(f"backbone {backbone.name} returned tokens {sorted(tokens)} for {path}, "
+        raise BenchError(f"{_where(backbone)} returned tokens {sorted(tokens)} for {path}, "
                          f"but its contract declares {sorted(expected)}")
     for name, value in tokens.items():
         if value.ndim != 2 or value.shape[1] != backbone.contract.feature_dim:
-            raise BenchError(f"backbone {backbone.name} returned {name} of shape {value.shape} "
+            raise BenchError(f"{_where(backbone)} returned {name} of shape {value.shape} "
                              f"for {path}; the contract declares dim {backbone.contract.feature_dim}")
         if not np.isfinite(value).all():
-            raise BenchError(f"backbone {backbone.name} returned non-finite {name} for {path}")
+            raise BenchError(f"{_where(backbone)} returned non-finite {name} for {path}")

@@ -147,3 +147,89 @@ def test_swinunetr_ssl_declares_a_small_batch():
     from brainbench.backbone import create_backbone
 
     assert create_backbone("swinunetr_ssl").max_batch == 2
+
+
+def test_cached_entries_of_another_dtype_are_recomputed_with_a_note(tmp_path, volumes, caplog):
+    """The cache writes float32: an entry of any other dtype (float64, whose finite 1e39
+    overflows float32; float16) is a logged miss, recomputed and rewritten as float32 under
+    the same key; valid float32 entries are served bit-identical, without a forward pass."""
+    import logging
+
+    from brainbench.features import FEATURE_DTYPE
+    from brainbench.preprocess import image_sha256
+
+    cache = FeatureCache(tmp_path / "cache")
+    backbone = TinyBackbone(slices=4)
+    cold, _ = extract_features(backbone, volumes, cache, batch_size=4, progress=False)
+    keys = {path: cache.key(backbone, image_sha256(path)) for path in volumes}
+    assert all(np.load(cache.path(k))["cls"].dtype == np.float32 for k in keys.values())
+    assert FEATURE_DTYPE == np.float32
+    planted = {
+        volumes[0]: {n: v.astype(np.float64) for n, v in cold[volumes[0]].items()},
+        volumes[1]: {"cls": np.full_like(cold[volumes[1]]["cls"], 1e39, dtype=np.float64),
+                     "patch_mean": cold[volumes[1]]["patch_mean"].astype(np.float64)},
+        volumes[2]: {n: v.astype(np.float16) for n, v in cold[volumes[2]].items()},
+    }
+    for path, tokens in planted.items():
+        cache.save(keys[path], tokens)
+    rerun = TinyBackbone(slices=4)
+    with caplog.at_level(logging.WARNING, logger="brainbench"):
+        warm, stats = extract_features(rerun, volumes, cache, batch_size=4, progress=False)
+    assert stats.computed == 3 and stats.cached == 2 and rerun.calls == 3  # 12 slices / 4
+    for path, dtype in zip(planted, ("float64", "float64", "float16")):
+        assert f"feature cache entry {cache.path(keys[path])} holds cls of dtype {dtype}, " \
+               "expected float32" in caplog.text and "recomputing" in caplog.text
+    for path in volumes:  # recomputed or served: the float32 features of the cold run, exactly
+        assert cache.key(rerun, image_sha256(path)) == keys[path]  # the key is unchanged
+        for name in ("cls", "patch_mean"):
+            assert warm[path][name].dtype == np.float32
+            np.testing.assert_array_equal(warm[path][name], cold[path][name])
+            np.testing.assert_array_equal(np.load(cache.path(keys[path]))[name],
+                                          cold[path][name])
+    assert np.abs(warm[volumes[1]]["cls"]).max() < 1e6  # not the planted 1e39
+    caplog.clear()
+    again = TinyBackbone(slices=4)
+    _, stats = extract_features(again, volumes, cache, batch_size=4, progress=False)
+    assert again.calls == 0 and stats.cached == 5 and "recomputing" not in caplog.text
+
+
+class _WrongOutputs(TinyBackbone):
+    def embed(self, batch):
+        out = super().embed(batch)
+        return list(out.values()) if self.calls > 1 else out
+
+
+def test_forward_outputs_that_are_not_named_rows_stop_the_run_before_caching(tmp_path,
+                                                                              volumes):
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(BenchError, match=r"backbone tiny: embed\(\) returned list for a batch "
+                                         r"of 4 inputs; expected a dict"):
+        extract_features(_WrongOutputs(slices=4), volumes, cache, batch_size=4, progress=False)
+    entries = list((tmp_path / "cache").rglob("*"))
+    assert not [p for p in entries if ".tmp" in p.name]
+    assert len([p for p in entries if p.suffix == ".npz"]) == 1  # the volume of call 1 only
+
+
+def test_a_truncated_gzip_is_not_reported_with_its_last_bytes_as_a_length(tmp_path, volumes):
+    """A truncated .nii.gz has no gzip trailer: its last 4 bytes are compressed voxels, so
+    the message never presents their value as the stream's length."""
+    import nibabel as nib
+
+    data = volumes[0].read_bytes()
+    header = nib.load(str(volumes[0])).header
+    # a single-file NIfTI-1: the 348-byte header and 4 extension bytes, then the voxels
+    needed = 352 + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    cut = next(n for n in range(len(data) // 2, len(data) - 8)
+               if len(str(int.from_bytes(data[n - 4:n], "little"))) >= 8)
+    garbage = int.from_bytes(data[cut - 4:cut], "little")
+    truncated = tmp_path / "bad" / "cut.nii.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(data[:cut])
+    with pytest.raises(BenchError) as info:
+        extract_features(TinyBackbone(), [truncated], FeatureCache(tmp_path / "cache"),
+                         progress=False)
+    message = str(info.value)
+    assert str(truncated) in message and "truncated or corrupt" in message
+    assert f"gzip trailer does not give the {needed} bytes the header implies" in message
+    assert str(garbage) not in message
+    assert not list((tmp_path / "cache").rglob("*.npz"))

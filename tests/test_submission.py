@@ -293,3 +293,22 @@ def test_bf16_asked_of_an_fp32_only_python_backbone_is_said(tmp_path, capsys):
     from brainbench.store import ResultStore, default_url
 
     assert set(ResultStore(default_url(tmp_path / "r")).frame()["precision"]) == {"fp32"}
+
+
+def test_a_python_backbone_declaring_bf16_runs_it(tmp_path):
+    """`precisions = ("fp32", "bf16")` on the author's class (SUBMITTING.md): PRECISION=bf16
+    reaches its `self.precision`, and the cache key differs from the fp32 one."""
+    from brainbench.backbone import create_backbone
+    from brainbench.features import FeatureCache
+
+    (source,) = fenced("python")
+    path = tmp_path / "tinyconv_bf16.py"
+    path.write_text(source.replace("class TinyConv(Backbone):",
+                                   'class TinyConv(Backbone):\n    precisions = ("fp32", "bf16")'))
+    assert 'precisions = ("fp32", "bf16")' in path.read_text()
+    bf16 = create_backbone(str(path), precision="bf16", image_size=32, num_slices=4)
+    fp32 = create_backbone(str(path), precision="fp32", image_size=32, num_slices=4)
+    assert bf16.precision == "bf16" and bf16.inner.precision == "bf16"
+    assert fp32.precision == "fp32" and fp32.inner.precision == "fp32"
+    cache = FeatureCache(tmp_path / "features")
+    assert cache.key(bf16, "0" * 64) != cache.key(fp32, "0" * 64)

@@ -12,6 +12,12 @@ compares the backbone with it (SUBMITTING.md, "Parity with your own upstream cod
 
 The file's sha256 is added to the backbone's architecture, so editing the file changes the
 feature-cache key and the result cells: old features are never reused for new code.
+
+The author's code is user input: an exception (or ``sys.exit``) while importing the file,
+building the backbone or calling any of its methods becomes one `BenchError` naming the file,
+the method and the original exception (`call_user`), so `run`, `submit` and `analyze` stop
+with exit code 2 and a message, never a traceback; KeyboardInterrupt is never caught. The
+backbone's ``name`` must match `brainbench.submission.source.NAME_RE`, as `validate` demands.
 """
 
 from __future__ import annotations
@@ -22,14 +28,40 @@ import inspect
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from brainbench.backbone import BACKBONES, Backbone
+from brainbench.backbone import BACKBONES, Backbone, InputContract, WeightsInfo
 from brainbench.errors import BenchError
+from brainbench.submission.source import NAME_RE
 
 FACTORY_ARGS = ("weights", "require_weights", "image_size", "num_slices")
+
+#: what user code may raise that becomes a BenchError: any Exception and ``sys.exit`` (whose
+#: SystemExit would otherwise end the process with the author's exit code and no message);
+#: KeyboardInterrupt (and GeneratorExit) pass through untouched
+USER_FAILURES = (Exception, SystemExit)
+
+
+def _described(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def call_user(where: str, what: str, call: Callable[[], Any],
+              passes: tuple[type[BaseException], ...] = ()) -> Any:
+    """``call()``, which runs the author's code, with its failures as one BenchError:
+    "<where>: <what> raised <type>: <message>". A BenchError the author's code raises (e.g.
+    from `brainbench.weights.load_state_strict`) already says what is wrong and passes
+    through unchanged, as do the exception types in `passes`."""
+    try:
+        return call()
+    except (BenchError, *passes):
+        raise
+    except USER_FAILURES as exc:
+        raise BenchError(f"{where}: {what} raised {_described(exc)}") from exc
 
 
 def import_file(path: Path) -> Any:
@@ -45,10 +77,12 @@ def import_file(path: Path) -> Any:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except BaseException as exc:  # never keep a half-imported module
         del sys.modules[module_name]
-        raise BenchError(f"backbone file {path} failed to import: {type(exc).__name__}: "
-                         f"{exc}") from exc
+        if isinstance(exc, USER_FAILURES) and not isinstance(exc, BenchError):
+            raise BenchError(f"backbone file {path} failed to import: "
+                             f"{_described(exc)}") from exc
+        raise
     return module
 
 
@@ -81,7 +115,9 @@ def call_factory(entry: Any, where: str, **kwargs: Any) -> Backbone:
     if kwargs.get("weights") is not None and "weights" not in chosen:
         raise BenchError(f"{where}: --weights was given but {getattr(entry, '__name__', entry)} "
                          "takes no 'weights' argument")
-    backbone = entry(**chosen)
+    label = getattr(entry, "__name__", None) or type(entry).__name__
+    backbone = call_user(where, f"{label}(...) (building the backbone)",
+                         lambda: entry(**chosen))
     if not isinstance(backbone, Backbone):
         raise BenchError(f"{where}: {getattr(entry, '__name__', entry)}(...) returned "
                          f"{type(backbone).__name__}, not a brainbench.backbone.Backbone")
@@ -92,6 +128,12 @@ class PyFileBackbone(Backbone):
     """The author's backbone, with the file's sha256 added to its architecture."""
 
     def __init__(self, inner: Backbone, path: Path, sha256: str) -> None:
+        for field, kind in (("contract", InputContract), ("weights", WeightsInfo)):
+            value = getattr(inner, field, None)
+            if not isinstance(value, kind):
+                raise BenchError(f"backbone file {path}: the backbone's `{field}` must be a "
+                                 f"brainbench.backbone.{kind.__name__}, got "
+                                 f"{type(value).__name__}")
         self.inner = inner
         self.path = path
         self.source_sha256 = sha256
@@ -99,8 +141,35 @@ class PyFileBackbone(Backbone):
         self.contract = inner.contract
         self.weights = inner.weights
 
+    def _call(self, method: str, *args: Any,
+              passes: tuple[type[BaseException], ...] = ()) -> Any:
+        """The author's ``method(*args)``: the one guard around every call into the file's
+        object; its failures become a BenchError naming the file and the method."""
+        return call_user(self.where, f"{method}()",
+                         lambda: getattr(self.inner, method)(*args), passes)
+
+    @property
+    def where(self) -> str:
+        """How messages name this backbone: by its file."""
+        return f"backbone file {self.path}"
+
     def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.inner.embed(batch)
+        return self._call("embed", batch)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
+        """What the author's class declares (default fp32 only)."""
+        return tuple(getattr(self.inner, "precisions", ("fp32",)))
+
+    def set_precision(self, precision: str) -> None:
+        """Resolve as every backbone does, and hand the result to the author's object, whose
+        `embed` reads ``self.precision`` (SUBMITTING.md)."""
+        super().set_precision(precision)
+        setter = getattr(self.inner, "set_precision", None)
+        if callable(setter):
+            self._call("set_precision", self.precision)
+        else:
+            self.inner.precision = self.precision
 
     @property
     def device(self) -> Any:
@@ -110,7 +179,7 @@ class PyFileBackbone(Backbone):
     def to(self, device: str | torch.device) -> "PyFileBackbone":
         """`DEVICE=cuda` (brainbench.device): the author's backbone moves if it can."""
         if callable(getattr(self.inner, "to", None)):
-            self.inner.to(device)
+            self._call("to", device)
         else:
             warnings.warn(f"backbone {self.name!r} (file {self.path.name}) has no .to(device) "
                           f"method: it runs where its own code puts it, not necessarily on "
@@ -118,17 +187,23 @@ class PyFileBackbone(Backbone):
         return self
 
     def architecture(self) -> dict[str, Any]:
-        return {**self.inner.architecture(), "source_file": self.path.name,
+        architecture = self._call("architecture")
+        if not isinstance(architecture, dict):
+            raise BenchError(f"backbone file {self.path}: architecture() returned "
+                             f"{type(architecture).__name__}, expected a dict of the settings "
+                             "that change features")
+        return {**architecture, "source_file": self.path.name,
                 "source_sha256": self.source_sha256}
 
     def parameter_count(self) -> int:
-        return self.inner.parameter_count()
+        return self._call("parameter_count")
 
     def num_patch_layers(self) -> int:
-        return self.inner.num_patch_layers()
+        # NotImplementedError is the Backbone default's "no patch tokens", which callers ask
+        return self._call("num_patch_layers", passes=(NotImplementedError,))
 
     def patch_tokens(self, batch: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
-        return self.inner.patch_tokens(batch, layers)
+        return self._call("patch_tokens", batch, layers)
 
 
 def pyfile_backbone(path: str | Path, **kwargs: Any) -> PyFileBackbone:
@@ -139,6 +214,10 @@ def pyfile_backbone(path: str | Path, **kwargs: Any) -> PyFileBackbone:
     inner = call_factory(find_entry(module, path), f"backbone file {path}", **kwargs)
     if not isinstance(getattr(inner, "name", None), str):
         raise BenchError(f"backbone file {path}: the backbone has no string `name` attribute")
+    if not NAME_RE.match(inner.name):
+        raise BenchError(f"backbone file {path}: name {inner.name!r} must be 1-64 letters, "
+                         "digits, '_', '.' or '-', starting with a letter or digit (it names "
+                         "result rows and a folder of the submission)")
     if inner.name in BACKBONES:
         raise BenchError(f"backbone file {path}: name {inner.name!r} is a built-in backbone; "
                          "choose another name so results never mix with the reference rows")
