@@ -139,6 +139,16 @@ class RankSummary:
     n_tasks: int
 
 
+@dataclass(frozen=True)
+class SubmittedFile:
+    """The card or Python file a submission bundle keeps (leaderboard/submissions/<name>/):
+    a backbone that is not built in is recomputed from it (`make bench MODEL=<path>`), and
+    only for the weights the bundle was run with."""
+
+    path: str
+    weights_sha256: str
+
+
 @dataclass
 class Analysis:
     entries: list[Entry]
@@ -150,6 +160,8 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     resampling: str = stats.DEFAULT_RESAMPLING  # see brainbench.stats.RESAMPLING
     flags: dict[str, list[str]] = field(default_factory=dict)  # backbone -> submission flags
+    #: backbone -> the file its submission bundle keeps (brainbench.leaderboard.site)
+    submitted: dict[str, SubmittedFile] = field(default_factory=dict)
     #: backbone -> its declared pretraining data (brainbench.analyses.contamination.lookup)
     pretraining: dict[str, Any] = field(default_factory=dict)
     #: the same selection on the site-held-out split (brainbench.leaderboard.robustness)

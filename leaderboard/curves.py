@@ -9,6 +9,7 @@ pass for a trained encoder in a figure.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -56,13 +57,21 @@ def draw_task(ax, analysis: Analysis, task: str) -> int:
     return lines
 
 
+#: share of the figure's width a title or legend may take (the rest is margin)
+FIT_SHARE = 0.96
+
+
 def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Figure:
     tasks = list(tasks or [t.id for t in analysis.tasks])
     if not tasks:
         raise BenchError("no task with results to draw")
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False)
+    # constrained layout keeps the suptitle and the "outside" legend clear of the panels and
+    # inside the figure; their widths are fitted below (a long title wraps, the legend takes
+    # fewer columns), so nothing is clipped whatever the number of tasks or the label lengths
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False,
+                             layout="constrained")
     for ax, task in zip(axes.flat, tasks):
         draw_task(ax, analysis, task)
     for ax in list(axes.flat)[len(tasks):]:
@@ -73,11 +82,36 @@ def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Fig
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    fig.suptitle(f"label-scarcity curves: mean over seeds, band = "
-                 f"{analysis.interval_description}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    _fit_title(fig, f"label-scarcity curves: mean over seeds, band = "
+                   f"{analysis.interval_description}")
+    _fit_legend(fig, handles, labels, ncol=min(4, len(labels)))
     return fig
+
+
+def _fit_title(fig: Figure, title: str) -> None:
+    """The suptitle, wrapped at word boundaries until it is no wider than the figure."""
+    renderer = fig.canvas.get_renderer()
+    width = len(title)
+    text = fig.suptitle(title, fontsize=10)
+    while text.get_window_extent(renderer).width > FIT_SHARE * fig.bbox.width and width > 20:
+        width = int(width * 0.85)
+        text.set_text(textwrap.fill(title, width))
+
+
+def _fit_legend(fig: Figure, handles: list, labels: list[str], ncol: int) -> None:
+    """The legend under the panels, with as many columns as fit the figure's width (one per
+    row at least); a single label wider than the figure widens the figure."""
+    renderer = fig.canvas.get_renderer()
+    while True:
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol,
+                            frameon=False)
+        width = legend.get_window_extent(renderer).width
+        if width <= FIT_SHARE * fig.bbox.width:
+            return
+        legend.remove()
+        if ncol == 1:
+            fig.set_figwidth(fig.get_figwidth() * width / (FIT_SHARE * fig.bbox.width) + 0.1)
+        ncol = max(1, ncol - 1)
 
 
 def write_curves(analysis: Analysis, out_dir: Path, tasks: Sequence[str] | None = None,

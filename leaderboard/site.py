@@ -2,11 +2,13 @@
 
 index.html holds one sortable overall table per label fraction (the headline fraction first):
 rows backbones, columns tasks, each cell the mean over seeds with its bootstrap interval,
-▲/▼ for significant wins/losses against the reference, and the mean rank with its interval.
-Random-init rows carry a RANDOM-INIT badge and a striped background. Each task has a page with
-its label-scarcity curves, per-fraction tables, label efficiency and the provenance of every
-cell with the command that reproduces it. For classification tasks a supplementary table gives
-the exact McNemar test of each backbone against the reference (seed by seed, summarised).
+▲/▼ for significant wins/losses against the reference, and the mean rank with its interval;
+every table's last row states the minimum detectable difference per column. Random-init rows
+carry a RANDOM-INIT badge and a striped background. Each task has a page with its
+label-scarcity curves, per-fraction tables, label efficiency and the provenance of every cell
+with the command that reproduces it (a submitted backbone's by its bundle's file). For
+classification tasks a supplementary table gives the exact McNemar test of each backbone
+against the reference (seed by seed, summarised).
 Rows are (backbone, protocol) entries: two protocols or search budgets are two labelled rows.
 
 Nothing is fetched from anywhere: no fonts, scripts or styles from other hosts. Every name that
@@ -19,10 +21,11 @@ Sorting: click a column header, or open ``index.html#sort=<key>[:asc|:desc]`` (k
 from __future__ import annotations
 
 import html
+import shlex
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -31,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from brainbench.errors import BenchError  # noqa: E402
 from brainbench.store import AnalysisResult  # noqa: E402
-from brainbench.leaderboard.analysis import Analysis, CellRecord, Entry  # noqa: E402
+from brainbench.leaderboard.analysis import (Analysis, CellRecord, Entry,  # noqa: E402
+                                             SubmittedFile)
 from brainbench.leaderboard.analysis_pages import INDEX as ANALYSES_INDEX  # noqa: E402
 from brainbench.leaderboard.analysis_pages import write_analysis_pages  # noqa: E402
 from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
@@ -41,7 +45,8 @@ from brainbench.leaderboard.tables import (CHANCE_NOTE, CHANCE_ROW, CONTROL_NOTE
                                            MCNEMAR_TITLE, RANDOM_NOTE, SURVIVAL_NOTE,
                                            SURVIVAL_SECONDARY, SURVIVAL_SECONDARY_NOTE,
                                            SURVIVAL_TITLE, UNVERIFIED_NOTE, best_entries,
-                                           mcnemar_note, precision_note, protocol_note)
+                                           detectable_text, mcnemar_note,
+                                           precision_note, protocol_note)
 
 e = html.escape
 MARKER = ".brainbench-site"
@@ -197,18 +202,33 @@ def overall_table(analysis: Analysis, fraction: float, table_id: str | None,
         css = ' class="random"' if entry.is_random else ""
         rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{rank_cell}{cells}</tr>")
     chance = [analysis.chance(t, fraction) for t in tasks]
-    foot = ""
+    foot = []
     if any(c is not None for c in chance):  # what no signal scores (a footer: never sorted)
         cells = "".join('<td data-value="">–</td>' if c is None else
                         f'<td data-value="{_num(c.mean)}">{c.mean:.3f}<br><span class="ci">'
                         f'[{c.ci_low:.3f}, {c.ci_high:.3f}] shuffled labels</span></td>'
                         for c in chance)
-        foot = (f'<tfoot><tr class="chance"><td>{e(CHANCE_ROW)}<span class="badge" '
-                f'title="{e(CHANCE_NOTE)}">CONTROL</span></td><td>control</td><td>–</td>'
-                f'{cells}</tr></tfoot>')
+        foot.append(f'<tr class="chance"><td>{e(CHANCE_ROW)}<span class="badge" '
+                    f'title="{e(CHANCE_NOTE)}">CONTROL</span></td><td>control</td><td>–</td>'
+                    f'{cells}</tr>')
+    detectable = analysis.detectable_differences(fraction)
+    foot.append(_detectable_row(analysis, [detectable.get(t) for t in tasks], extra=1))
     ident = f' id="{e(table_id)}"' if table_id else ""
     return (f'<table class="sortable"{ident}><thead><tr>{"".join(heads)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody>{foot}</table>')
+            f'<tbody>{"".join(rows)}</tbody><tfoot>{"".join(foot)}</tfoot></table>')
+
+
+def _detectable_row(analysis: Analysis, values: Sequence[tuple[float, int] | None],
+                    extra: int = 0) -> str:
+    """The footer row every table carries: per column the minimum detectable difference of
+    the paired test (Analysis.detectable_differences, as `make table` states it)."""
+    cells = "".join("<td>–</td>" if v is None else f"<td>{e(detectable_text(*v))}</td>"
+                    for v in values)
+    what = e(f"the smallest true difference the paired test detects with power 0.8 at alpha "
+             f"0.05 on these test sets, from {(analysis.reference or analysis.entries[0]).display}"
+             "'s test predictions; smaller differences are likely to go unmarked")
+    return (f'<tr class="detectable"><td title="{what}">minimum detectable difference</td>'
+            f'<td>paired test, power 0.8</td>{"<td>–</td>" * extra}{cells}</tr>')
 
 
 def mcnemar_table(analysis: Analysis, columns: list[tuple[str, str, float]]) -> str:
@@ -258,6 +278,11 @@ def legend(analysis: Analysis) -> str:
         items.append("Only one backbone: no significance tests.")
     items.append("Mean rank: 1 = best, over the tasks where every backbone has a result; the "
                  "interval comes from ranking each bootstrap resample.")
+    items.append("Minimum detectable difference (each table's last row): the difference the "
+                 "paired test detects with power 0.8 at alpha 0.05 on these test sets (2.8 x the "
+                 "bootstrap standard error of a difference between two backbones of the "
+                 "reference's quality), or none within the metric's range. Smaller true "
+                 "differences are likely to go unmarked.")
     if protocol_note(analysis):
         items.append(e(protocol_note(analysis)))
     items.append(e(precision_note(analysis)))
@@ -278,10 +303,38 @@ def legend(analysis: Analysis) -> str:
     return '<ul class="note">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
-def reproduce_command(record: CellRecord) -> str:
-    """The one command that recomputes this cell (from a clean clone, same code version)."""
+def submitted_files(root: Path | None = None) -> dict[str, SubmittedFile]:
+    """{backbone name: its card or Python file} of the bundles under `root` (default
+    $BRAINBENCH_SUBMISSIONS or leaderboard/submissions), for the reproduce commands: a
+    submitted backbone is no registered name, `make bench` needs its file."""
+    from brainbench.submission.bundle import MANIFEST, read_manifest, submissions_dir
+
+    root = Path(root or submissions_dir())
+    out: dict[str, SubmittedFile] = {}
+    for manifest_path in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else ():
+        try:
+            manifest = read_manifest(manifest_path.parent)
+        except BenchError:
+            continue
+        name = (manifest.get("backbone") or {}).get("file")
+        if name and (manifest_path.parent / name).is_file():
+            out[manifest["name"]] = SubmittedFile(str(manifest_path.parent / name),
+                                                  str(manifest["weights"].get("sha256")))
+    return out
+
+
+def reproduce_command(record: CellRecord,
+                      submitted: Mapping[str, SubmittedFile] | None = None) -> str:
+    """The one command that recomputes this cell (from a clean clone, same code version).
+
+    A submitted backbone (``submitted``, see `submitted_files`) is named by its bundle's card
+    or Python file, which `make bench MODEL=` accepts; built-ins by their name."""
     p = record.provenance
-    parts = [f"make bench MODEL={record.entry.backbone}", f"FRACTION={record.fraction:g}",
+    model = record.entry.backbone
+    source = (submitted or {}).get(model)
+    if source is not None and source.weights_sha256 == str(p["weights_sha256"]):
+        model = shlex.quote(source.path)
+    parts = [f"make bench MODEL={model}", f"FRACTION={record.fraction:g}",
              f"TASKS={record.task}", f"SEEDS={record.seed}", f"PROFILE={p['profile']}",
              f"PRECISION={p.get('precision', 'fp32')}"]  # auto may choose otherwise elsewhere
     if p.get("head", "linear") != "linear":
@@ -290,7 +343,7 @@ def reproduce_command(record: CellRecord) -> str:
         parts.append(f"TRIALS={p['trials']}")
     if str(p["data_source"]).startswith("real:"):
         parts.append(f"DATA={str(p['data_source']).removeprefix('real:')}")
-    if not record.entry.is_random:
+    if not record.entry.is_reference_point:  # controls take no weights, random-init none
         parts.append(f"WEIGHTS=/path/to/checkpoint.pth REQUIRE_WEIGHTS=1  "
                      f"# the checkpoint whose sha256 is {p['weights_sha256']}")
     return " ".join(parts)
@@ -322,7 +375,7 @@ def _provenance_table(analysis: Analysis, task: str) -> str:
             f"<td><code title=\"{e(str(p['split_hash']))}\">{e(str(p['split_hash'])[:12])}…"
             f"</code></td><td>{e(str(p['created_at']))}</td>"
             f"<td>{_verification(p)}</td>"
-            f"<td><code>{e(reproduce_command(r))}</code></td></tr>")
+            f"<td><code>{e(reproduce_command(r, analysis.submitted))}</code></td></tr>")
     head = ("<tr><th>backbone</th><th>fraction</th><th>seed</th>"
             f"<th>{e(analysis.metric(task))}</th><th>n train / test</th><th>precision</th>"
             "<th>code version</th>"
@@ -341,9 +394,11 @@ def _fraction_table(analysis: Analysis, task: str) -> str:
         cells = "".join(_score_cell(analysis, entry, task, f, comparisons[f]) for f in fractions)
         css = ' class="random"' if entry.is_random else ""
         rows.append(f"<tr{css}>{_entry_cell(entry, flags.get(entry.backbone, ()))}{cells}</tr>")
+    foot = _detectable_row(analysis, [analysis.detectable_differences(f).get(task)
+                                      for f in fractions])
     return (f'<table class="sortable"><thead><tr><th data-key="backbone" data-type="text">'
             f"backbone</th><th>weights</th>{heads}</tr></thead><tbody>{''.join(rows)}"
-            "</tbody></table>")
+            f"</tbody><tfoot>{foot}</tfoot></table>")
 
 
 def _efficiency_table(analysis: Analysis, task: str) -> str:

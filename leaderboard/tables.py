@@ -20,9 +20,11 @@ from brainbench.metrics import PRIMARY_METRIC_DIRECTION
 from brainbench.protocols import budget_of, is_searched, protocol_label
 from brainbench.taskspec import TaskSpec
 
-UNVERIFIED_NOTE = ("UNVERIFIED = imported results (brainbench import) whose provenance could "
-                   "not all be checked against the predictions, the split manifest or the "
-                   "weights; the unchecked fields are listed on the site's task pages.")
+UNVERIFIED_MEANING = ("UNVERIFIED = imported results (brainbench import) whose provenance "
+                      "could not all be checked against the predictions, the split manifest "
+                      "or the weights")
+UNVERIFIED_NOTE = (UNVERIFIED_MEANING
+                   + "; the unchecked fields are listed on the site's task pages.")
 RANDOM_NOTE = ("RANDOM-INIT = the backbone ran without trained weights (none configured or a "
                "deliberate reference point); its numbers measure the untrained architecture.")
 SURVIVAL_NOTE = ("Survival: the paired tests are for Harrell's C; Uno's C and the log-rank p "
@@ -46,9 +48,27 @@ CONTROL_NOTE = ("CONTROL = a reference point without learned weights by design: 
                 "ground truth that generated each image, the ceiling an encoder could reach).")
 
 
-def column_label(backbone: str, weights_status: str, weights_id: str) -> str:
+def column_label(backbone: str, weights_status: str, weights_id: str,
+                 unverified: bool = False) -> str:
+    """A backbone column's header: its flags ride in the name, never only in a footnote."""
     marker = {"random-init": " [RANDOM-INIT]", "control": " [CONTROL]"}.get(weights_status, "")
+    marker += " [UNVERIFIED]" if unverified else ""
     return f"{backbone}{marker} ({weights_id.split(':')[-1][:8]})"
+
+
+def unverified_columns(frame: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """(backbone, weights_id) -> the provenance fields its imported cells could not verify
+    (brainbench.results_io), for the weights with any such cell."""
+    from brainbench.results_io import unverified_fields
+
+    if "hyperparameters" not in frame:
+        return {}
+    found: dict[tuple[str, str], set[str]] = {}
+    for key, hyper in zip(zip(frame["backbone"], frame["weights_id"]), frame["hyperparameters"]):
+        fields_ = unverified_fields(hyper)
+        if fields_:
+            found.setdefault(key, set()).update(fields_)
+    return {key: sorted(fields_) for key, fields_ in found.items()}
 
 
 def recovered_budgets(frame: pd.DataFrame) -> pd.Series:
@@ -99,7 +119,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
                   in zip(frame["task"], frame["metric"])]].copy()
     if keep.empty:
         return pd.DataFrame()
-    keep["column"] = [column_label(*r) for r in
+    unverified = unverified_columns(keep)  # one imported cell marks its whole column
+    keep["column"] = [column_label(b, s, w, (b, w) in unverified) for b, s, w in
                       keep[["backbone", "weights_status", "weights_id"]].itertuples(index=False)]
     if "head" in keep:  # protocols and budgets side by side, never pooled
         keep["protocol"] = protocol_labels(keep)
@@ -131,7 +152,8 @@ def summarise(frame: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
         keep["contaminated"] = False
     grouped = keep.groupby(["task", "dataset", "setting", "metric", "fraction", "column"])
     summary = grouped.agg(mean=("value", "mean"), sd=("value", "std"), seeds=("seed", "nunique"),
-                          n_train=("n_train", "mean"), n_test=("n_test", "max"),
+                          n_train=("n_train", "mean"), n_train_min=("n_train", "min"),
+                          n_train_max=("n_train", "max"), n_test=("n_test", "max"),
                           fallback_seeds=("fallback", "sum"),
                           contaminated=("contaminated", "any"),
                           precision=("precision", "first")).reset_index()
@@ -249,7 +271,9 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
             metric = f"{key.metric}{arrow}" + (" *" if key.metric == primary[key.task] else "")
             cells = {r.column: cell_text(r.mean, r.sd, r.seeds, r.fallback_seeds)
                      + (f" {MARK}" if r.contaminated else "") for r in part.itertuples()}
-            sizes = f"{part.n_train.mean():.0f} / {part.n_test.max():.0f}"
+            low, high = part.n_train_min.min(), part.n_train_max.max()
+            trained = f"{low:.0f}" if low == high else f"{low:.0f}-{high:.0f}"  # seeds differ
+            sizes = f"{trained} / {part.n_test.max():.0f}"
             rows.append([key.task, key.dataset] + ([key.setting] if several else [])
                         + [metric, f"{key.fraction:g}"]
                         + [cells.get(c, "") for c in columns] + [sizes])
@@ -263,7 +287,9 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
     headers = ["task", "dataset"] + setting + ["metric", "fraction"] + (columns or ["result"]) \
         + ["n train / n test"]
     table = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
-    notes = ["* primary metric; values are mean ± sd over seeds (k = number of seeds)."]
+    notes = ["* primary metric; values are mean ± sd over seeds (k = number of seeds). n train "
+             "/ n test count samples (scans), a range where the seeds' training subsets differ "
+             "in size (people with several scans)."]
     if not summary.empty:
         notes.append(_precision_note(summary))
     if not summary.empty and summary["fallback_seeds"].any():
@@ -273,6 +299,11 @@ def comparison_table(frame: pd.DataFrame, tasks: Sequence[TaskSpec], fmt: str = 
         notes.append(RANDOM_NOTE)
     if any("[CONTROL]" in c for c in columns):
         notes.append(CONTROL_NOTE)
+    unverified = unverified_columns(frame) if any("[UNVERIFIED]" in c for c in columns) else {}
+    if unverified:
+        notes.append(UNVERIFIED_MEANING + "; not verified: " + "; ".join(
+            f"{b} ({w.split(':')[-1][:8]}): {', '.join(f)}"
+            for (b, w), f in sorted(unverified.items())) + ".")
     if not summary.empty and summary["contaminated"].any():
         notes.append(CONTAMINATED_NOTE)
     if hidden:
@@ -392,6 +423,21 @@ def protocol_note(analysis) -> str | None:
     return None
 
 
+def detectable_text(mdd: float, people: int) -> str:
+    """One task's minimum detectable difference as every table states it."""
+    return (f"{mdd:.3g}" if np.isfinite(mdd) else "none within its range") \
+        + f" ({people} test people)"
+
+
+def summary_notes(store, frame: pd.DataFrame, summary: pd.DataFrame,
+                  tasks: Sequence[TaskSpec]) -> list[str]:
+    """The precision and minimum-detectable-difference notes of `brainbench results`, for a
+    table built from ``summarise(frame, tasks)`` elsewhere (a submission's SUMMARY.md)."""
+    notes = [_precision_note(summary)] if not summary.empty else []
+    detectable = detectable_note(store, frame, tasks)
+    return notes + ([detectable] if detectable else [])
+
+
 def stats_table_notes(analysis, fraction: float) -> list[str]:
     ref = analysis.reference.display if analysis.reference else None
     notes = [f"Label fraction {fraction:g}. Cells: mean of the primary metric over seeds "
@@ -400,10 +446,8 @@ def stats_table_notes(analysis, fraction: float) -> list[str]:
     if detectable:
         notes.append("Minimum detectable difference of the paired test (alpha 0.05, power 0.8) "
                      "for these test sets: " + "; ".join(
-                         f"{task} {analysis.metric(task)} "
-                         + (f"{mdd:.3g}" if np.isfinite(mdd) else "none within its range")
-                         + f" ({people} test people)"
-                         for task, (mdd, people) in detectable.items())
+                         f"{task} {analysis.metric(task)} {detectable_text(*value)}"
+                         for task, value in detectable.items())
                      + ". Smaller true differences are likely to go unmarked.")
     if analysis.precisions(fraction):
         notes.append(precision_note(analysis, fraction))
