@@ -39,8 +39,12 @@ def contrast_of(path: Path) -> str:
 
 
 @lru_cache(maxsize=32)
-def _truth(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)
+def _truth(path: Path, dataset: str) -> pd.DataFrame:
+    """The dataset's truth table, checked once: a malformed one is a BenchError naming the file
+    and the missing columns (the covariates and 'image')."""
+    from brainbench.phantoms.oracle import read_truth
+
+    return read_truth(path, dataset, columns=("image",))
 
 
 def _locate(path: Path) -> tuple[str, pd.DataFrame, str]:
@@ -53,7 +57,7 @@ def _locate(path: Path) -> tuple[str, pd.DataFrame, str]:
             folder = path.relative_to(root).parts[0]
             if folder in datasets and (root / TRUTH_DIR / f"{datasets[folder]}.csv").is_file():
                 dataset = datasets[folder]
-                return (dataset, _truth(root / TRUTH_DIR / f"{dataset}.csv"),
+                return (dataset, _truth(root / TRUTH_DIR / f"{dataset}.csv", dataset),
                         path.relative_to(root / folder).as_posix())
     raise BenchError(f"backbone 'oracle' reads the phantom ground truth, but {path} has no "
                      f"{TRUTH_DIR}/<dataset>.csv above it: the oracle exists for phantom cohorts "
@@ -86,7 +90,12 @@ class OracleBackbone(Backbone):
         if len(rows) != 1:
             raise BenchError(f"backbone 'oracle': no single truth row for {path} in "
                              f"{TRUTH_DIR}/{dataset}.csv (column 'image')")
-        covariates = covariate_matrix(dataset, rows.reset_index(drop=True))[0]
+        try:
+            covariates = covariate_matrix(dataset, rows.reset_index(drop=True))[0]
+        except (ValueError, TypeError) as exc:
+            raise BenchError(f"backbone 'oracle': the truth row of {path} in "
+                             f"{TRUTH_DIR}/{dataset}.csv holds a value that is not a number "
+                             f"({exc})") from None
         contrast = np.array([contrast_of(Path(path)) == c for c in sorted(CONTRASTS)], float)
         vector = np.zeros(FEATURE_DIM, dtype=np.float32)
         values = np.concatenate([covariates, contrast])

@@ -15,26 +15,63 @@ from brainbench.search import DEFAULT_TRIALS
 from brainbench.stats import DEFAULT_RESAMPLING, RESAMPLING
 
 
-def _names(text: str | None) -> tuple[str, ...] | None:
-    if not text:
+#: the comma-list options: name in messages -> (option, what one entry is, an example)
+LISTS = {"TASKS": ("--tasks", "task", "brain_age,idh_status"),
+         "TASK": ("--task", "task", "brain_age,idh_status"),
+         "MODELS": ("--models", "backbone", "braindino,intensity"),
+         "DATASET": ("--dataset", "dataset", "oasis1 or neurodegen_cls=oasis1"),
+         "SEEDS": ("--seeds", "seed", "0,1,2"),
+         "FRACTION": ("--fraction", "fraction", "0.01,0.1")}
+
+
+def _nothing_listed(text: str, what: str) -> BenchError:
+    """An option given explicitly with no entry (`--tasks ","`, `--fraction ""`): an error,
+    never the option's default (an option left out keeps its default)."""
+    option, entry, example = LISTS[what]
+    return BenchError(f"{what}={text!r} ({option}): no {entry} named; expected a comma list "
+                      f"such as {example} (or leave {option} out for its default)")
+
+
+def _names(text: str | None, what: str | None = None) -> tuple[str, ...] | None:
+    """A comma list; None when the option was not given. With ``what`` (a key of LISTS) an
+    explicitly given list without a name is an error naming the option."""
+    if text is None or (not text and what is None):
         return None
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        if what is None:
+            return None
+        raise _nothing_listed(text, what)
+    return names
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise BenchError(f"{what}={text!r}: expected numbers separated by commas") from None
+    if not values and what in LISTS:
+        raise _nothing_listed(text, what)
+    return values
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    """--fraction: label fractions in (0, 1], checked (as `run` checks them) before any store
+    is opened."""
+    from brainbench.taskspec import check_fraction
+
+    return tuple(check_fraction(v) for v in _floats(text, "FRACTION"))
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if not text:
+    if text is None:
         return None
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise BenchError(f"{what}={text!r}: expected integers separated by commas") from None
+    if not values:
+        raise _nothing_listed(text, what)
     if what == "SEEDS":
         bad = [v for v in values if not 0 <= v <= MAX_SEED]
         if bad:
@@ -79,6 +116,36 @@ def _precision(text: str) -> str:
         raise BenchError(f"PRECISION={text!r} (--precision): expected one of "
                          f"{', '.join(PRECISIONS)}")
     return text.lower()
+
+
+def _table_format(text: str) -> str:
+    """`results --format`: a tabulate table format (tabulate itself falls back to `simple`
+    for a name it does not know, silently)."""
+    from tabulate import tabulate_formats
+
+    if text not in tabulate_formats:
+        raise BenchError(f"FORMAT={text!r} (--format): expected a table format: simple, github "
+                         f"or latex, or another of tabulate's: {', '.join(tabulate_formats)}")
+    return text
+
+
+def _count(value: int | None, what: str | None, option: str, least: int,
+           meaning: str) -> int | None:
+    """An integer option that must be at least ``least`` (None: not given, its default);
+    ``what``: its make variable, where it has one."""
+    if value is not None and value < least:
+        shown = f"{what}={value} ({option})" if what else f"{option} {value}"
+        raise BenchError(f"{shown}: expected an integer >= {least} ({meaning})")
+    return value
+
+
+def _bootstrap_options(args: argparse.Namespace) -> None:
+    """--bootstrap (resamples, >= 1) and --bootstrap-seed (a non-negative integer), checked
+    before any store is opened or anything is computed."""
+    _count(args.bootstrap, "BOOTSTRAP", "--bootstrap", 1, "the number of bootstrap resamples")
+    if getattr(args, "bootstrap_seed", None) is not None:
+        _count(args.bootstrap_seed, None, "--bootstrap-seed", 0,
+               "the seed of the bootstrap resamples, e.g. 0")
 
 
 def _runtime(text: str) -> str:
@@ -233,12 +300,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     from brainbench.runner import RunConfig, run
 
     config = RunConfig(
-        model=args.model, fractions=_floats(args.fraction, "FRACTION"),
+        model=args.model, fractions=_fractions(args.fraction),
         profile=PROFILES.get(args.profile), cache_dir=Path(args.cache or cache_dir()),
-        results_dir=Path(args.results or results_dir()), tasks=_names(args.tasks),
+        results_dir=Path(args.results or results_dir()), tasks=_names(args.tasks, "TASKS"),
         seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
         require_weights=args.require_weights, data_dir=Path(args.data) if args.data else None,
-        datasets=_names(args.dataset),
+        datasets=_names(args.dataset, "DATASET"),
         db_url=args.db, force=args.force, progress=not args.no_progress,
         protocol=args.protocol, trials=args.trials, precision=_precision(args.precision),
         workers=_workers(args.workers), preprocess_on=_preprocess(args.preprocess),
@@ -283,10 +350,11 @@ def cmd_results(args: argparse.Namespace) -> None:
 
     _print_table(SimpleNamespace(
         db_url=args.db, results_dir=Path(args.results or results_dir()),
-        tasks=_names(args.tasks), models=_names(args.models),
+        tasks=_names(args.tasks, "TASKS"), models=_names(args.models, "MODELS"),
         profile=PROFILES.get(args.profile) if args.profile else None,
-        fractions=_floats(args.fraction, "FRACTION") if args.fraction else None,
-        data_source=None, format=args.format, hide_contaminated=args.hide_contaminated,
+        fractions=_fractions(args.fraction) if args.fraction is not None else None,
+        data_source=None, format=_table_format(args.format),
+        hide_contaminated=args.hide_contaminated,
         split=args.split or ""))
 
 
@@ -298,8 +366,10 @@ def _analysis(args: argparse.Namespace, fractions=None):
 
     from brainbench.analyses.contamination import lookup
 
+    _bootstrap_options(args)
+    models, tasks = _names(args.models, "MODELS"), _names(args.tasks, "TASKS")
     store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
-    analysis = load_analysis(store, models=_names(args.models), tasks=_names(args.tasks),
+    analysis = load_analysis(store, models=models, tasks=tasks,
                              fractions=fractions, profile=args.profile,
                              data_source=args.data_source, reference=args.reference,
                              n_boot=args.bootstrap, seed=args.bootstrap_seed,
@@ -307,7 +377,7 @@ def _analysis(args: argparse.Namespace, fractions=None):
     from brainbench.leaderboard.robustness import load_unseen_sites
 
     analysis.unseen_sites = load_unseen_sites(
-        store, _names(args.models), tasks=_names(args.tasks), fractions=fractions,
+        store, models, tasks=tasks, fractions=fractions,
         profile=args.profile, data_source=args.data_source, n_boot=args.bootstrap,
         seed=args.bootstrap_seed, protocol=args.protocol, resampling=args.resample)
     submissions = getattr(args, "submissions", None)
@@ -337,39 +407,81 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return Path(chosen) if chosen else Path(args.results or results_dir()) / folder
 
 
+def _stats_fractions(args: argparse.Namespace):
+    """--fraction of table / curves, a comma list: (the fractions, the analysis of them), or
+    (None, None) without it. A listed fraction without results is an error, never dropped."""
+    if args.fraction is None:
+        return None, None
+    wanted = list(dict.fromkeys(_fractions(args.fraction)))  # the range before any store
+    analysis = _analysis(args, wanted)  # none of them stored: its "no results" error
+    missing = [f for f in wanted if f not in analysis.fractions()]
+    if missing:
+        raise BenchError(f"FRACTION={args.fraction}: no results at fraction "
+                         f"{', '.join(f'{f:g}' for f in missing)} for that selection (of those "
+                         f"asked for, stored: {', '.join(f'{f:g}' for f in analysis.fractions())})")
+    return wanted, analysis
+
+
 def cmd_table(args: argparse.Namespace) -> None:
+    """One table (Markdown + LaTeX file) per fraction of --fraction, each computed as if it
+    had been asked for alone; without --fraction the headline fraction."""
     from brainbench.leaderboard.tables import stats_table, write_text_atomic
 
-    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
-    analysis = _analysis(args, [fraction] if fraction else None)
-    fraction = fraction or analysis.headline_fraction()
-    markdown = stats_table(analysis, fraction, "markdown")
     out = _out_dir(args)
-    write_text_atomic(out / f"table_f{fraction:g}.md", markdown)
-    write_text_atomic(out / f"table_f{fraction:g}.tex", stats_table(analysis, fraction, "latex"))
-    print(markdown)
-    print(f"written: {out / f'table_f{fraction:g}.md'}, {out / f'table_f{fraction:g}.tex'}")
+    fractions, analysis = _stats_fractions(args)
+    for fraction in fractions or [None]:
+        if fraction is None or len(fractions) > 1:
+            analysis = _analysis(args, [fraction] if fraction else None)
+        fraction = fraction or analysis.headline_fraction()
+        markdown = stats_table(analysis, fraction, "markdown")
+        write_text_atomic(out / f"table_f{fraction:g}.md", markdown)
+        write_text_atomic(out / f"table_f{fraction:g}.tex",
+                          stats_table(analysis, fraction, "latex"))
+        print(markdown)
+        print(f"written: {out / f'table_f{fraction:g}.md'}, {out / f'table_f{fraction:g}.tex'}")
 
 
 def cmd_curves(args: argparse.Namespace) -> None:
     from brainbench.leaderboard.curves import write_curves
 
-    paths = write_curves(_analysis(args), _out_dir(args))
+    fractions, analysis = _stats_fractions(args)
+    paths = write_curves(analysis or _analysis(args), _out_dir(args))
     print("written: " + ", ".join(map(str, paths)))
+
+
+def _headline_fraction(text: str | None) -> float | None:
+    """leaderboard --fraction: the one headline fraction (the site shows every stored one)."""
+    if text is None:
+        return None
+    fractions = list(dict.fromkeys(_fractions(text)))
+    if len(fractions) > 1:
+        raise BenchError(f"FRACTION={text!r} (--fraction): the leaderboard has one headline "
+                         "fraction (its first table; the site shows every stored fraction "
+                         "after it); pass one value, e.g. --fraction "
+                         f"{fractions[0]:g}")
+    return fractions[0]
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from brainbench.leaderboard.site import build_site
     from brainbench.submission.bundle import submission_flags
 
-    fraction = _floats(args.fraction, "FRACTION")[0] if args.fraction else None
+    fraction = _headline_fraction(args.fraction)
     analysis = _analysis(args)
+    if fraction is not None and fraction not in analysis.fractions():
+        raise BenchError(f"FRACTION={args.fraction} (--fraction): no results at fraction "
+                         f"{fraction:g} for that selection (stored: "
+                         f"{', '.join(f'{f:g}' for f in analysis.fractions())})")
     analysis.flags.update(submission_flags(Path(args.submissions) if args.submissions else None))
+    from brainbench.leaderboard.site import submitted_files
+
+    analysis.submitted.update(submitted_files(Path(args.submissions) if args.submissions
+                                              else None))
     from brainbench.paths import results_dir
     from brainbench.store import ResultStore, default_url
 
     folder = Path(args.results or results_dir())
-    rows = ResultStore(args.db or default_url(folder)).analyses(_names(args.models))
+    rows = ResultStore(args.db or default_url(folder)).analyses(_names(args.models, "MODELS"))
     index = build_site(analysis, _out_dir(args), fraction, analyses=rows, results_dir=folder)
     print(f"written: {index} (open it in a browser; no network needed)")
 
@@ -379,7 +491,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from brainbench.paths import cache_dir, results_dir
     from brainbench.profiles import PROFILES
 
-    models = _names(args.models) or ((args.model,) if args.model else None)
+    _count(args.bootstrap, "BOOTSTRAP", "--bootstrap", 1, "person bootstrap resamples")
+    models = _names(args.models, "MODELS") or ((args.model,) if args.model else None)
     if not models:
         raise BenchError("analyze needs --model NAME or --models a,b")
     if args.model and args.models:
@@ -408,9 +521,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     from brainbench.results_io import export_results
     from brainbench.store import ResultStore, default_url
 
+    models, tasks = _names(args.models, "MODELS"), _names(args.tasks, "TASKS")
     store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
-    for path in export_results(store, _out_dir(args), list(_names(args.models) or []),
-                               list(_names(args.tasks) or [])):
+    for path in export_results(store, _out_dir(args), list(models or []), list(tasks or [])):
         print(f"written: {path}")
 
 
@@ -444,7 +557,8 @@ def cmd_import(args: argparse.Namespace) -> None:
                                   [Path(f) for f in args.files], _data_lookup(args))
     for report in reports:
         print(f"imported {report.cells} cell(s) of {report.backbone} on {report.task} from "
-              f"{report.path} ({report.replaced} replaced) into {store.shown}")
+              f"{report.path} ({report.replaced} replaced, {report.kept} already computed "
+              f"here and kept) into {store.shown}")
 
 
 def _submit_common(p: argparse.ArgumentParser) -> None:
@@ -476,13 +590,14 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
     result = submit(SubmitConfig(
         backbone=Path(args.backbone), profile=PROFILES.get(args.profile),
-        fractions=_floats(args.fraction, "FRACTION"), cache_dir=Path(args.cache or cache_dir()),
+        fractions=_fractions(args.fraction), cache_dir=Path(args.cache or cache_dir()),
         results_dir=Path(args.results or results_dir()),
-        out_root=Path(args.out) if args.out else submissions_dir(), tasks=_names(args.tasks),
+        out_root=Path(args.out) if args.out else submissions_dir(),
+        tasks=_names(args.tasks, "TASKS"),
         seeds=_ints(args.seeds, "SEEDS"), weights=Path(args.weights) if args.weights else None,
         require_weights=args.require_weights, db_url=args.db, progress=not args.no_progress,
         precision=_precision(args.precision), workers=_workers(args.workers),
-        device=args.device))
+        device=args.device, data_dir=Path(args.data) if args.data else None))
     print((result.bundle / "SUMMARY.md").read_text())
     print(f"bundle: {result.bundle} ({result.cells} cell(s); validation "
           f"{result.validation_seconds:.1f} s, run {result.run_seconds:.1f} s)")
@@ -493,12 +608,13 @@ def cmd_submit(args: argparse.Namespace) -> None:
 def cmd_import_bundle(args: argparse.Namespace) -> None:
     from brainbench.paths import results_dir
     from brainbench.store import default_url, shown_url
-    from brainbench.submission.bundle import import_bundle
+    from brainbench.submission.bundle import import_bundles
 
     url = args.db or default_url(Path(args.results or results_dir()))
-    for bundle in args.bundles:
-        cells, target = import_bundle(Path(bundle), url, Path(args.out) if args.out else None,
-                                      lookup=_data_lookup(args))
+    # every bundle is verified before any is written: all are imported, or none
+    imported = import_bundles([Path(b) for b in args.bundles], url,
+                              Path(args.out) if args.out else None, lookup=_data_lookup(args))
+    for bundle, (cells, target) in zip(args.bundles, imported):
         print(f"imported {cells} cell(s) from {bundle} into {shown_url(url)}; bundle at "
               f"{target}")
 
@@ -508,12 +624,16 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
     from brainbench.phantoms import DATASETS, PHANTOM_VERSION, generate_phantoms
     from brainbench.profiles import PROFILES
 
+    _count(args.n, None, "--n", 1, "people per dataset; leave --n out for the profile's sizes")
+    _count(args.workers, None, "--workers", 1, "render processes, 1 renders in this process; "
+           "leave --workers out for one per available core, at most 16")
     profile = PROFILES.get(args.profile)
-    if args.n:  # one size for every dataset, whatever the profile's
+    if args.n is not None:  # one size for every dataset, whatever the profile's
         tag, people = f"v{PHANTOM_VERSION}-seed{profile.phantom_seed}-n{args.n}", args.n
     else:
         tag, people = profile.phantom_tag(), profile.phantom_people(DATASETS)
     root = Path(args.root) if args.root else cache_dir() / "phantoms" / tag
+    _usable_folder(root, "phantom folder (--root / BRAINBENCH_CACHE)")
     print(generate_phantoms(root, people, seed=profile.phantom_seed, workers=args.workers))
 
 
@@ -524,7 +644,8 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     from brainbench.profiles import PROFILES
     from brainbench.runner import RunConfig, on_split, prepare_data, resolve_tasks
 
-    tasks, _ = on_split(resolve_tasks(_names(args.task), _names(args.dataset)),
+    tasks, _ = on_split(resolve_tasks(_names(args.task, "TASK"),
+                                      _names(args.dataset, "DATASET")),
                         args.split or "", explicit=bool(args.task))
     config = RunConfig(model="", fractions=(), profile=PROFILES.get(args.profile),
                        cache_dir=Path(args.cache or cache_dir()),
@@ -640,7 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--models", default=None, help="comma list (default: all stored)")
         p.add_argument("--tasks", default=None, help="comma list (default: all stored)")
         p.add_argument("--fraction", default=None,
-                       help="label fraction of the table (default: the largest shared one)")
+                       help="label fraction(s), a comma list: table: one table each (default: "
+                            "the largest shared one); curves: the fractions drawn (default: "
+                            "all stored); leaderboard: the headline fraction (one value; "
+                            "default: the largest shared one)")
         p.add_argument("--profile", default=None)
         p.add_argument("--data-source", default=None, help="e.g. phantom:v1-seed0-n80")
         p.add_argument("--protocol", default=None,
@@ -720,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="comma list (default: each task's seeds)")
     p.add_argument("--out", default=None, help="bundle root (default $BRAINBENCH_SUBMISSIONS "
                                                "or leaderboard/submissions)")
+    p.add_argument("--data", default=None,
+                   help="folder holding the real datasets (default: as `run`: DATA / dataset "
+                        "config, else the phantom cohorts)")
     p.add_argument("--cache", default=None)
     p.add_argument("--results", default=None)
     p.add_argument("--db", default=None)
@@ -763,8 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usable_folder(path: Path, what: str) -> None:
-    """A folder a command writes into: absent (created later), or a writable directory."""
+def _usable_folder(path: Path, what: str, writable: bool = True) -> None:
+    """A folder a command writes into: absent (created later), or a writable directory
+    (``writable=False``: a folder it only reads, which must not be a file)."""
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None:
@@ -772,25 +900,52 @@ def _usable_folder(path: Path, what: str) -> None:
     if not existing.is_dir():
         raise BenchError(f"{what} {path}: {existing} is a file, expected a folder; pass "
                          "another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
         raise BenchError(f"{what} {path}: {existing} is read-only; pass a writable folder")
 
 
 #: commands that write into the results folder (store, split manifests)
 WRITES_RESULTS = ("cmd_run", "cmd_import", "cmd_submit", "cmd_import_bundle",
                   "cmd_analyze")
+#: commands that only read the store (and write their outputs, --out)
+READS_RESULTS = ("cmd_results", "cmd_table", "cmd_curves", "cmd_leaderboard", "cmd_export")
+#: commands that write submission bundles (--out, default $BRAINBENCH_SUBMISSIONS)
+WRITES_BUNDLES = ("cmd_submit", "cmd_import_bundle")
 
 
 def _check_folders(args: argparse.Namespace) -> None:
-    """Before any work: the cache and results folders a command will write must be usable."""
+    """Before any work: the cache and results folders a command will write must be usable,
+    the folders it reads must be folders, and a store it only reads must exist (opening a
+    missing SQLite store would create an empty results.db)."""
     from brainbench.paths import cache_dir, results_dir
 
+    command = getattr(args.func, "__name__", "")
+    if getattr(args, "data", None):  # as `run` checks DATA, for every command reading it
+        data = Path(args.data).expanduser()
+        if not data.is_dir():
+            raise BenchError(f"DATA={data} is not a folder (--data): expected the folder "
+                             "holding the real datasets (README 'Real data')")
     if getattr(args, "cache", "absent") != "absent":
         _usable_folder(Path(args.cache or cache_dir()), "cache folder (--cache / BRAINBENCH_CACHE)")
-    if getattr(args, "results", "absent") != "absent" and not getattr(args, "db", None) \
-            and getattr(args.func, "__name__", "") in WRITES_RESULTS:
-        _usable_folder(Path(args.results or results_dir()),
-                       "results folder (--results / BRAINBENCH_RESULTS)")
+    results = "results folder (--results / BRAINBENCH_RESULTS)"
+    if getattr(args, "results", "absent") != "absent" and not getattr(args, "db", None):
+        folder = Path(args.results or results_dir())
+        if command in WRITES_RESULTS:
+            _usable_folder(folder, results)
+        elif command in READS_RESULTS:
+            _usable_folder(folder, results, writable=False)
+            if not (folder / "results.db").exists():
+                raise BenchError(f"{results} {folder}: no results store there (results.db is "
+                                 "missing); run `make bench` first, or pass the folder holding "
+                                 "results.db (--results DIR) or --db URL")
+    if command in READS_RESULTS and args.command in OUTPUTS:
+        env, _ = OUTPUTS[args.command]
+        _usable_folder(_out_dir(args), "output folder (--out" + (f" / {env})" if env else ")"))
+    if command in WRITES_BUNDLES:
+        from brainbench.submission.bundle import submissions_dir
+
+        _usable_folder(Path(args.out) if args.out else submissions_dir(),
+                       "bundle folder (--out / BRAINBENCH_SUBMISSIONS)")
 
 
 def _environment_error(exc: BaseException) -> str | None:

@@ -139,7 +139,7 @@ def test_header_promising_more_than_the_file_fails_fast(tmp_path, name):
             reader(path)
         message = str(info.value)
         assert str(path) in message and "128000000" in message  # the header's size
-        assert str(path.stat().st_size) in message or "gzip stream ends" in message
+        assert str(path.stat().st_size) in message  # the bytes on disk
     assert time.perf_counter() - started < 5  # nothing was decompressed or allocated
     assert length_problem(path) is not None
 

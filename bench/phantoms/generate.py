@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +42,8 @@ DATASETS = tuple(PHANTOMS)
 MANIFEST = "_phantom.json"
 TRUTH_DIR = "_truth"
 
+log = logging.getLogger(__name__)
+
 
 def _resolve_sizes(n_subjects: int | dict[str, int], datasets: Sequence[str]) -> dict[str, int]:
     """Persons per dataset. A dict also selects datasets: those requested and present in it."""
@@ -59,11 +62,41 @@ def _resolve_sizes(n_subjects: int | dict[str, int], datasets: Sequence[str]) ->
     return sizes
 
 
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a parsed ``_phantom.json`` (None: the shape this module writes)."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, found {type(manifest).__name__} {manifest!r:.60}"
+    sizes = manifest.get("sizes", {})
+    if not isinstance(sizes, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in sizes.values()):
+        return f"field 'sizes' must map datasets to people counts, found {sizes!r:.60}"
+    datasets = manifest.get("datasets", {})
+    if not isinstance(datasets, dict) or not all(isinstance(v, dict) for v in datasets.values()):
+        return f"field 'datasets' must map datasets to objects, found {datasets!r:.60}"
+    seed = manifest.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return f"field 'seed' must be an integer, found {seed!r:.60}"
+    return None
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of ``root``; {} where there is none. A damaged one is only a record of a
+    cache: like an unreadable one it counts as none (the cohorts it describes are generated
+    again, byte for byte the same), with a warning naming the file."""
+    path = root / MANIFEST
     try:
-        return json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as exc:
+        problem = f"unreadable: {exc}"
+    else:
+        problem = _manifest_problem(manifest)
+        if problem is None:
+            return manifest
+    log.warning("phantom manifest %s is malformed (%s); generating the cohorts it describes "
+                "again", path, problem)
+    return {}
 
 
 def _is_done(root: Path, manifest: dict[str, Any], dataset: str, n: int, seed: int) -> bool:

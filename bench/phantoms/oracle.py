@@ -23,6 +23,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from brainbench.errors import BenchError
+
 
 @dataclass
 class OracleRow:
@@ -226,20 +228,92 @@ def _score(task: _Task, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: 
 
 
 N_SHUFFLES = 5
+TRUTH_DIR = "_truth"
+#: what a truth table is, in messages
+WRITTEN_BY = "the truth table `brainbench phantoms` writes"
+
+
+def read_truth(path: Path, dataset: str, prepare: Callable[[pd.DataFrame], object] | None = None,
+               columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The truth table ``_truth/<dataset>.csv``, checked: readable as CSV, and holding
+    ``columns`` and every column ``prepare`` (default: the dataset's covariates) reads. A
+    missing column is a BenchError naming the file and every missing column."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            ValueError) as exc:
+        raise BenchError(f"cannot read phantom truth table {path}: {exc}; expected "
+                         f"{WRITTEN_BY} (regenerate the cohort to restore it)") from None
+    return check_truth(frame, path, dataset, prepare, columns)
+
+
+def check_truth(frame: pd.DataFrame, path: Path, dataset: str,
+                prepare: Callable[[pd.DataFrame], object] | None = None,
+                columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``frame`` (read from ``path``) if it holds ``columns`` and every column ``prepare``
+    (default: the dataset's covariates) reads, else a BenchError naming them all."""
+    check = prepare or (lambda rows: covariate_matrix(dataset, rows))
+    probe = frame.head(0).copy()  # no rows: only the columns are looked at
+    missing = [c for c in columns if c not in probe.columns]
+    for name in missing:
+        probe[name] = pd.Series(dtype=float)
+    while True:
+        try:
+            check(probe)
+            break
+        except KeyError as exc:  # pandas names the column it did not find
+            name = exc.args[0] if exc.args else None
+            if not isinstance(name, str) or name in missing:
+                raise
+            missing.append(name)
+            probe[name] = pd.Series(dtype=float)
+    if missing:
+        raise BenchError(f"phantom truth table {path}: column(s) {', '.join(map(repr, missing))} "
+                         f"missing; expected {WRITTEN_BY} for {dataset}")
+    return frame
+
+
+def _prepared(task: _Task, frame: pd.DataFrame, path: Path):
+    try:
+        return task.prepare(frame)
+    except (ValueError, TypeError) as exc:
+        raise BenchError(f"phantom truth table {path}: a value could not be read ({exc}); "
+                         f"expected {WRITTEN_BY} for {task.dataset}") from None
+
+
+def _cohort_root(root: Path) -> None:
+    """``root`` must be a phantom cohort folder: one holding ``_truth/<dataset>.csv``."""
+    names = sorted({t.dataset for t in TASKS})
+    expected = (f"expected a phantom cohort folder holding {TRUTH_DIR}/<dataset>.csv "
+                f"(<dataset>: {', '.join(names)}), as `brainbench phantoms` writes under "
+                "$BRAINBENCH_CACHE/phantoms/<tag>/")
+    if not root.exists():
+        raise BenchError(f"ROOT={root}: no such folder; {expected}")
+    if not root.is_dir():
+        raise BenchError(f"ROOT={root} is a file; {expected}")
+    if not any((root / TRUTH_DIR / f"{d}.csv").is_file() for d in names):
+        hint = ("; this looks like the truth folder itself: pass the folder above it"
+                if any((root / f"{d}.csv").is_file() for d in names) else "")
+        raise BenchError(f"ROOT={root} is not a phantom cohort: no {TRUTH_DIR}/<dataset>.csv "
+                         f"in it; {expected}{hint}")
 
 
 def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
-    """Oracle vs shuffled-label scores for every task whose truth file exists under ``root``."""
+    """Oracle vs shuffled-label scores for every task whose truth file exists under ``root``
+    (a folder without any: BenchError, as is a truth table lacking a column a task reads)."""
     root = Path(root)
+    _cohort_root(root)
     rows = []
     frames: dict[str, pd.DataFrame] = {}
     for task in TASKS:
-        path = root / "_truth" / f"{task.dataset}.csv"
+        path = root / TRUTH_DIR / f"{task.dataset}.csv"
         if not path.is_file():
             continue
         if task.dataset not in frames:
-            frames[task.dataset] = pd.read_csv(path)
-        X, y, groups = task.prepare(frames[task.dataset])
+            frames[task.dataset] = read_truth(path, task.dataset, task.prepare)
+        else:  # the columns this task reads too
+            check_truth(frames[task.dataset], path, task.dataset, task.prepare)
+        X, y, groups = _prepared(task, frames[task.dataset], path)
         score, chance = _score(task, X, y, groups, seed)
         rng = np.random.default_rng(seed)
         shuffled = float(np.nanmean([_score(task, X, y[rng.permutation(len(y))], groups, seed)[0]
@@ -266,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m brainbench.phantoms.oracle ROOT", file=sys.stderr)
         return 2
-    print(format_report(oracle_report(Path(argv[0]))))
+    try:
+        print(format_report(oracle_report(Path(argv[0]))))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

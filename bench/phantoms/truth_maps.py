@@ -70,6 +70,10 @@ def scan_spec(image: Path) -> ScanSpec | None:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    from brainbench.phantoms.generate import _manifest_problem
+
+    if _manifest_problem(manifest) is not None:  # as an unreadable one: no record of the scan
+        return None
     resolved = Path(image).resolve()
     for dataset, folder in FOLDERS.items():
         base = root / folder
