@@ -14,18 +14,8 @@ import pytest
 from brainbench.cli import main
 from brainbench.errors import BenchError
 from brainbench.results_io import export_results
+from tests.test_cli_errors import _fails
 from tests.test_stats import build_store
-
-
-def _fails(capsys, argv, *needles):
-    code = main(argv)
-    captured = capsys.readouterr()
-    text = captured.err + captured.out
-    assert code == 2, text
-    assert "Traceback" not in text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +25,9 @@ def stored(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_more")
     store = build_store(root / "results" / "results.db", backbones=("base", "strong"),
                         tasks=("brain_age",))
-    return root / "results", export_results(store, root / "export", ["strong"])[0]
+    exported = export_results(store, root / "export", ["strong"])[0]
+    store.close()  # the write-ahead log folded in now, not at a later garbage collection
+    return root / "results", exported
 
 
 def _untouched(folder: Path, before: set[str]) -> None:

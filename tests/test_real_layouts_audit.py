@@ -18,26 +18,16 @@ import pandas as pd
 import pytest
 
 from brainbench.cli import main
-from brainbench.datasets import ADAPTERS, load_cohort
+from brainbench.datasets import load_cohort
 from brainbench.datasets.locations import data_locations
 from brainbench.errors import BenchError
 from brainbench.phantoms.layouts import FOLDERS
 from brainbench.taskspec import build_samples, get_task
 
 from .phantom_cohorts import phantoms  # noqa: F401  (fixture)
+from .test_dataset_recognition import env  # noqa: F401  (fixture)
 from .test_datasets import (by_id, csv, make_atlas, make_bids, make_ucsf, make_upenn, nii, notes, ucsf_row,
                             upenn_row)
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BRAINBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("BRAINBENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.delenv("BRAINBENCH_CONFIG", raising=False)
-    for name in ADAPTERS.names():
-        monkeypatch.delenv("BRAINBENCH_DATA_" + name.upper(), raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def data_check(task, data):
