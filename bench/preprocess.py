@@ -26,6 +26,7 @@ import torch
 
 from brainbench.backbone import InputContract
 from brainbench.errors import BenchError
+from brainbench.percentiles import percentiles
 
 PREPROCESS_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -307,18 +308,36 @@ def load_volume(path: Path) -> np.ndarray:
     return reorient(data, reorientation(img.affine))
 
 
+def c_order(volume: np.ndarray) -> np.ndarray:
+    """`np.ascontiguousarray`, bit for bit, about twice as fast for nibabel's Fortran-ordered
+    3D volumes: numpy transposes the whole array in one strided pass whose writes miss the
+    cache; two coronal planes at a time keep each pass's source and target in the cache
+    (BraTS-sized: ~22 -> ~12 ms; BENCHMARKS.md "Intensity normalisation")."""
+    if volume.flags.c_contiguous or volume.ndim != 3 or not volume.flags.f_contiguous:
+        return np.ascontiguousarray(volume)
+    out = np.empty(volume.shape, volume.dtype)
+    for start in range(0, volume.shape[1], 2):
+        out[:, start:start + 2] = volume[:, start:start + 2]
+    return out
+
+
 def robust_zscore(volume: np.ndarray) -> np.ndarray:
     """Clip nonzero voxels to their 1st-99th percentile, then z-score them; background stays 0.
 
-    Works on the nonzero voxels alone (one gather, one scatter): bit-for-bit what clipping the
-    whole volume and then `zscore` gave, in ~60% of the time; decoding shares the CPU with the
-    forward pass, and at the cpu profile on 2 cores it is as costly as the forward pass.
+    Works on the nonzero voxels alone (one gather, one scatter) and selects the percentiles
+    (brainbench.percentiles) instead of partitioning every voxel: bit-for-bit what clipping
+    the whole volume and then `zscore` gave, in ~30% of its time (BraTS-sized: 73 -> 40 ms
+    against 130 ms by definition); decoding shares the CPU with the forward pass, and at the
+    cpu profile on 2 cores it is as costly as the forward pass.
     """
-    volume = np.ascontiguousarray(volume)  # see `zscore`
+    volume = c_order(volume)  # see `zscore`
     mask = volume != 0
     values = volume[mask]
-    low, high = np.percentile(values, [1.0, 99.0])
-    clipped = np.clip(values, low, high).astype(np.float32)
+    low, high = percentiles(values, (1.0, 99.0))  # np.percentile's, bit for bit, ~4x faster
+    # clipping to the bounds rounded to float32 is clipping to float64 bounds and rounding
+    # the result, bit for bit (no float32 lies strictly between a bound and its rounding),
+    # without a float64 copy of every voxel (3.3 -> 0.5 ms for a BraTS-sized volume)
+    clipped = np.clip(values, np.float32(low), np.float32(high))
     kept = clipped != 0  # a clip lands on 0 only where a percentile is exactly 0
     if not kept.all():
         mask[mask] = kept
@@ -338,7 +357,7 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     more than one copy to C order first (BraTS-sized: 0.13 s against 0.07-0.09 s), bit for bit
     the same result.
     """
-    volume = np.ascontiguousarray(volume)
+    volume = c_order(volume)
     mask = volume != 0
     values = volume[mask]
     std = float(values.std()) or 1.0
@@ -350,11 +369,11 @@ def zscore(volume: np.ndarray) -> np.ndarray:
 def unit_range(volume: np.ndarray) -> np.ndarray:
     """Min-max of the nonzero voxels' 1st-99th percentile range to [0, 1] (natural-image models)."""
     mask = volume != 0
-    low, high = np.percentile(volume[mask], [1.0, 99.0])
+    low, high = percentiles(volume[mask], (1.0, 99.0))
     return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def _percentiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
+def _tensor_percentiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
     """numpy's default (linear) percentiles of a 1-d tensor, on its device: the two order
     statistics around each position by selection (`torch.kthvalue`, linear time; a sort took
     3x numpy's time on a CPU, and torch.quantile refuses inputs over 2**24 elements)."""
@@ -387,13 +406,13 @@ def zscore_tensor(volume: torch.Tensor) -> torch.Tensor:
 def robust_zscore_tensor(volume: torch.Tensor) -> torch.Tensor:
     """`robust_zscore` on the model's device."""
     mask = volume != 0
-    low, high = _percentiles(volume[mask], (1.0, 99.0))
+    low, high = _tensor_percentiles(volume[mask], (1.0, 99.0))
     return zscore_tensor(torch.where(mask, volume.clamp(low, high), 0.0).float())
 
 
 def unit_range_tensor(volume: torch.Tensor) -> torch.Tensor:
     """`unit_range` on the model's device."""
-    low, high = _percentiles(volume[volume != 0], (1.0, 99.0))
+    low, high = _tensor_percentiles(volume[volume != 0], (1.0, 99.0))
     return ((volume - low) / max(high - low, 1e-6)).clamp(0.0, 1.0).float()
 
 
