@@ -166,6 +166,19 @@ def test_truncated_nifti_is_named(phantoms, tmp_path, headers_only):  # noqa: F8
         assert "cannot read image" in text
 
 
+def test_a_damaged_gzip_stream_is_named_by_the_full_check(phantoms, tmp_path):  # noqa: F811
+    """One flipped byte mid-stream keeps every length right (the header check passes it); the
+    full check inflates the whole stream, whose CRC no longer matches, and names the file."""
+    folder = copy_dataset(phantoms, "bids", tmp_path)
+    image = _first_image(folder)
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    image.write_bytes(bytes(data))
+    assert check(task_on("brain_age", "bids"), tmp_path, headers_only=True).ok
+    text = fails_with(task_on("brain_age", "bids"), tmp_path, str(image), "damaged")
+    assert "download it again" in text
+
+
 def test_implausible_geometry_is_an_error(phantoms, tmp_path):  # noqa: F811
     folder = copy_dataset(phantoms, "bids", tmp_path)
     images = [p for p in sorted(folder.rglob("*_T1w.nii.gz")) if "pixar002" not in p.name]  # 002: age n/a
