@@ -25,7 +25,9 @@ _SAMPLE_SIZE = 4096
 
 
 def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
-    """`np.percentile(values, list(qs))` (method "linear") of a 1-d float array, bit for bit."""
+    """`np.percentile(values, list(qs))` (method "linear") of a 1-d float array, bit for bit
+    (but for the sign of a zero where -0.0 and 0.0 tie at a rank: equal values either way;
+    the z-scores use nonzero voxels only)."""
     n = values.size
     if values.ndim != 1 or values.dtype.kind != "f" or n < SELECTION_MIN_VALUES:
         return np.percentile(values, list(qs))
