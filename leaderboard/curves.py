@@ -1,9 +1,12 @@
 """Label-scarcity curves: primary metric vs label fraction (log axis), one panel per task.
 
-One line per backbone (mean over seeds) with its 95% bootstrap band (see the analysis's
-resampling). Random-init entries are drawn dashed with hollow markers and labelled
-"[random-init]", controls dotted with hollow squares and labelled "[control]", so neither can
-pass for a trained encoder in a figure.
+One line per backbone (mean over seeds) with its 95% bootstrap interval as an error bar at
+every fraction and a band between fractions (a run at one fraction still shows its interval).
+Random-init entries are drawn dashed with hollow markers and labelled "[random-init]", controls
+dotted with hollow squares and labelled "[control]", so neither can pass for a trained encoder
+in a figure. Behind them, a grey box at each fraction: the 95% range of the tables' chance row (the
+reference's test predictions against shuffled labels); a curve inside it has not shown it
+learned anything.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from brainbench.errors import BenchError  # noqa: E402
-from brainbench.leaderboard.analysis import Analysis  # noqa: E402
+from brainbench.leaderboard.analysis import Analysis, Summary  # noqa: E402
+from brainbench.leaderboard.tables import CHANCE_ROW  # noqa: E402
 
 
 def draw_task(ax, analysis: Analysis, task: str) -> int:
@@ -37,12 +41,14 @@ def draw_task(ax, analysis: Analysis, task: str) -> int:
         style = (dict(linestyle="--", marker="o", markerfacecolor="white") if entry.is_random
                  else dict(linestyle=":", marker="s", markerfacecolor="white")
                  if entry.is_control else dict(linestyle="-", marker="o"))
-        ax.plot(fractions, [s.mean for s in summaries], color=colour, label=entry.display,
-                **style)
+        means = [s.mean for s in summaries]
+        ax.errorbar(fractions, means, yerr=_error_bars(summaries), color=colour, capsize=3,
+                    elinewidth=1, label=entry.display, **style)
         ax.fill_between(fractions, [s.ci_low for s in summaries],
                         [s.ci_high for s in summaries], color=colour,
                         alpha=0.10 if entry.is_reference_point else 0.20, linewidth=0)
         lines += 1
+    _draw_chance(ax, analysis, task)
     arrow = "↑" if analysis.direction(task) == "higher" else "↓"
     ax.set_xscale("log")
     shown = analysis.fractions(task)
@@ -57,8 +63,40 @@ def draw_task(ax, analysis: Analysis, task: str) -> int:
     return lines
 
 
+def _error_bars(summaries: Sequence[Summary]) -> list[list[float]]:
+    """Distances from each mean down and up to its interval's ends (0 where an end is missing
+    or, for a skewed statistic, on the mean's wrong side)."""
+    def gap(value: float) -> float:
+        return value if math.isfinite(value) and value > 0 else 0.0
+
+    return [[gap(s.mean - s.ci_low) for s in summaries],
+            [gap(s.ci_high - s.mean) for s in summaries]]
+
+
+#: a chance box spans each fraction from f / this to f x this on the log axis
+CHANCE_BOX_HALF_WIDTH = 1.2
+
+
+def _draw_chance(ax, analysis: Analysis, task: str) -> None:
+    """The chance row at each fraction as a grey box (its 95% range) with a dotted line at its
+    mean, behind the curves, where the task's metric can be recomputed from predictions."""
+    shown = [(f, analysis.chance(task, f)) for f in analysis.fractions(task)]
+    for i, (fraction, chance) in enumerate((f, c) for f, c in shown if c is not None):
+        left, right = fraction / CHANCE_BOX_HALF_WIDTH, fraction * CHANCE_BOX_HALF_WIDTH
+        ax.fill_between([left, right], [chance.ci_low] * 2, [chance.ci_high] * 2,
+                        color="grey", alpha=0.22, linewidth=0, zorder=0, gid="chance-range",
+                        label=CHANCE_ROW if i == 0 else None)
+        ax.hlines(chance.mean, left, right, colors="grey", linestyles=":", linewidth=1.2,
+                  zorder=1, gid="chance-mean")
+
+
 #: share of the figure's width a title or legend may take (the rest is margin)
 FIT_SHARE = 0.96
+
+
+def curves_title(analysis: Analysis) -> str:
+    return (f"label-scarcity curves: mean over seeds, bars and band = "
+            f"{analysis.interval_description}; grey box = {CHANCE_ROW}, 95% range")
 
 
 def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Figure:
@@ -82,10 +120,17 @@ def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Fig
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
-    _fit_title(fig, f"label-scarcity curves: mean over seeds, band = "
-                   f"{analysis.interval_description}")
+    handles, labels = chance_last(handles, labels)
+    _fit_title(fig, curves_title(analysis))
     _fit_legend(fig, handles, labels, ncol=min(4, len(labels)))
     return fig
+
+
+def chance_last(handles: list, labels: list[str]) -> tuple[list, list[str]]:
+    """Legend entries in the order of the backbones, the chance box after them (matplotlib
+    lists boxes before error bars)."""
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == CHANCE_ROW)
+    return [handles[i] for i in order], [labels[i] for i in order]
 
 
 def _fit_title(fig: Figure, title: str) -> None:

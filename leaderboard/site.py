@@ -38,7 +38,7 @@ from brainbench.leaderboard.analysis import (Analysis, CellRecord, Entry,  # noq
                                              SubmittedFile)
 from brainbench.leaderboard.analysis_pages import INDEX as ANALYSES_INDEX  # noqa: E402
 from brainbench.leaderboard.analysis_pages import write_analysis_pages  # noqa: E402
-from brainbench.leaderboard.curves import draw_task, write_curves  # noqa: E402
+from brainbench.leaderboard.curves import chance_last, draw_task, write_curves  # noqa: E402
 from brainbench.leaderboard.robustness import (ROBUSTNESS_NOTE, ROBUSTNESS_TITLE,  # noqa: E402
                                                site_drops)
 from brainbench.leaderboard.tables import (CHANCE_NOTE, CHANCE_ROW, CONTROL_NOTE,  # noqa: E402
@@ -486,7 +486,7 @@ def _task_figure(analysis: Analysis, task: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     try:
         draw_task(ax, analysis, task)
-        ax.legend(fontsize=8)
+        ax.legend(*chance_last(*ax.get_legend_handles_labels()), fontsize=8)
         fig.tight_layout()
         fig.savefig(out, dpi=110)
     finally:

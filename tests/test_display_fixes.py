@@ -203,12 +203,15 @@ def _check_figure(analysis, tasks=None) -> None:
     fig = curves.curves_figure(analysis, tasks)
     try:
         assert _inside(fig) == []
-        title = (f"label-scarcity curves: mean over seeds, band = "
-                 f"{analysis.interval_description}")
+        title = (f"label-scarcity curves: mean over seeds, bars and band = "
+                 f"{analysis.interval_description}; grey box = chance (shuffled labels), "
+                 "95% range")
         assert " ".join(fig._suptitle.get_text().split()) == title  # wrapped, nothing lost
         (legend,) = fig.legends
-        assert [t.get_text() for t in legend.get_texts()] == [e.display for e in
-                                                              analysis.entries]
+        chance = any(analysis.chance(t, f) is not None for t in (tasks or [t.id for t in
+                     analysis.tasks]) for f in analysis.fractions(t))
+        assert [t.get_text() for t in legend.get_texts()] == [
+            e.display for e in analysis.entries] + (["chance (shuffled labels)"] if chance else [])
     finally:
         plt.close(fig)
 

@@ -76,6 +76,49 @@ def test_curves_png_and_svg(analysis, tmp_path):
     assert "<script>" not in text  # matplotlib escapes the comment
 
 
+def test_curves_show_each_interval_as_a_bar_and_the_chance_range_as_a_box(analysis):
+    """A band needs two fractions, so a run at one fraction showed no interval: every point
+    now carries its interval as an error bar, and each fraction has the chance row's 95%
+    range as a grey box with its mean dotted: the numbers of the tables' rows."""
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from brainbench.leaderboard.curves import draw_task
+
+    task = analysis.tasks[0].id
+    fig, ax = plt.subplots()
+    try:
+        assert draw_task(ax, analysis, task) == len(analysis.entries)
+        bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+        assert set(bars) == {e.display for e in analysis.entries}
+        for entry in analysis.entries:
+            (vertical,) = bars[entry.display].lines[2]
+            fractions = analysis.fractions(task, entry)
+            assert len(vertical.get_segments()) == len(fractions) > 1
+            for fraction, ((x0, y0), (x1, y1)) in zip(fractions, vertical.get_segments()):
+                summary = analysis.summary(entry, task, fraction)
+                assert x0 == x1 == fraction
+                assert (min(y0, y1), max(y0, y1)) == pytest.approx(
+                    (min(summary.ci_low, summary.mean), max(summary.ci_high, summary.mean)))
+
+        chance = [analysis.chance(task, f) for f in analysis.fractions(task)]
+        assert all(c is not None for c in chance)
+        boxes = [c for c in ax.collections if c.get_gid() == "chance-range"]
+        means = [c for c in ax.collections if c.get_gid() == "chance-mean"]
+        assert len(boxes) == len(means) == len(chance)
+        for box, mean, expected in zip(boxes, means, chance):
+            heights = box.get_paths()[0].vertices[:, 1]
+            assert (heights.min(), heights.max()) == pytest.approx(
+                (expected.ci_low, expected.ci_high))
+            ((_, y0), (_, y1)), = mean.get_segments()
+            assert y0 == y1 == pytest.approx(expected.mean)
+        labels = [c.get_label() for c in boxes]
+        assert labels[0] == "chance (shuffled labels)"  # one legend entry, however many boxes
+        assert all(label.startswith("_") for label in labels[1:])
+    finally:
+        plt.close(fig)
+
+
 def test_site_is_self_contained_escaped_and_has_provenance(analysis, tmp_path):
     index = build_site(analysis, tmp_path / "site")
     page = index.read_text()
