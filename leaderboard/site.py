@@ -482,6 +482,12 @@ def _unseen_site_table(analysis: Analysis, task: str) -> str:
             f'</table><p class="note">{e(ROBUSTNESS_NOTE)}</p>')
 
 
+#: what the curve figures draw, under each of them
+CURVES_NOTE = ("mean over seeds; error bars and bands: the tables' 95% two-level bootstrap "
+               "interval; grey boxes: the chance row's 95% range (shuffled labels); dashed "
+               "lines, hollow markers = random-init; dotted lines, hollow squares = control.")
+
+
 def _task_figure(analysis: Analysis, task: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     try:
@@ -523,8 +529,7 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None,
         write_curves(analysis, staging / "figures", stem="label_scarcity")
         sections.append('<h2>Label-scarcity curves</h2><img src="figures/label_scarcity.png" '
                         'alt="label-scarcity curves, one panel per task"> <p class="note">'
-                        '<a href="figures/label_scarcity.svg">SVG</a>; dashed lines, hollow '
-                        'markers = random-init.</p>')
+                        f'<a href="figures/label_scarcity.svg">SVG</a>; {e(CURVES_NOTE)}</p>')
     for f in others:
         sections += [f"<h2>Label fraction {f:g}</h2>", overall_table(analysis, f, None),
                      mcnemar_table(analysis, _classification(analysis, f))]
@@ -544,7 +549,7 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None,
                 f"({'higher' if analysis.direction(spec.id) == 'higher' else 'lower'} is "
                 f"better).</p>",
                 f'<img src="figures/{e(spec.id)}.png" alt="label-scarcity curve of '
-                f'{e(spec.id)}">', "<h2>By label fraction</h2>",
+                f'{e(spec.id)}"><p class="note">{e(CURVES_NOTE)}</p>', "<h2>By label fraction</h2>",
                 _fraction_table(analysis, spec.id),
                 mcnemar_table(analysis, [(f"fraction {f:g}", spec.id, f)
                                          for f in analysis.fractions(spec.id)]),

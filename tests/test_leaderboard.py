@@ -138,6 +138,7 @@ def test_site_is_self_contained_escaped_and_has_provenance(analysis, tmp_path):
     assert "REQUIRE_WEIGHTS=1" in command and html.escape(command) in task_page
     assert record.provenance["weights_sha256"] in command
     assert "Label efficiency" in task_page and (tmp_path / "site/figures/brain_age.png").exists()
+    assert "grey boxes: the chance row" in task_page and "grey boxes: the chance row" in page
     rand = next(r for k, r in analysis.cells.items() if k[0].backbone == "rand")
     assert "WEIGHTS" not in reproduce_command(rand)
     # rebuilding replaces the site; a foreign folder is never deleted
