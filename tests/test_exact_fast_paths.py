@@ -1,14 +1,18 @@
-"""`brainbench.percentiles.percentiles` is `np.percentile` bit for bit, and really selects (the
-fast path is taken on a volume's voxels); `c_order` is `np.ascontiguousarray` bit for bit."""
+"""The preprocessing's faster paths give what the library calls they replace give, bit for bit:
+`brainbench.percentiles.percentiles` is `np.percentile` (and really selects: the fast path is
+taken on a volume's voxels), `c_order` is `np.ascontiguousarray`, and the slice-major copy of a
+resized grid is torch's ``permute(...).contiguous()``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from brainbench import percentiles as percentiles_module
 from brainbench.percentiles import SELECTION_MIN_VALUES, percentiles
-from brainbench.preprocess import c_order
+from brainbench.backbone import InputContract
+from brainbench.preprocess import c_order, volume_to_input, zscore
 
 
 def _values(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,3 +100,21 @@ def test_c_order_of_a_strided_view():
     view = volume[::2, 3:, ::3]
     assert np.array_equal(c_order(view), np.ascontiguousarray(view))
     assert c_order(view).flags.c_contiguous
+
+
+@pytest.mark.parametrize("size,slices", [((224, 224), 128), ((112, 112), 16), ((30, 26), 7),
+                                         ((97, 61), 300)])
+def test_slices_come_out_as_torchs_permuted_copy(size, slices):
+    """`volume_to_input` for a 2d contract: resize, then (S, 1, H, W) slices; the blocked
+    transpose (rows not a multiple of its block included) against torch's own copy."""
+    from monai.transforms import Resize
+
+    rng = np.random.default_rng(sum(size) + slices)
+    volume = np.asfortranarray(rng.standard_normal((60, 50, 40), dtype=np.float32))
+    contract = InputContract("2d", 1, size, slices, "zscore", ("cls",), 8)
+    got = volume_to_input(volume, contract)
+    resized = Resize((*size, slices), mode="trilinear")(
+        torch.from_numpy(zscore(volume))[None]).as_subclass(torch.Tensor)
+    expected = resized[0].permute(2, 0, 1)[:, None].contiguous()
+    assert got.shape == (slices, 1, *size) and got.is_contiguous()
+    assert torch.equal(got, expected)
