@@ -312,7 +312,7 @@ def c_order(volume: np.ndarray) -> np.ndarray:
     """`np.ascontiguousarray`, bit for bit, about twice as fast for nibabel's Fortran-ordered
     3D volumes: numpy transposes the whole array in one strided pass whose writes miss the
     cache; two coronal planes at a time keep each pass's source and target in the cache
-    (BraTS-sized: ~22 -> ~12 ms; BENCHMARKS.md "Intensity normalisation")."""
+    (BraTS-sized: ~23 -> ~15 ms; BENCHMARKS.md "Intensity normalisation")."""
     if volume.flags.c_contiguous or volume.ndim != 3 or not volume.flags.f_contiguous:
         return np.ascontiguousarray(volume)
     out = np.empty(volume.shape, volume.dtype)
@@ -326,8 +326,8 @@ def robust_zscore(volume: np.ndarray) -> np.ndarray:
 
     Works on the nonzero voxels alone (one gather, one scatter) and selects the percentiles
     (brainbench.percentiles) instead of partitioning every voxel: bit-for-bit what clipping
-    the whole volume and then `zscore` gave, in ~30% of its time (BraTS-sized: 73 -> 40 ms
-    against 130 ms by definition); decoding shares the CPU with the forward pass, and at the
+    the whole volume and then `zscore` gave, in ~35% of its time (BraTS-sized: 73 -> ~43 ms
+    against ~120 ms by definition); decoding shares the CPU with the forward pass, and at the
     cpu profile on 2 cores it is as costly as the forward pass.
     """
     volume = c_order(volume)  # see `zscore`

@@ -4,8 +4,8 @@ One line per backbone (mean over seeds) with its 95% bootstrap interval as an er
 every fraction and a band between fractions (a run at one fraction still shows its interval).
 Random-init entries are drawn dashed with hollow markers and labelled "[random-init]", controls
 dotted with hollow squares and labelled "[control]", so neither can pass for a trained encoder
-in a figure. Behind them, a grey box at each fraction: the 95% range of the tables' chance row (the
-reference's test predictions against shuffled labels); a curve inside it has not shown it
+in a figure. Behind them, a grey box at each fraction: the 95% range of the tables' chance row
+(the reference's test predictions against shuffled labels); a curve inside it has not shown it
 learned anything.
 """
 

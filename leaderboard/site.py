@@ -549,7 +549,8 @@ def build_site(analysis: Analysis, out_dir: Path, fraction: float | None = None,
                 f"({'higher' if analysis.direction(spec.id) == 'higher' else 'lower'} is "
                 f"better).</p>",
                 f'<img src="figures/{e(spec.id)}.png" alt="label-scarcity curve of '
-                f'{e(spec.id)}"><p class="note">{e(CURVES_NOTE)}</p>', "<h2>By label fraction</h2>",
+                f'{e(spec.id)}"><p class="note">{e(CURVES_NOTE)}</p>',
+                "<h2>By label fraction</h2>",
                 _fraction_table(analysis, spec.id),
                 mcnemar_table(analysis, [(f"fraction {f:g}", spec.id, f)
                                          for f in analysis.fractions(spec.id)]),
