@@ -94,9 +94,18 @@ def _draw_chance(ax, analysis: Analysis, task: str) -> None:
 FIT_SHARE = 0.96
 
 
-def curves_title(analysis: Analysis) -> str:
-    return (f"label-scarcity curves: mean over seeds, bars and band = "
-            f"{analysis.interval_description}; grey box = {CHANCE_ROW}, 95% range")
+def _has_chance(analysis: Analysis, task: str) -> bool:
+    return any(analysis.chance(task, f) is not None for f in analysis.fractions(task))
+
+
+def curves_title(analysis: Analysis, tasks: Sequence[str] | None = None) -> str:
+    """What the figure's marks mean; the grey box is named only where one is drawn."""
+    tasks = list(tasks or [t.id for t in analysis.tasks])
+    title = (f"label-scarcity curves: mean over seeds, bars and band = "
+             f"{analysis.interval_description}")
+    if any(_has_chance(analysis, task) for task in tasks):
+        title += f"; grey box = {CHANCE_ROW}, 95% range"
+    return title
 
 
 def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Figure:
@@ -121,7 +130,7 @@ def curves_figure(analysis: Analysis, tasks: Sequence[str] | None = None) -> Fig
                 handles.append(h)
                 labels.append(label)
     handles, labels = chance_last(handles, labels)
-    _fit_title(fig, curves_title(analysis))
+    _fit_title(fig, curves_title(analysis, tasks))
     _fit_legend(fig, handles, labels, ncol=min(4, len(labels)))
     return fig
 

@@ -203,13 +203,13 @@ def _check_figure(analysis, tasks=None) -> None:
     fig = curves.curves_figure(analysis, tasks)
     try:
         assert _inside(fig) == []
-        title = (f"label-scarcity curves: mean over seeds, bars and band = "
-                 f"{analysis.interval_description}; grey box = chance (shuffled labels), "
-                 "95% range")
-        assert " ".join(fig._suptitle.get_text().split()) == title  # wrapped, nothing lost
-        (legend,) = fig.legends
         chance = any(analysis.chance(t, f) is not None for t in (tasks or [t.id for t in
                      analysis.tasks]) for f in analysis.fractions(t))
+        title = (f"label-scarcity curves: mean over seeds, bars and band = "
+                 f"{analysis.interval_description}"
+                 + ("; grey box = chance (shuffled labels), 95% range" if chance else ""))
+        assert " ".join(fig._suptitle.get_text().split()) == title  # wrapped, nothing lost
+        (legend,) = fig.legends
         assert [t.get_text() for t in legend.get_texts()] == [
             e.display for e in analysis.entries] + (["chance (shuffled labels)"] if chance else [])
     finally:
@@ -230,6 +230,23 @@ def test_curves_title_and_legend_fit_the_figure_for_many_tasks(tmp_path):
     store = build_store(tmp_path / "r.db", backbones=names)
     _check_figure(load_analysis(store, n_boot=50))  # 4 tasks: 2 rows of 3 panels, 7 labels
     _check_figure(load_analysis(store, tasks=["brain_age"], n_boot=50), ["brain_age"])
+
+
+def test_the_curves_title_names_the_grey_box_only_where_one_is_drawn(tmp_path, monkeypatch):
+    """Segmentation's per-subject scores have no chance row: a figure of such tasks alone
+    draws no grey box, so its title and legend must not describe one."""
+    analysis = load_analysis(build_store(tmp_path / "r.db", backbones=("base", "rand")),
+                             tasks=["brain_age"], n_boot=50)
+    assert "grey box" in curves.curves_title(analysis)
+    monkeypatch.setattr(analysis, "chance", lambda task, fraction, *args, **kwargs: None)
+    assert "grey box" not in curves.curves_title(analysis)
+    _check_figure(analysis, ["brain_age"])  # title and legend without it
+    fig = curves.curves_figure(analysis, ["brain_age"])
+    try:
+        assert not [c for ax in fig.axes for c in ax.collections
+                    if c.get_gid() in ("chance-range", "chance-mean")]
+    finally:
+        plt.close(fig)
 
 
 @pytest.mark.slow
