@@ -26,6 +26,7 @@ from brainbench.pipeline import manifest_path, prepare_task
 from brainbench.precision import cell_precision
 from brainbench.protocols import Protocol, check_tokens, get_protocol
 from brainbench.runconfig import CellOutcome, RunConfig, RunReport
+from brainbench.results_io import VERIFICATION_KEY
 from brainbench.store import ResultStore, default_url
 from brainbench.taskspec import TaskSpec, all_tasks, check_fraction, get_task
 
@@ -281,13 +282,18 @@ def plan_task(task: TaskSpec, backbone: Backbone, root: Path, data_source: str,
                             manifest=manifest_path(config.results_dir, data_source, task))
     for note in prepared.notes:
         report.note(note)
-    todo = []
+    todo, imported = [], 0
     for planned in evaluator.plan(prepared, backbone, config):
-        if not config.force and store.has_cell(planned.cell.cell_id):
+        stored = None if config.force else store.cell_hyperparameters(planned.cell.cell_id)
+        if stored is not None and VERIFICATION_KEY not in stored:
             report.cells.append(CellOutcome(task.id, planned.cell.fraction, planned.cell.seed,
                                             planned.cell.cell_id, False))
         else:
+            imported += stored is not None
             todo.append(planned)
+    if imported:  # an import is someone's word; a run here computes it, and that replaces it
+        report.note(f"{task.id}: {imported} imported cell(s) (brainbench import / import-bundle) "
+                    "recomputed here; this run's results replace the imported ones")
     return WorkItem(prepared, evaluator, tuple(todo)) if todo else None
 
 

@@ -682,10 +682,22 @@ class ResultStore:
     # ------------------------------------------------------------------ reads
 
     def has_cell(self, cell_id: str) -> bool:
+        return self.cell_hyperparameters(cell_id) is not None
+
+    def cell_hyperparameters(self, cell_id: str) -> dict[str, Any] | None:
+        """The stored cell's hyperparameters (None: no such cell). An imported cell's hold
+        its verification record (brainbench.results_io), which a run looks for."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(results_table.c.id)
+            row = conn.execute(select(results_table.c.hyperparameters)
                                .where(results_table.c.cell_id == cell_id).limit(1)).first()
-        return row is not None
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except (TypeError, json.JSONDecodeError):
+            raise BenchError(f"results store {self.shown}: cell {cell_id}: hyperparameters "
+                             f"{row[0]!r} are not JSON") from None
+        return value if isinstance(value, dict) else {}
 
     def _query(self, **filters: Any):
         query = select(results_table)
