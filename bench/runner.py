@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from brainbench.backbone import Backbone, create_backbone
 from brainbench.deferred import can_defer, deferred
@@ -210,16 +210,15 @@ def run(config: RunConfig) -> RunReport:
             pass_backbone = (backbone if precision == backbone.precision
                              else build_backbone(pass_config, defer=True))
 
-            def work() -> Iterator[WorkItem]:  # lazy: the local executor plans task by task
-                for task in runnable:
-                    if fractions.get(task.id):
-                        item = plan_task(task, pass_backbone, roots[task.dataset], data_source,
-                                         store, replace(pass_config,
-                                                        fractions=fractions[task.id]), report)
-                        if item is not None:
-                            yield item
-
-            store_cells(executor.evaluate(work(), pass_backbone, pass_config, store.url, report,
+            # every task of the pass is prepared (images validated, splits checked) before
+            # any is computed: a bad image in the last task stops the run with nothing stored
+            items = [item for task in runnable if fractions.get(task.id)
+                     for item in [plan_task(task, pass_backbone, roots[task.dataset],
+                                            data_source, store,
+                                            replace(pass_config, fractions=fractions[task.id]),
+                                            report)]
+                     if item is not None]
+            store_cells(executor.evaluate(items, pass_backbone, pass_config, store.url, report,
                                           build=partial(build_backbone, pass_config)),
                         store, report)
     return report
