@@ -22,6 +22,7 @@ from brainbench.errors import BenchError
 
 __all__ = [
     "LoadReport",
+    "check_pretrained_file",
     "load_checkpoint",
     "load_state_strict",
     "sha256_file",
@@ -52,6 +53,23 @@ def sha256_file(path: str | Path) -> str:
     except OSError as exc:
         raise BenchError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
     return digest.hexdigest()
+
+
+def check_pretrained_file(source: str, sha256: str) -> str:
+    """The file a "pretrained" claim names, re-hashed: its sha256 (equal to the claimed one).
+    A claim is only as good as this check, so a source that is not a file (nothing to
+    re-hash) is refused like a wrong digest: BenchError naming the field and the fix."""
+    path = Path(str(source))
+    fix = ("WeightsInfo('pretrained', str(path), brainbench.weights.sha256_file(path)) with the "
+           "path of the weights file the backbone loaded")
+    if not path.is_file():
+        raise BenchError(f"weights.source {source!r} is not a file, so the sha256 of this "
+                         f"'pretrained' claim cannot be re-checked; set {fix}")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise BenchError(f"weights.sha256 {str(sha256)[:16]}… is not the sha256 of "
+                         f"weights.source {path} ({digest[:16]}…); set {fix}")
+    return digest
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

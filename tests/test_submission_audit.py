@@ -21,6 +21,7 @@ from brainbench.store import Cell, ResultStore, default_url
 from brainbench.submission.bundle import MANIFEST, read_manifest
 from brainbench.submission.validate import validate
 from brainbench.weights import load_state_strict, sha256_file
+from tests.test_submission_pyfile_errors import write_backbone
 
 TINY = PROFILES.get("tiny")
 
@@ -113,3 +114,66 @@ def test_a_card_allowing_missing_batchnorm_counters_validates(tmp_path):
     assert report.ok, report.render()
     strict = next(c.detail for c in report.checks if c.name == "weights: strict load")
     assert "left at init (not in file) layer4.1.bn2.num_batches_tracked: BatchNorm" in strict
+
+
+# ------------------------------------------------- pretrained claims of a Python file
+
+def _pyfile(folder: Path, stem: str, weights: str | None = None, seed: int = 0,
+            head: str = "") -> Path:
+    """SUBMITTING.md's tinyconv file named `stem`: `weights` replaces its WeightsInfo(...)
+    expression, `seed` its torch seed, `head` goes before it."""
+    path = write_backbone(folder, stem, head=head)
+    source = path.read_text().replace("torch.manual_seed(0)", f"torch.manual_seed({seed})")
+    if weights is not None:
+        source, n = re.subn(r"WeightsInfo\(\"random-init\".*?\)\)", weights, source,
+                            flags=re.S)
+        assert n == 1
+    path.write_text(source)
+    return path
+
+
+def test_a_pretrained_claim_that_cannot_be_re_checked_is_refused(tmp_path, capsys):
+    """'/nonexistent.pth' passed validation and ran as pretrained, unmarked everywhere."""
+    from tests.test_submission_pyfile_errors import run_cli, stored_backbones
+
+    claim = "WeightsInfo('pretrained', '/nonexistent.pth', 'ab' * 32)"
+    path = _pyfile(tmp_path, "claims", weights=claim)
+    failed = {c.name: c.detail for c in validate(path, TINY).failures}
+    assert re.search(r"backbone file .*claims\.py: weights\.source '/nonexistent\.pth' is "
+                     r"not a file, so the sha256 of this 'pretrained' claim cannot be "
+                     r"re-checked; set WeightsInfo\('pretrained', str\(path\)",
+                     failed["load"])
+    code, err = run_cli(path, tmp_path / "cache", tmp_path / "results", capsys)
+    assert code == 2 and "'/nonexistent.pth' is not a file" in err and "Traceback" not in err
+    assert stored_backbones(tmp_path / "results") == set()
+
+
+def test_a_pretrained_claim_is_re_hashed(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({"x": torch.ones(2)}, weights)
+    wrong = _pyfile(tmp_path, "wrong", weights=f"WeightsInfo('pretrained', {str(weights)!r}, "
+                                               "'0' * 64)")
+    failed = {c.name: c.detail for c in validate(wrong, TINY).failures}
+    assert re.search(r"weights\.sha256 0{16}… is not the sha256 of weights\.source .*w\.pth",
+                     failed["load"])
+    right = _pyfile(tmp_path, "right", weights=f"WeightsInfo('pretrained', {str(weights)!r}, "
+                                               f"{sha256_file(weights)!r})")
+    report = validate(right, TINY)
+    assert report.ok, report.render()
+    assert next(c.detail for c in report.checks if c.name == "weights") == (
+        f"pretrained, w.pth sha256 {sha256_file(weights)[:16]}…")
+
+
+def test_validate_fails_an_unverifiable_claim_of_any_backbone():
+    """Backbones that are not files (entry points) reach the weights check itself."""
+    from types import SimpleNamespace
+
+    from brainbench.backbone import WeightsInfo
+    from brainbench.submission.validate import ValidationReport, _check_weights
+
+    report = ValidationReport("plugin", "tiny")
+    _check_weights(report, SimpleNamespace(weights=WeightsInfo("pretrained", "hf-hub:x/y",
+                                                               "ab" * 32)))
+    assert [(c.name, c.ok) for c in report.checks] == [("weights", False)]
+    assert "'hf-hub:x/y' is not a file" in report.checks[0].detail
+

@@ -13,6 +13,10 @@ compares the backbone with it (SUBMITTING.md, "Parity with your own upstream cod
 The file's sha256 is added to the backbone's architecture, so editing the file changes the
 feature-cache key and the result cells: old features are never reused for new code.
 
+A "pretrained" claim is re-checked when the backbone is built (`check_pretrained_file`: the
+source must be the weights file and hash to the claimed sha256), so `run` never stores an
+unverifiable pretrained row.
+
 The author's code is user input: an exception (or ``sys.exit``) while importing the file,
 building the backbone or calling any of its methods becomes one `BenchError` naming the file,
 the method and the original exception (`call_user`), so `run`, `submit` and `analyze` stop
@@ -35,6 +39,7 @@ import torch
 from brainbench.backbone import BACKBONES, Backbone, InputContract, WeightsInfo
 from brainbench.errors import BenchError
 from brainbench.submission.source import NAME_RE
+from brainbench.weights import check_pretrained_file
 
 FACTORY_ARGS = ("weights", "require_weights", "image_size", "num_slices")
 
@@ -134,6 +139,11 @@ class PyFileBackbone(Backbone):
                 raise BenchError(f"backbone file {path}: the backbone's `{field}` must be a "
                                  f"brainbench.backbone.{kind.__name__}, got "
                                  f"{type(value).__name__}")
+        if inner.weights.status == "pretrained":  # stored and shown as such: re-check it here
+            try:
+                check_pretrained_file(inner.weights.source, inner.weights.sha256)
+            except BenchError as exc:
+                raise BenchError(f"backbone file {path}: {exc}") from None
         self.inner = inner
         self.path = path
         self.source_sha256 = sha256

@@ -24,7 +24,7 @@ from brainbench.errors import BenchError
 from brainbench.preprocess import intensity_problem, volume_to_input
 from brainbench.profiles import Profile
 from brainbench.submission.source import NAME_RE
-from brainbench.weights import sha256_file, state_dict_sha256
+from brainbench.weights import check_pretrained_file, state_dict_sha256
 
 BATCH = 4  # 2d: slices per test batch
 
@@ -560,18 +560,12 @@ def _check_weights(report: ValidationReport, backbone: Backbone) -> None:
         report.add("weights", True, f"RANDOM-INIT ({w.source}); every result will be flagged "
                    "random-init in the store, the bundle and the leaderboard")
         return
-    source = Path(str(w.source))
-    if source.is_file():
-        digest = sha256_file(source)
-        if not report.add("weights", digest == w.sha256,
-                          f"pretrained, {source.name} sha256 {digest[:16]}…"
-                          if digest == w.sha256 else f"weights.sha256 {w.sha256[:16]}… is not "
-                          f"the sha256 of weights.source {source} ({digest[:16]}…); set it with "
-                          "brainbench.weights.sha256_file"):
-            return
-    else:
-        report.add("weights", True, f"pretrained, sha256 {w.sha256[:16]}… (source "
-                   f"{w.source!r} is not a file, so the digest cannot be re-checked)")
+    try:
+        digest = check_pretrained_file(w.source, w.sha256)
+    except BenchError as exc:
+        report.add("weights", False, str(exc))
+        return
+    report.add("weights", True, f"pretrained, {Path(w.source).name} sha256 {digest[:16]}…")
     if load_report is not None:
         report.add("weights: strict load", True, "; ".join(load_report.lines()))
     else:
