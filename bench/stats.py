@@ -153,10 +153,15 @@ MDD_FACTOR = 1.959964 + 0.841621
 
 def minimum_detectable_difference(differences: np.ndarray) -> float:
     """Smallest true difference a paired test at alpha 0.05 detects with power 0.8, from the
-    bootstrap replicates of a difference (normal approximation: 2.80 x its standard error)."""
+    bootstrap replicates of a difference (normal approximation: 2.80 x its standard error).
+    NaN when it cannot be estimated: fewer than 3 finite replicates, or replicates that do not
+    vary (a metric at its bound on every resample, e.g. AUC 1.0), whose spread of 0 would claim
+    that any difference at all is detectable."""
     d = np.asarray(differences, dtype=float)
     d = d[np.isfinite(d)]
-    return float(MDD_FACTOR * np.std(d, ddof=1)) if d.size > 2 else float("nan")
+    if d.size < 3 or d.min() == d.max():  # exact: np.std of equal values may be 1e-17
+        return float("nan")
+    return float(MDD_FACTOR * np.std(d, ddof=1))
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -273,13 +273,16 @@ class Analysis:
         return f"95% {how}, {self.n_boot} resamples, seed {self.seed}"
 
     def detectable_differences(self, fraction: float) -> dict[str, tuple[float, int]]:
-        """task -> (minimum detectable difference, test people) for the tasks with intervals."""
+        """task -> (minimum detectable difference, test people) for the tasks with intervals
+        (NaN: not estimable, the reference's replicates do not vary)."""
         out = {}
+        entry = self.reference or (self.entries[0] if self.entries else None)
         for task in self.tasks:
-            mdd = self.detectable_difference(task.id, fraction)
-            if not np.isnan(mdd):
-                entry = self.reference or self.entries[0]
-                out[task.id] = (mdd, self.people(entry, task.id, fraction))
+            if entry is None or not self.has(entry, task.id, fraction) \
+                    or not np.isfinite(self.replicates(entry, task.id, fraction)).any():
+                continue
+            out[task.id] = (self.detectable_difference(task.id, fraction),
+                            self.people(entry, task.id, fraction))
         return out
 
     def detectable_difference(self, task: str, fraction: float) -> float:
@@ -294,7 +297,8 @@ class Analysis:
             return float("nan")
         mdd = stats.minimum_detectable_difference(np.sqrt(2.0) * (reps - np.nanmean(reps)))
         low, high = METRIC_RANGE.get(self.metric(task), (-np.inf, np.inf))
-        return float("inf") if mdd >= high - low else mdd  # inf: nothing is detectable
+        return float("inf") if mdd >= high - low else mdd  # inf: nothing is detectable; NaN:
+        # not estimable (replicates that do not vary)
 
     def summary(self, entry: Entry, task: str, fraction: float) -> Summary | None:
         recs = self.records(entry, task, fraction)

@@ -217,11 +217,11 @@ def detectable_note(store, frame: pd.DataFrame, tasks: Sequence[TaskSpec], split
     parts = []
     for task, values in found.items():
         finite = [m for m, _ in values if np.isfinite(m)]
-        shown = ("none within its range" if not finite
-                 else f"{min(finite):.3g}" if min(finite) == max(finite)
-                 else f"{min(finite):.3g}-{max(finite):.3g}")
-        if finite and len(finite) < len(values):
-            shown += " (none within its range at some fractions)"
+        others = sorted({_mdd_text(m) for m, _ in values if not np.isfinite(m)})
+        ends = sorted({f"{min(finite):.3g}", f"{max(finite):.3g}"}, key=float) if finite else []
+        shown = "-".join(ends) if finite else "; ".join(others)  # one figure if ends round alike
+        if finite and others:
+            shown += f" ({'; '.join(others)} at some fractions)"
         people = "/".join(str(n) for n in sorted({n for _, n in values}))
         parts.append(f"{task} {analysis.metric(task)} {shown} ({people} test people)")
     reference = analysis.reference or analysis.entries[0]
@@ -423,10 +423,19 @@ def protocol_note(analysis) -> str | None:
     return None
 
 
+#: a minimum detectable difference that is NaN: the reference's bootstrap replicates are all
+#: equal (its metric at a bound on every resample), so their spread says nothing
+NOT_ESTIMABLE = "not estimable (the reference's bootstrap replicates do not vary)"
+
+
+def _mdd_text(mdd: float) -> str:
+    return (f"{mdd:.3g}" if np.isfinite(mdd) else NOT_ESTIMABLE if np.isnan(mdd)
+            else "none within its range")
+
+
 def detectable_text(mdd: float, people: int) -> str:
     """One task's minimum detectable difference as every table states it."""
-    return (f"{mdd:.3g}" if np.isfinite(mdd) else "none within its range") \
-        + f" ({people} test people)"
+    return f"{_mdd_text(mdd)} ({people} test people)"
 
 
 def summary_notes(store, frame: pd.DataFrame, summary: pd.DataFrame,

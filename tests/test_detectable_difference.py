@@ -1,0 +1,64 @@
+"""The minimum detectable difference a table states: never 0 when the reference's bootstrap
+replicates do not vary (a metric at its bound on every resample claimed that any difference
+was detectable), and one figure where a range's ends round alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainbench import stats
+from brainbench.leaderboard.analysis import Analysis, load_analysis
+from brainbench.leaderboard.tables import (NOT_ESTIMABLE, detectable_note, detectable_text,
+                                           stats_table_notes)
+from brainbench.taskspec import get_task
+from tests.test_stats import build_store
+
+
+def test_constant_replicates_have_no_minimum_detectable_difference():
+    rng = np.random.default_rng(0)
+    varied = rng.normal(0, 0.05, 400)
+    assert stats.minimum_detectable_difference(varied) == pytest.approx(
+        stats.MDD_FACTOR * np.std(varied, ddof=1))
+    for constant in (np.zeros(400), np.full(400, 0.25), np.array([0.1, 0.1, 0.1, np.nan])):
+        assert np.isnan(stats.minimum_detectable_difference(constant))
+    assert np.isnan(stats.minimum_detectable_difference(np.array([0.1, 0.2])))  # too few
+    assert detectable_text(float("nan"), 5) == f"{NOT_ESTIMABLE} (5 test people)"
+    assert detectable_text(float("inf"), 5) == "none within its range (5 test people)"
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return build_store(tmp_path / "r.db", backbones=("base", "strong"),
+                       tasks=("idh_status", "brain_age"))
+
+
+def test_a_reference_at_its_bound_is_stated_as_not_estimable(store, monkeypatch):
+    analysis = load_analysis(store, n_boot=50)
+    real = Analysis.replicates
+
+    def at_the_ceiling(self, entry, task, fraction):  # AUC 1.0 on every resample
+        reps = real(self, entry, task, fraction)
+        return np.ones_like(reps) if task == "idh_status" else reps
+
+    monkeypatch.setattr(Analysis, "replicates", at_the_ceiling)
+    found = analysis.detectable_differences(1.0)
+    assert np.isnan(found["idh_status"][0]) and np.isfinite(found["brain_age"][0])
+    notes = " ".join(stats_table_notes(analysis, 1.0))
+    assert f"idh_status auc {NOT_ESTIMABLE}" in notes
+    assert "idh_status auc 0 " not in notes
+
+
+def test_a_range_whose_ends_round_alike_is_one_figure(store, monkeypatch):
+    by_fraction = {0.1: 12.31, 0.3: 12.34, 1.0: 12.33}
+    monkeypatch.setattr(Analysis, "detectable_differences",
+                        lambda self, fraction: {"brain_age": (by_fraction[fraction], 10)})
+    frame = store.frame(task="brain_age")
+    note = detectable_note(store, frame, [get_task("brain_age")])
+    assert "brain_age mae 12.3 (10 test people)" in note, note
+    by_fraction[1.0] = 14.0
+    note = detectable_note(store, frame, [get_task("brain_age")])
+    assert "brain_age mae 12.3-14 (10 test people)" in note, note
+    by_fraction[1.0] = float("nan")
+    note = detectable_note(store, frame, [get_task("brain_age")])
+    assert f"brain_age mae 12.3 ({NOT_ESTIMABLE} at some fractions)" in note, note
