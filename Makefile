@@ -32,10 +32,10 @@ SPLIT ?=
 # optional extras installed into the venv (CI adds cluster: Ray, for --executor ray)
 EXTRAS ?= test
 
-RUN_ARGS = --model $(MODEL) --fraction $(FRACTION) --profile $(PROFILE) \
+RUN_ARGS = --model '$(MODEL)' --fraction $(FRACTION) --profile $(PROFILE) \
 	$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(REQUIRE_WEIGHTS),--require-weights) \
-	$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
+	$(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(REQUIRE_WEIGHTS),--require-weights) \
+	$(if $(DATA),--data '$(DATA)') $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force) \
 	--protocol $(PROTOCOL) $(if $(TRIALS),--trials $(TRIALS)) \
 	--precision $(PRECISION) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE)) \
 	$(if $(COMPILE),--compile $(COMPILE)) \
@@ -55,7 +55,7 @@ STATS_ARGS = $(if $(MODELS),--models $(MODELS)) $(if $(TASKS),--tasks $(TASKS)) 
 	$(if $(filter command environment,$(origin PROTOCOL)),--protocol '$(PROTOCOL)') \
 	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) \
 	$(if $(RESAMPLE),--resample $(RESAMPLE)) $(if $(HIDE_CONTAMINATED),--hide-contaminated) \
-	$(if $(OUT),--out $(OUT))
+	$(if $(OUT),--out '$(OUT)')
 
 venv: $(STAMP)
 
@@ -79,7 +79,9 @@ list: $(STAMP)
 results: $(STAMP)
 	$(BIN)/brainbench results --format $(FORMAT) $(if $(MODELS),--models $(MODELS)) \
 		$(if $(TASKS),--tasks $(TASKS)) $(if $(SPLIT),--split $(SPLIT)) \
-		$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION))
+		$(if $(filter command environment,$(origin FRACTION)),--fraction $(FRACTION)) \
+		$(if $(filter command environment,$(origin PROFILE)),--profile $(PROFILE)) \
+		$(if $(HIDE_CONTAMINATED),--hide-contaminated)
 
 table: $(STAMP)
 	$(BIN)/brainbench table $(STATS_ARGS)
@@ -93,13 +95,13 @@ leaderboard: $(STAMP)
 # representation analyses (PCA maps, tissue / lesion / site probes; with MODELS=a,b also CKA and
 # kNN agreement), on cached features: `make analyze MODEL=braindino` or `MODELS=braindino,random`
 analyze: $(STAMP)
-	$(BIN)/brainbench analyze $(if $(MODELS),--models $(MODELS),--model $(MODEL)) \
-		--profile $(PROFILE) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA))
+	$(BIN)/brainbench analyze $(if $(MODELS),--models $(MODELS),--model '$(MODEL)') \
+		--profile $(PROFILE) $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(DATA),--data '$(DATA)')
 
 # a backbone that is not built in (SUBMITTING.md): a card (.toml) or a Python file (.py)
 BACKBONE ?=
 BUNDLE ?=
-SUBMIT_ARGS = $(BACKBONE) --profile $(PROFILE) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+SUBMIT_ARGS = '$(BACKBONE)' --profile $(PROFILE) $(if $(WEIGHTS),--weights '$(WEIGHTS)') \
 	$(if $(REQUIRE_WEIGHTS),--require-weights) --precision $(PRECISION)
 
 validate: $(STAMP)
@@ -111,7 +113,7 @@ submit: $(STAMP)
 	$(BIN)/brainbench submit $(SUBMIT_ARGS) --fraction $(FRACTION) \
 		$(if $(TASKS),--tasks $(TASKS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(DEVICE),--device $(DEVICE)) \
-		$(if $(DATA),--data $(DATA))
+		$(if $(DATA),--data '$(DATA)')
 
 import-bundle: $(STAMP)
 	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=path/to/bundle"; exit 2; }
@@ -123,10 +125,10 @@ phantoms: $(STAMP)
 # validate data before any compute: make data-check TASK=brain_age DATA=/data [DATASET=bids]
 data-check: $(STAMP)
 	$(BIN)/brainbench data-check --profile $(PROFILE) $(if $(TASK)$(TASKS),--task $(or $(TASK),$(TASKS))) \
-		$(if $(DATA),--data $(DATA)) $(if $(DATASET),--dataset $(DATASET))
+		$(if $(DATA),--data '$(DATA)') $(if $(DATASET),--dataset $(DATASET))
 
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py --model $(MODEL) --profile $(PROFILE)
+	$(BIN)/python scripts/benchmark.py --model '$(MODEL)' --profile $(PROFILE)
 
 clean:
 	rm -rf results .pytest_cache

@@ -32,12 +32,25 @@ def _nothing_listed(text: str, what: str) -> BenchError:
                       f"such as {example} (or leave {option} out for its default)")
 
 
+def _items(text: str, what: str | None) -> list[str]:
+    """The stripped entries of a comma list. With ``what`` (a key of LISTS) an empty entry
+    among others (`0.1,,0.5`, `brain_age,`) is an error naming the option: a typo, not a
+    request for fewer entries."""
+    items = [item.strip() for item in text.split(",")]
+    if what is not None and any(items) and not all(items):
+        option, entry, example = LISTS[what]
+        position = items.index("") + 1
+        raise BenchError(f"{what}={text!r} ({option}): entry {position} of the list is empty; "
+                         f"expected a comma list of {entry}s such as {example}")
+    return [item for item in items if item]
+
+
 def _names(text: str | None, what: str | None = None) -> tuple[str, ...] | None:
     """A comma list; None when the option was not given. With ``what`` (a key of LISTS) an
     explicitly given list without a name is an error naming the option."""
     if text is None or (not text and what is None):
         return None
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    names = tuple(_items(text, what))
     if not names:
         if what is None:
             return None
@@ -46,8 +59,9 @@ def _names(text: str | None, what: str | None = None) -> tuple[str, ...] | None:
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
+    items = _items(text, what if what in LISTS else None)
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in items)
     except ValueError:
         raise BenchError(f"{what}={text!r}: expected numbers separated by commas") from None
     if not values and what in LISTS:
@@ -66,8 +80,9 @@ def _fractions(text: str) -> tuple[float, ...]:
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if text is None:
         return None
+    items = _items(text, what if what in LISTS else None)
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in items)
     except ValueError:
         raise BenchError(f"{what}={text!r}: expected integers separated by commas") from None
     if not values:
@@ -78,6 +93,20 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
             raise BenchError(f"{what}={text!r}: seed {bad[0]} is out of range; expected "
                              f"integers from 0 to {MAX_SEED} (2**32 - 1)")
     return values
+
+
+def _trials(text: str) -> int:
+    """--trials / TRIALS: an optuna budget of >= 1 trial, refused while parsing (a searched
+    protocol used to find a bad budget only after the backbone was built and a task prepared)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"TRIALS={text!r}: expected a whole number of optuna "
+                                         "trials >= 1 (the budget per cell of a searched "
+                                         "protocol)")
+    return value
 
 
 #: numpy / scikit-learn random states take seeds below 2**32
@@ -564,7 +593,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 def _submit_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("backbone", help="backbone card (.toml), Python backbone file (.py) or a "
                                     "registered / entry-point name")
-    p.add_argument("--profile", default="cpu")
+    p.add_argument("--profile", type=str.strip, default="cpu")
     p.add_argument("--weights", default=None, help="checkpoint replacing the card's weights")
     p.add_argument("--require-weights", action="store_true")
 
@@ -696,17 +725,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list tasks, backbones or profiles")
     p.add_argument("what", choices=["tasks", "backbones", "profiles", "protocols"])
-    p.add_argument("--model", default="braindino")
+    p.add_argument("--model", type=str.strip, default="braindino")
     p.add_argument("--weights", default=None)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="extract frozen features, fit probes, store and print results")
-    p.add_argument("--model", default="braindino")
+    p.add_argument("--model", type=str.strip, default="braindino")
     p.add_argument("--fraction", default="0.01", help="label fraction(s) in (0, 1], comma list")
     p.add_argument("--tasks", default=None, help="comma list (default: all)")
     p.add_argument("--seeds", default=None, help="comma list (default: the profile's seeds, "
                    "else each task's 5)")
-    p.add_argument("--profile", default="cpu")
+    p.add_argument("--profile", type=str.strip, default="cpu")
     p.add_argument("--weights", default=None, help="checkpoint file for the backbone")
     p.add_argument("--require-weights", action="store_true",
                    help="fail instead of falling back to random initialisation")
@@ -719,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute cells already stored")
     p.add_argument("--protocol", default="linear",
                    help="probe protocol (see `brainbench list protocols`)")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    p.add_argument("--trials", type=_trials, default=DEFAULT_TRIALS,
                    help="optuna trial budget per cell for searched protocols (paper, attention)")
     _precision_options(p)
     p.add_argument("--compile", default="auto",
@@ -746,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None)
     p.add_argument("--tasks", default=None)
     p.add_argument("--fraction", default=None)
-    p.add_argument("--profile", default=None)
+    p.add_argument("--profile", type=str.strip, default=None)
     p.add_argument("--format", default="simple", help="tabulate format: simple, github, latex")
     p.add_argument("--hide-contaminated", action="store_true",
                    help="drop cells whose evaluation dataset is in the backbone's declared "
@@ -765,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the largest shared one); curves: the fractions drawn (default: "
                             "all stored); leaderboard: the headline fraction (one value; "
                             "default: the largest shared one)")
-        p.add_argument("--profile", default=None)
+        p.add_argument("--profile", type=str.strip, default=None)
         p.add_argument("--data-source", default=None, help="e.g. phantom:v1-seed0-n80")
         p.add_argument("--protocol", default=None,
                        help="keep one protocol ('paper') or protocol and budget ('paper[20 "
@@ -806,9 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="representation analyses: PCA maps, tissue / lesion / "
                                        "site probes, CKA and kNN agreement between backbones")
-    p.add_argument("--model", default=None, help="one backbone")
+    p.add_argument("--model", type=str.strip, default=None, help="one backbone")
     p.add_argument("--models", default=None, help="comma list (adds CKA and kNN agreement)")
-    p.add_argument("--profile", default="cpu")
+    p.add_argument("--profile", type=str.strip, default="cpu")
     p.add_argument("--weights", default=None, help="checkpoint file (one backbone only)")
     p.add_argument("--data", default=None, help="folder with real datasets (default: phantoms)")
     p.add_argument("--bootstrap", type=int, default=1000, help="person bootstrap resamples")
@@ -863,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_bundle)
 
     p = sub.add_parser("phantoms", help="generate the phantom cohorts (done by run when needed)")
-    p.add_argument("--profile", default="cpu")
+    p.add_argument("--profile", type=str.strip, default="cpu")
     p.add_argument("--n", type=int, default=None, help="people per dataset")
     p.add_argument("--root", default=None)
     p.add_argument("--workers", type=int, default=None,
@@ -875,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder with real datasets (default: phantoms)")
     p.add_argument("--dataset", default=None,
                    help="alternate dataset(s): 'oasis1' or 'neurodegen_cls=oasis1' (comma list)")
-    p.add_argument("--profile", default="cpu", help="phantom cohort size when no data is given")
+    p.add_argument("--profile", type=str.strip, default="cpu", help="phantom cohort size when no data is given")
     p.add_argument("--headers-only", action="store_true",
                    help="read headers and lengths only (no voxel hashes, no duplicate check)")
     p.add_argument("--cache", default=None)
