@@ -710,13 +710,9 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
+    from brainbench.phantoms.oracle import format_report, oracle_report
 
-    from tabulate import tabulate
-
-    from brainbench.phantoms.oracle import oracle_report
-
-    print(tabulate([asdict(row) for row in oracle_report(Path(args.root))], headers="keys"))
+    print(format_report(oracle_report(Path(args.root))))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -167,7 +167,9 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 
 def _folds(y: np.ndarray, groups: np.ndarray, kind: str, seed: int):
     if kind == "auc":
-        counts = np.bincount(y)
+        counts = np.bincount(y) if len(y) else np.zeros(0, int)
+        if (counts > 0).sum() < 2:  # no people, or one class: nothing to cross-validate
+            return None
         k = int(min(5, counts[counts > 0].min()))
         if k < 2 or (counts > 0).sum() < 2:
             return None
@@ -316,8 +318,10 @@ def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
         X, y, groups = _prepared(task, frames[task.dataset], path)
         score, chance = _score(task, X, y, groups, seed)
         rng = np.random.default_rng(seed)
-        shuffled = float(np.nanmean([_score(task, X, y[rng.permutation(len(y))], groups, seed)[0]
-                                     for _ in range(N_SHUFFLES)]))
+        scores = np.array([_score(task, X, y[rng.permutation(len(y))], groups, seed)[0]
+                           for _ in range(N_SHUFFLES)])
+        shuffled = float(np.mean(scores[np.isfinite(scores)])) if np.isfinite(scores).any() \
+            else float("nan")
         metric = {"auc": "AUC", "mae": "MAE", "cindex": "C-index"}[task.kind]
         if task.kind == "auc" and len(np.unique(y)) > 2:
             metric = "macro AUC"
@@ -326,13 +330,19 @@ def oracle_report(root: Path | str, seed: int = 0) -> list[OracleRow]:
     return rows
 
 
+#: a score the cohort is too small to cross-validate (a class with under 2 people, one group)
+TOO_FEW = "too few people"
+
+
 def format_report(rows: list[OracleRow]) -> str:
-    head = ["dataset", "target", "metric", "oracle", "shuffled", "chance", "n"]
-    cells = [[str(getattr(r, h)) for h in head] for r in rows]
-    w = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * x for x in w)]
-    lines += ["  ".join(c[i].ljust(w[i]) for i in range(len(head))) for c in cells]
-    return "\n".join(lines)
+    """The report as a table; a score the cohort is too small to cross-validate says so."""
+    from dataclasses import asdict
+
+    from tabulate import tabulate
+
+    shown = [{key: TOO_FEW if isinstance(value, float) and np.isnan(value) else value
+              for key, value in asdict(row).items()} for row in rows]
+    return tabulate(shown, headers="keys")
 
 
 def main(argv: list[str] | None = None) -> int:
