@@ -287,7 +287,7 @@ def _print_table(config, pending=()) -> None:
     from brainbench.runner import resolve_tasks
     from brainbench.store import ResultStore, default_url
 
-    store = ResultStore(config.db_url or default_url(config.results_dir))
+    store = ResultStore(config.db_url or default_url(config.results_dir), create=False)
     tasks = [t for t in resolve_tasks(config.tasks) if t.status == "ready"]
     split = getattr(config, "split", "") or ""
     from brainbench.taskspec import SPLIT_VARIANTS
@@ -397,7 +397,8 @@ def _analysis(args: argparse.Namespace, fractions=None):
 
     _bootstrap_options(args)
     models, tasks = _names(args.models, "MODELS"), _names(args.tasks, "TASKS")
-    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())),
+                        create=False)
     analysis = load_analysis(store, models=models, tasks=tasks,
                              fractions=fractions, profile=args.profile,
                              data_source=args.data_source, reference=args.reference,
@@ -510,7 +511,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     from brainbench.store import ResultStore, default_url
 
     folder = Path(args.results or results_dir())
-    rows = ResultStore(args.db or default_url(folder)).analyses(_names(args.models, "MODELS"))
+    rows = ResultStore(args.db or default_url(folder), create=False).analyses(
+        _names(args.models, "MODELS"))
     index = build_site(analysis, _out_dir(args), fraction, analyses=rows, results_dir=folder)
     print(f"written: {index} (open it in a browser; no network needed)")
 
@@ -551,7 +553,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from brainbench.store import ResultStore, default_url
 
     models, tasks = _names(args.models, "MODELS"), _names(args.tasks, "TASKS")
-    store = ResultStore(args.db or default_url(Path(args.results or results_dir())))
+    store = ResultStore(args.db or default_url(Path(args.results or results_dir())),
+                        create=False)
     for path in export_results(store, _out_dir(args), list(models or []), list(tasks or [])):
         print(f"written: {path}")
 

@@ -452,9 +452,18 @@ def close_stores(keep: set[Engine] = frozenset()) -> None:  # type: ignore[assig
 
 
 class ResultStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
+        """create=False: for the commands that only read a store. A missing SQLite file, an
+        empty database or one of another program is then an error, never made a store (the
+        schema used to be written into a mistyped path or a foreign file)."""
+        self.create = create
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.removeprefix("sqlite:///"))
+            if not create and not path.is_file():
+                raise BenchError(f"no results store at {path} (the file does not exist); pass "
+                                 "the folder holding results.db (--results DIR) or the URL of "
+                                 "an existing store (--db URL)")
+            path.parent.mkdir(parents=True, exist_ok=True)
         url = server_url(url)
         self.url = url
         self.shown = shown_url(url)  # for messages: no password
@@ -528,6 +537,13 @@ class ResultStore:
 
     def _migrate(self, conn: Connection) -> int:
         version, tables = self._state(conn)
+        if version is None and not self.create:
+            held = (f"only tables of another program ({', '.join(sorted(tables)[:5])})"
+                    if tables else "no tables (an empty database)")
+            raise BenchError(f"results store {self.shown} holds {held}, no brainbench results; "
+                             "a command that only reads results does not create a store there "
+                             "(run `make bench` to make one, or pass the right --results DIR "
+                             "or --db URL); the database was not changed")
         if version is None:
             metadata.create_all(conn)
             conn.execute(schema_table.insert().values(name=SCHEMA_ROW, version=STORE_SCHEMA))
