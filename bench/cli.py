@@ -309,7 +309,11 @@ def _print_table(config, pending=()) -> None:
     if config.data_source:
         frame = frame[frame["data_source"] == config.data_source]
     if frame.empty and not pending:
-        raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
+        from brainbench.leaderboard.analysis import no_results_error, selection
+
+        raise no_results_error(store, selection(
+            config.models, config.tasks, config.profile.name if config.profile else None,
+            config.data_source, split, config.fractions))
     from brainbench.analyses.contamination import lookup
 
     pretraining = lookup(set(frame["backbone"])) if not frame.empty else {}

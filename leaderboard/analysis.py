@@ -20,7 +20,7 @@ import functools
 import warnings
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -526,6 +526,54 @@ def _discrete_interval(values: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------- loading
 
 
+#: one selection option as `no_results_error` names it: (the option as typed, its column,
+#: which of the column's values it keeps)
+Choice = tuple[str, str, Callable[[pd.Series], pd.Series]]
+
+
+def selection(models=None, tasks=None, profile=None, data_source=None, split: str = "",
+              fractions=None) -> list[Choice]:
+    """The options a table, curve or site selection was made with, in the order they narrow
+    the store's rows (an option left out keeps every row)."""
+    chosen: list[Choice] = []
+    if models:
+        chosen.append((f"MODELS={','.join(models)} (--models)", "backbone",
+                       lambda c: c.isin(list(models))))
+    if tasks:
+        chosen.append((f"TASKS={','.join(tasks)} (--tasks)", "task", lambda c: c.isin(list(tasks))))
+    if profile:
+        chosen.append((f"PROFILE={profile} (--profile)", "profile", lambda c: c == profile))
+    if data_source:
+        chosen.append((f"--data-source {data_source}", "data_source",
+                       lambda c: c == data_source))
+    chosen.append((f"SPLIT={split} (--split)" if split else "the standard split", "split",
+                   (lambda c: c.str.startswith(f"{split}:")) if split else (lambda c: c == "")))
+    if fractions:
+        chosen.append((f"FRACTION={','.join(f'{f:g}' for f in fractions)} (--fraction)",
+                       "fraction", lambda c: c.isin(list(fractions))))
+    return chosen
+
+
+def no_results_error(store, chosen: Sequence[Choice]) -> BenchError:
+    """Why a selection holds no results: the first option that leaves no row, with the values
+    the store holds for it among the rows the options before it kept."""
+    frame = store.frame()
+    if frame.empty:
+        return BenchError(f"no results in {store.shown}: the store is empty; run `make bench` "
+                          "first")
+    for option, column, keep in chosen:
+        narrowed = frame[keep(frame[column])]
+        if narrowed.empty:
+            values = sorted(set(frame[column]))
+            shown = [f"{v:g}" if isinstance(v, float) else str(v) if column != "split"
+                     else v.partition(":")[0] or "standard" for v in values]  # split: variant
+            return BenchError(f"no results in {store.shown} for {option}; stored {column}"
+                              f"{'s' if len(shown) > 1 else ''} there: "
+                              f"{', '.join(dict.fromkeys(shown))}")
+        frame = narrowed
+    return BenchError(f"no results in {store.shown} for that selection; run `make bench` first")
+
+
 def _one(frame: pd.DataFrame, column: str, option: str) -> None:
     values = sorted(frame[column].unique())
     if len(values) > 1:
@@ -606,7 +654,9 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
                              f"selection; stored backbones: "
                              f"{sorted(set(store.frame()['backbone']))}")
     if frame.empty:
-        raise BenchError(f"no results in {store.url} for that selection; run `make bench` first")
+        raise no_results_error(store, selection(
+            models, [t.id for t in task_specs] if task_specs else None, profile, data_source,
+            split, fractions))
     _one(frame, "profile", "--profile (PROFILE=)")
     _one(frame, "data_source", "--data-source")
     # budgets recovered on every row (old fallback rows from their config hash's siblings)
