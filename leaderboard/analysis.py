@@ -312,12 +312,19 @@ class Analysis:
     def precisions(self, fraction: float | None = None) -> dict[str, list[str]]:
         """Entry display name -> the feature precisions of its cells at ``fraction`` (None:
         at every fraction)."""
-        out: dict[str, set[str]] = {}
-        for (entry, _, f, _), record in self.cells.items():
+        return {name: sorted(set().union(*by_task.values()))
+                for name, by_task in self.task_precisions(fraction).items()}
+
+    def task_precisions(self, fraction: float | None = None) -> dict[str, dict[str, set[str]]]:
+        """Entry display name -> task -> the feature precisions of its cells there (at
+        ``fraction``; None: every fraction): a table's columns may differ in precision (the
+        tasks' precision rules under PRECISION=auto)."""
+        out: dict[str, dict[str, set[str]]] = {}
+        for (entry, task, f, _), record in self.cells.items():
             if fraction is None or f == fraction:
-                out.setdefault(entry.display, set()).add(record.provenance.get("precision",
-                                                                              "fp32"))
-        return {name: sorted(found) for name, found in out.items()}
+                out.setdefault(entry.display, {}).setdefault(task, set()).add(
+                    record.provenance.get("precision", "fp32"))
+        return out
 
     def chance(self, task: str, fraction: float, n_perm: int = CHANCE_PERMUTATIONS
                ) -> Summary | None:

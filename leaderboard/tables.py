@@ -406,10 +406,18 @@ def stats_table_rows(analysis, fraction: float, fmt: str) -> tuple[list[str], li
 
 def precision_note(analysis, fraction: float | None = None) -> str:
     """Each row's feature precision(s) at ``fraction`` (None: every fraction), in words."""
+    def described(by_task: dict[str, set[str]]) -> str:
+        shown = {task: "+".join(sorted(found)) for task, found in by_task.items()}
+        main = max(sorted(set(shown.values())), key=list(shown.values()).count)
+        others = sorted({value for value in shown.values() if value != main})
+        return main + "".join(
+            f" ({value} for {', '.join(t for t, v in sorted(shown.items()) if v == value)})"
+            for value in others)
+
     return ("Feature precision (brainbench.precision; bf16 and fp32 cells are different cells, "
             "never pooled: a backbone with both for one task and fraction has a row per "
-            "precision): " + "; ".join(f"{name} {'+'.join(found)}" for name, found
-                                       in analysis.precisions(fraction).items()) + ".")
+            "precision): " + "; ".join(f"{name} {described(by_task)}" for name, by_task
+                                       in analysis.task_precisions(fraction).items()) + ".")
 
 
 def protocol_note(analysis) -> str | None:

@@ -1,6 +1,7 @@
-"""The minimum detectable difference a table states: never 0 when the reference's bootstrap
-replicates do not vary (a metric at its bound on every resample claimed that any difference
-was detectable), and one figure where a range's ends round alike."""
+"""What a table's notes state. The minimum detectable difference: never 0 when the
+reference's bootstrap replicates do not vary (a metric at its bound on every resample claimed
+that any difference was detectable), one figure where a range's ends round alike. The feature
+precision: which columns differ from a backbone's main precision."""
 
 from __future__ import annotations
 
@@ -62,3 +63,22 @@ def test_a_range_whose_ends_round_alike_is_one_figure(store, monkeypatch):
     by_fraction[1.0] = float("nan")
     note = detectable_note(store, frame, [get_task("brain_age")])
     assert f"brain_age mae 12.3 ({NOT_ESTIMABLE} at some fractions)" in note, note
+
+
+def test_the_precision_note_names_the_columns_whose_precision_differs(tmp_path):
+    """Under PRECISION=auto a task's precision rule runs some columns fp32 beside bf16 ones:
+    the table says which, not just "bf16+fp32" per backbone."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    build_store(path, backbones=("base", "strong"), tasks=("idh_status", "brain_age",
+                                                         "survival_cox"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("update results set precision = 'bf16' where task != 'idh_status'")
+    conn.close()
+    from brainbench.store import ResultStore
+
+    analysis = load_analysis(ResultStore(f"sqlite:///{path}"), n_boot=20)
+    note = next(n for n in stats_table_notes(analysis, 1.0) if n.startswith("Feature precision"))
+    for name in ("base", "strong"):
+        assert f"{name} bf16 (fp32 for idh_status)" in note, note
