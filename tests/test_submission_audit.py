@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from brainbench.store import Cell, ResultStore, default_url
 from brainbench.submission.bundle import MANIFEST, read_manifest
 from brainbench.submission.validate import validate
 from brainbench.weights import load_state_strict, sha256_file
+from tests.test_submission import write_card
 from tests.test_submission_pyfile_errors import write_backbone
 
 TINY = PROFILES.get("tiny")
@@ -72,25 +72,6 @@ def test_a_loader_that_disagrees_with_the_pre_check_is_named(allowed):
         load_state_strict(model, state, source="w.pth", allowed_missing=allowed)
 
 
-CARD = textwrap.dedent("""\
-    name = "{name}"
-    family = "timm"
-    architecture = "resnet18"
-    {weights}
-    [kwargs]
-    in_chans = 1
-    [contract]
-    dims = "2d"
-    in_channels = 1
-    image_size = [112, 112]
-    num_slices = 16
-    intensity = "robust_zscore"
-    tokens = ["cls", "patch_mean"]
-    feature_dim = 512
-    {extra}
-    """)
-
-
 def _resnet18(path: Path, drop: str = "") -> Path:
     import timm
 
@@ -103,13 +84,11 @@ def _resnet18(path: Path, drop: str = "") -> Path:
 
 def test_a_card_allowing_missing_batchnorm_counters_validates(tmp_path):
     _resnet18(tmp_path / "nonbt.pth", drop="num_batches_tracked")
-    card = tmp_path / "nonbt.toml"
-    card.write_text(CARD.format(name="nonbt", weights='weights = "nonbt.pth"', extra=""))
+    card = write_card(tmp_path / "nonbt.toml", name='"nonbt"', weights='weights = "nonbt.pth"')
     failed = {c.name: c.detail for c in validate(card, TINY).failures}
     assert re.search(r"20 missing key\(s\).*num_batches_tracked", failed["load"])
-    card.write_text(CARD.format(name="nonbt", weights='weights = "nonbt.pth"', extra=(
-        '[allowed_missing]\n"*.num_batches_tracked" = "BatchNorm counters, not saved by our '
-        'trainer"')))
+    card.write_text(card.read_text() + '[allowed_missing]\n"*.num_batches_tracked" = '
+                    '"BatchNorm counters, not saved by our trainer"\n')
     report = validate(card, TINY)
     assert report.ok, report.render()
     strict = next(c.detail for c in report.checks if c.name == "weights: strict load")
@@ -176,4 +155,43 @@ def test_validate_fails_an_unverifiable_claim_of_any_backbone():
                                                                "ab" * 32)))
     assert [(c.name, c.ok) for c in report.checks] == [("weights", False)]
     assert "'hf-hub:x/y' is not a file" in report.checks[0].detail
+
+
+# ------------------------------------------------- PRETRAINING_DATASETS of a Python file
+
+@pytest.mark.parametrize("declaration, shown", [
+    ('PRETRAINING_DATASETS = ["IXI"]\n', "IXI; results on ixi will be marked CONTAMINATED"),
+    ("PRETRAINING_DATASETS = []\n", "none; no evaluation dataset among them"),
+    ("", "not declared (unknown)")])
+def test_validate_reports_the_declaration(tmp_path, declaration, shown):
+    report = validate(_pyfile(tmp_path, "declares", head=declaration), TINY)
+    assert report.ok, report.render()
+    assert next(c.detail for c in report.checks if c.name == "pretraining data").startswith(
+        shown)
+
+
+@pytest.mark.parametrize("declaration, match", [
+    ("PRETRAINING_DATASETS = 5\n", r" must be a list of dataset names .* "
+                                   r"got int 5"),
+    ('PRETRAINING_DATASETS = list(("IXI",))\n', r" = list\(\('IXI',\)\) is not a literal"),
+    ('PRETRAINING_DATASETS: list = ["IXI"]\n', r" must be a plain assignment"),
+    ('PRETRAINING_DATASETS = ["IXI", "IXI"]\n', r": dataset\(s\) \['IXI'\] listed twice")])
+def test_validate_run_and_submit_refuse_a_bad_declaration(tmp_path, capsys, declaration, match):
+    from tests.test_submission_pyfile_errors import run_cli
+
+    path = _pyfile(tmp_path, "declares", head=declaration)
+    failed = {c.name: c.detail for c in validate(path, TINY).failures}
+    assert re.search(r"backbone file .*declares\.py: PRETRAINING_DATASETS" + match,
+                     failed["load"]), failed
+    code, err = run_cli(path, tmp_path / "cache", tmp_path / "results", capsys)
+    assert code == 2 and re.search(match, err) and "Traceback" not in err
+
+
+def test_the_class_and_the_module_must_not_declare_differently(tmp_path):
+    path = _pyfile(tmp_path, "twice", head='PRETRAINING_DATASETS = ["IXI"]\n')
+    path.write_text(path.read_text().replace("    name = 'twice'\n", "    name = 'twice'\n"
+                                             "    pretraining_datasets = ('ADNI',)\n"))
+    failed = {c.name: c.detail for c in validate(path, TINY).failures}
+    assert "the backbone's pretraining_datasets ('ADNI',) is not the file's module-level " \
+           "PRETRAINING_DATASETS (('IXI',))" in failed["load"]
 

@@ -8,7 +8,9 @@ among ``weights`` (the --weights path or None), ``require_weights``, ``image_siz
 
 A module-level ``PARITY`` dict names a reference output made by the author's own code (the
 fields of a card's ``[parity]`` table, paths relative to the file); `brainbench validate`
-compares the backbone with it (SUBMITTING.md, "Parity with your own upstream code").
+compares the backbone with it (SUBMITTING.md, "Parity with your own upstream code"). A
+module-level ``PRETRAINING_DATASETS`` list declares what the weights were trained on; it is
+read from the source (`read_pretraining`), as the leaderboard reads it from a bundle.
 
 The file's sha256 is added to the backbone's architecture, so editing the file changes the
 feature-cache key and the result cells: old features are never reused for new code.
@@ -42,6 +44,8 @@ from brainbench.submission.source import NAME_RE
 from brainbench.weights import check_pretrained_file
 
 FACTORY_ARGS = ("weights", "require_weights", "image_size", "num_slices")
+#: the module-level list of the datasets the weights were pretrained on (README, contamination)
+DECLARATION = "PRETRAINING_DATASETS"
 
 #: what user code may raise that becomes a BenchError: any Exception and ``sys.exit`` (whose
 #: SystemExit would otherwise end the process with the author's exit code and no message);
@@ -150,6 +154,14 @@ class PyFileBackbone(Backbone):
         self.name = inner.name
         self.contract = inner.contract
         self.weights = inner.weights
+        self.pretraining_datasets = read_pretraining(path)
+        own = getattr(inner, "pretraining_datasets", None)
+        if own is not None and (self.pretraining_datasets is None
+                                or tuple(own) != self.pretraining_datasets):
+            raise BenchError(f"backbone file {path}: the backbone's pretraining_datasets "
+                             f"{own!r} is not the file's module-level {DECLARATION} "
+                             f"({self.pretraining_datasets!r}); declare it there, once: the "
+                             "leaderboard reads it from the source")
 
     def _call(self, method: str, *args: Any,
               passes: tuple[type[BaseException], ...] = ()) -> Any:
@@ -247,3 +259,37 @@ def read_parity(path: str | Path):
         return None
     return parse_parity(module.PARITY, path.parent, f"backbone file {path}",
                         spelling="PARITY[{!r}]", table_name="PARITY")
+
+
+def read_pretraining(path: str | Path) -> tuple[str, ...] | None:
+    """The file's module-level ``PRETRAINING_DATASETS`` as the leaderboard reads it (from the
+    source, never running it: `brainbench.analyses.contamination`, which `import-bundle` also
+    relies on): the dataset names, or None when not declared. A declaration the leaderboard
+    would misread (annotated, not a literal) or refuse is a BenchError naming the file, so it
+    is caught before a bundle of it can block every table."""
+    import ast
+
+    from brainbench.analyses.contamination import check_pretraining_datasets
+
+    path = Path(path)
+    where = f"backbone file {path}: {DECLARATION}"
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BenchError(f"backbone file {path} cannot be read as Python source: {exc}") from None
+    for node in tree.body:
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        if not any(isinstance(t, ast.Name) and t.id == DECLARATION for t in targets):
+            continue
+        if not isinstance(node, ast.Assign):
+            raise BenchError(f"{where} must be a plain assignment ({DECLARATION} = [...]): "
+                             "the leaderboard reads only that form")
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise BenchError(f"{where} = {ast.unparse(node.value)} is not a literal; write the "
+                             "list itself (e.g. [\"IXI\"], [] for none, or \"unknown\"): it is "
+                             "read from the source without running the file") from None
+        return check_pretraining_datasets(value, where)
+    return None

@@ -536,7 +536,8 @@ def _check_pretraining(report: ValidationReport, backbone: Backbone) -> None:
         return
     if declared is None:
         report.add("pretraining data", True, "not declared (unknown): contamination cannot be "
-                   f"checked; declare {FIELD} (a list of dataset names, [] for none)")
+                   f"checked; declare it (a card's {FIELD}, a Python file's module-level "
+                   f"{FIELD.upper()}: a list of dataset names, [] for none)")
         return
     overlap = evaluation_datasets(declared)
     report.add("pretraining data", True, (", ".join(declared) or "none") + (
