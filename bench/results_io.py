@@ -815,7 +815,12 @@ def import_files(target: ResultStore | str, paths: list[Path],
                  lookup: DataLookup | None = None) -> tuple[ResultStore, list[ImportReport]]:
     """Verify every file against the target store (a URL: the store there, if it exists), then
     open or create it and write them all in one transaction: a refused file changes nothing,
-    and a store that did not exist is not created."""
+    and a store that did not exist is not created. A file named twice (also through another
+    path to it) is imported, and counted, once."""
+    unique: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        unique.setdefault(path.resolve(), path)
+    paths = list(unique.values())
     url = target if isinstance(target, str) else target.url
     reference = existing_store(url) if isinstance(target, str) else target
     verified = [verify_results(Path(p), reference, _results_dir_of(url), lookup) for p in paths]
