@@ -81,7 +81,7 @@ def test_the_documented_commands_validate_submit_and_show_on_the_leaderboard(tmp
     from brainbench.weights import sha256_file
 
     assert manifest["weights"] == {"status": "pretrained", "sha256": sha256_file(weights_file),
-                                   "file": "resnet18_demo.pth"}
+                                   "file": "resnet18_demo.pth", "from_option": False}
     assert manifest["run"]["tasks_run"] == ["brain_age"]
     assert manifest["flags"][0].startswith("PARTIAL: 1 of 9 endpoints")
     assert manifest["run"]["split_hashes"]["brain_age"]
@@ -198,7 +198,7 @@ def test_import_refuses_a_bundle_whose_flags_were_edited(tmp_path):
     bundle = tmp_path / "b"
     bundle.mkdir()
     (bundle / "submission.json").write_text(json.dumps({
-        "format": "brainbench-submission", "schema_version": 1, "name": "x", "flags": [],
+        "format": "brainbench-submission", "schema_version": 1, "name": "intensity", "flags": [],
         "weights": {"sha256": "0" * 64}, "run": {"tasks_all": ["brain_age", "idh_status"]},
         "results": []}))
     from brainbench.store import ResultStore

@@ -195,3 +195,248 @@ def test_the_class_and_the_module_must_not_declare_differently(tmp_path):
     assert "the backbone's pretraining_datasets ('ADNI',) is not the file's module-level " \
            "PRETRAINING_DATASETS (('IXI',))" in failed["load"]
 
+
+# ------------------------------------------------------------ bundles: a real tiny world
+
+COMMON = ["--profile", "tiny", "--tasks", "brain_age", "--seeds", "0,1", "--fraction", "0.5",
+          "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, request):
+    """`brainbench submit` of SUBMITTING.md's random-init Python file and of a pretrained
+    ResNet-18 card (its .pth saved), into one store and one submissions folder."""
+    root = tmp_path_factory.mktemp("audit")
+    cache = root / "cache"
+    cache.mkdir()
+    pytest_cache = getattr(request.config, "cache", None)
+    if pytest_cache is not None:  # phantoms reused across runs (as tests/test_submission.py)
+        shared = pytest_cache.mkdir("brainbench-submission-phantoms")
+        (cache / "phantoms").symlink_to(shared, target_is_directory=True)
+    work = root / "work"
+    work.mkdir()
+    pyfile = _pyfile(work, "tinyconv_demo")
+    _resnet18(work / "resnet18_demo.pth")
+    card = work / "resnet18_demo.toml"
+    write_card(card, name='"resnet18_demo"', weights='weights = "resnet18_demo.pth"')
+    for backbone in (pyfile, card):
+        assert main(["submit", str(backbone), *COMMON, "--cache", str(cache), "--results",
+                     str(root / "results"), "--out", str(root / "subs")]) == 0
+    return root
+
+
+def _copy(world: Path, name: str, dest: Path) -> Path:
+    return Path(shutil.copytree(world / "subs" / name, dest / name))
+
+
+def _rewrite(bundle: Path, manifest=None, cell=None, backbone_file=None) -> Path:
+    """Edit a bundle as a forger would: `manifest(m)`, `cell(c)` on every results cell (its
+    id recomputed), `backbone_file(text) -> text` (the manifest's sha256 of it updated)."""
+    data = read_manifest(bundle)
+    if backbone_file is not None:
+        path = bundle / data["backbone"]["file"]
+        path.write_text(backbone_file(path.read_text()))
+        data["backbone"]["file_sha256"] = sha256_file(path)
+    if manifest is not None:
+        manifest(data)
+    (bundle / MANIFEST).write_text(json.dumps(data))
+    for results in (bundle / "results").glob("*.json") if cell is not None else ():
+        payload = json.loads(results.read_text())
+        for item in payload["cells"]:
+            cell(item["cell"])
+            item["cell_id"] = Cell(**{**item["cell"],
+                                      "fraction": float(item["cell"]["fraction"])}).cell_id
+        results.write_text(json.dumps(payload))
+    return bundle
+
+
+def _relabel_pretrained(bundle: Path) -> Path:
+    """The auditor's edit: status, flags and every cell say pretrained."""
+    def manifest(m):
+        m["weights"]["status"] = "pretrained"
+        m["flags"] = [f for f in m["flags"] if f != "RANDOM-INIT"]
+
+    def cell(c):
+        c["weights_status"] = "pretrained"
+        c["weights_id"] = f"pretrained:{c['weights_sha256'][:16]}"
+
+    return _rewrite(bundle, manifest, cell)
+
+
+def _imports(tmp_path: Path, capsys, bundle: Path, match: str | None = None,
+             store: str = "elsewhere", out: str = "subs2") -> str:
+    """import-bundle into a fresh store: rc 0, or (with `match`) rc 2 naming it, nothing
+    written."""
+    argv = ["import-bundle", str(bundle), "--results", str(tmp_path / store), "--out",
+            str(tmp_path / out), "--cache", str(tmp_path / "nocache")]
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    if match is None:
+        assert code == 0, err
+        return err
+    assert code == 2 and re.search(match, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / store / "results.db").exists() and not (tmp_path / out).exists()
+    return err
+
+
+def test_honest_bundles_import(world, tmp_path, capsys):
+    for name in ("tinyconv_demo", "resnet18_demo"):
+        _imports(tmp_path, capsys, world / "subs" / name, store=f"r_{name}", out=f"s_{name}")
+    manifest = read_manifest(world / "subs" / "resnet18_demo")
+    assert manifest["weights"]["file"] == "resnet18_demo.pth"
+    assert manifest["weights"]["from_option"] is False
+
+
+def test_a_random_init_python_file_relabelled_pretrained_is_refused(world, tmp_path, capsys):
+    bundle = _relabel_pretrained(_copy(world, "tinyconv_demo", tmp_path))
+    _imports(tmp_path, capsys, bundle, r"field 'weights\.file' is None but its results claim "
+                                       r"weights_status 'pretrained'")
+    _rewrite(bundle, lambda m: m["weights"].update(file="tinyconv_demo.pth"))
+    _imports(tmp_path, capsys, bundle, r"the validation record's weights check says "
+                                       r"'RANDOM-INIT \(torch init, seed 0\).*' but its results "
+                                       r"claim weights_status 'pretrained'")
+
+
+def test_a_random_init_card_relabelled_pretrained_is_refused(world, tmp_path, capsys):
+    """A card without `weights` ran random-init, whatever the other records were made to say."""
+    bundle = _copy(world, "resnet18_demo", tmp_path)
+    _rewrite(bundle, backbone_file=lambda t: t.replace('weights = "resnet18_demo.pth"', ""))
+    _imports(tmp_path, capsys, bundle, r"resnet18_demo\.toml: the card names no weights file "
+                                       r"'resnet18_demo\.pth' \(field 'weights': None\) and "
+                                       r"WEIGHTS= was not given, so its run was random-init")
+
+
+def test_a_pretrained_card_relabelled_random_init_is_refused(world, tmp_path, capsys):
+    bundle = _copy(world, "resnet18_demo", tmp_path)
+
+    def manifest(m):
+        m["weights"].update(status="random-init", file=None)
+        m["flags"] = ["RANDOM-INIT", *m["flags"]]
+
+    def cell(c):
+        c["weights_status"] = "random-init"
+        c["weights_id"] = f"random-init:{c['weights_sha256'][:16]}"
+
+    _rewrite(bundle, manifest, cell)
+    _imports(tmp_path, capsys, bundle, r"the validation record's weights check says "
+                                       r"'pretrained, resnet18_demo\.pth sha256 .*' but its "
+                                       r"results claim weights_status 'random-init'")
+
+
+@pytest.mark.parametrize("backbone, match", [
+    ({"kind": "name", "file": None, "file_sha256": None},
+     r"field 'backbone\.kind' is 'name' but 'tinyconv_demo' is not a registered backbone"),
+    ({"kind": "module"}, r"field 'backbone\.kind' is 'module'; expected one of \['name', "
+                         r"'card', 'pyfile'\]"),
+    ({"kind": "card"}, r"field 'backbone\.file' is 'tinyconv_demo\.py'; expected the name of "
+                       r"the card inside the bundle \(\.toml\)")])
+def test_a_bundle_cannot_drop_or_disguise_its_backbone_file(world, tmp_path, capsys, backbone,
+                                                            match):
+    bundle = _copy(world, "tinyconv_demo", tmp_path)
+    _rewrite(bundle, lambda m: m["backbone"].update(backbone))
+    if backbone.get("file", "") is None:
+        (bundle / "tinyconv_demo.py").unlink()
+    _imports(tmp_path, capsys, bundle, match)
+
+
+@pytest.mark.parametrize("name, edit, match", [
+    ("tinyconv_demo", lambda t: "PRETRAINING_DATASETS = 5\n" + t,
+     r"the bundle's pyfile tinyconv_demo\.py does not read: backbone file .*tinyconv_demo\.py: "
+     r"PRETRAINING_DATASETS must be a list of dataset names .* got int 5"),
+    ("resnet18_demo", lambda t: "pretraining_datasets = 5\n" + t,
+     r"the bundle's card resnet18_demo\.toml does not read: card .*: field "
+     r"'pretraining_datasets' must be a list"),
+    ("resnet18_demo", lambda t: t.replace('name = "resnet18_demo"', 'name = "other"'),
+     r"resnet18_demo\.toml: field 'name' is 'other' but the bundle is 'resnet18_demo'")])
+def test_a_bundle_whose_backbone_file_would_block_the_tables_is_refused(world, tmp_path, capsys,
+                                                                       name, edit, match):
+    """A bad declaration used to import, then stop every `results` / `table` / `leaderboard`."""
+    _imports(tmp_path, capsys, _rewrite(_copy(world, name, tmp_path), backbone_file=edit),
+             match)
+
+
+def test_declared_bundles_import_and_the_tables_read_them(world, tmp_path, capsys,
+                                                         monkeypatch):
+    """The pretrained card's cells on IXI are marked contaminated (random-init rows never
+    are); the tables read both files' declarations."""
+    for name, declaration in (("resnet18_demo", 'pretraining_datasets = ["IXI"]\n'),
+                              ("tinyconv_demo", 'PRETRAINING_DATASETS = ["IXI"]\n')):
+        _imports(tmp_path, capsys, _rewrite(_copy(world, name, tmp_path),
+                                            backbone_file=lambda t: declaration + t))
+    for submissions, marked in ((tmp_path / "subs2", True), (world / "subs", False)):
+        monkeypatch.setenv("BRAINBENCH_SUBMISSIONS", str(submissions))
+        assert main(["results", "--results", str(tmp_path / "elsewhere")]) == 0
+        assert ("‡" in capsys.readouterr().out) is marked
+
+
+# ------------------------------------------------- one name, one backbone per folder
+
+def test_another_backbone_of_the_same_name_never_replaces_a_bundle(world, tmp_path, capsys):
+    """The same file with torch.manual_seed(1): other weights, other file, same name."""
+    seed1 = _pyfile(tmp_path, "tinyconv_demo", seed=1)
+    cache = ["--cache", str(world / "cache")]
+    assert main(["submit", str(seed1), *COMMON, *cache, "--results", str(tmp_path / "r1"),
+                 "--out", str(tmp_path / "subs1")]) == 0
+    other = tmp_path / "subs1" / "tinyconv_demo"
+    old = read_manifest(world / "subs" / "tinyconv_demo")
+    home = ResultStore(default_url(world / "results"))
+    rows = len(home.frame())
+    message = (r"subs/tinyconv_demo holds the bundle of another backbone named 'tinyconv_demo' "
+               rf"\(weights sha256 {old['weights']['sha256'][:16]}…, backbone file sha256 "
+               rf"{old['backbone']['file_sha256'][:16]}…\); .* has weights sha256 "
+               rf"{read_manifest(other)['weights']['sha256'][:16]}…, .* Give the new backbone "
+               "a name of its own")
+    capsys.readouterr()
+    assert main(["import-bundle", str(other), "--results", str(world / "results"), "--out",
+                 str(world / "subs")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert main(["submit", str(seed1), *COMMON, *cache, "--results", str(world / "results"),
+                 "--out", str(world / "subs")]) == 2  # refused before the run: nothing stored
+    assert re.search(message, capsys.readouterr().err)
+    assert len(home.frame()) == rows
+    assert read_manifest(world / "subs" / "tinyconv_demo") == old
+    # the same backbone may replace its own bundle: a re-import, a re-submission
+    assert main(["import-bundle", str(other), "--results", str(tmp_path / "r1"), "--out",
+                 str(tmp_path / "subs1")]) == 0
+    assert main(["submit", str(world / "work" / "tinyconv_demo.py"), *COMMON, *cache,
+                 "--results", str(world / "results"), "--out", str(world / "subs")]) == 0
+    assert read_manifest(world / "subs" / "tinyconv_demo")["weights"] == old["weights"]
+
+
+def test_a_folder_that_is_no_bundle_is_not_deleted(world, tmp_path, capsys):
+    (tmp_path / "subs2" / "tinyconv_demo").mkdir(parents=True)
+    (tmp_path / "subs2" / "tinyconv_demo" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["import-bundle", str(world / "subs" / "tinyconv_demo"), "--results",
+                 str(tmp_path / "r"), "--out", str(tmp_path / "subs2")]) == 2
+    assert "exists but is not a readable bundle" in capsys.readouterr().err
+    assert (tmp_path / "subs2" / "tinyconv_demo" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "r" / "results.db").exists()
+
+
+# ------------------------------------------------------------- what an import reports
+
+def test_a_bundle_import_counts_kept_and_replaced_cells(world, tmp_path):
+    from brainbench.submission.bundle import import_bundle
+
+    bundle = world / "subs" / "tinyconv_demo"
+    here = import_bundle(bundle, ResultStore(default_url(world / "results")), tmp_path / "a")
+    assert (here.cells, here.replaced, here.kept) == (2, 0, 2)  # computed there: kept
+    cells, target = here  # the pair callers unpacked before
+    assert (cells, target) == (2, tmp_path / "a" / "tinyconv_demo")
+    elsewhere = ResultStore(default_url(tmp_path / "r"))
+    first = import_bundle(bundle, elsewhere, tmp_path / "b")
+    again = import_bundle(bundle, elsewhere, tmp_path / "b")
+    assert [(r.cells, r.replaced, r.kept) for r in (first, again)] == [(2, 0, 0), (2, 2, 0)]
+
+
+def test_a_results_file_named_twice_is_imported_once(world, tmp_path, capsys):
+    results = world / "subs" / "tinyconv_demo" / "results" / "tinyconv_demo__brain_age.json"
+    capsys.readouterr()
+    assert main(["import", str(results), str(results.parent / ".." / "results" / results.name),
+                 "--results", str(tmp_path / "r")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("imported")]
+    assert len(lines) == 1 and lines[0].startswith("imported 2 cell(s) of tinyconv_demo")
+    assert len(ResultStore(default_url(tmp_path / "r")).cells()) == 2

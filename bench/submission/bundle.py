@@ -30,6 +30,8 @@ from brainbench.weights import sha256_file
 BUNDLE_FORMAT = "brainbench-submission"
 BUNDLE_SCHEMA = 1
 MANIFEST = "submission.json"
+#: how a bundle names its backbone (`submission_kind`): registered name, card, Python file
+KINDS = ("name", "card", "pyfile")
 
 
 def submissions_dir() -> Path:
@@ -95,6 +97,10 @@ def submit(config: SubmitConfig) -> SubmitResult:
         raise BenchError(f"{config.backbone} failed validation ({len(report.failures)} "
                          "check(s), listed above); nothing was run or stored. Fix it and run "
                          "`make validate BACKBONE=...` again")
+    # before the run, so a refused name stores nothing
+    refuse_other_backbone(Path(config.out_root) / report.name, report.name,
+                          (report.weights or {}).get("sha256"),
+                          _file_sha256(kind, config.backbone), str(config.backbone))
     started = time.perf_counter()
     run_report = run(RunConfig(
         model=str(config.backbone), fractions=config.fractions, profile=config.profile,
@@ -141,17 +147,19 @@ def write_bundle(config: SubmitConfig, kind: str, validation, run_report, ran: l
     if kind != "name":  # a card or Python file travels with its results
         shutil.copy2(source, staging / source.name)
     weights = validation.weights or {}
+    file_sha256 = _file_sha256(kind, source)
     manifest = {
         "format": BUNDLE_FORMAT, "schema_version": BUNDLE_SCHEMA, "name": name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(), "flags": flags,
         "backbone": {"kind": kind, "file": source.name if kind != "name" else None,
-                     "file_sha256": sha256_file(source) if kind != "name" else None,
+                     "file_sha256": file_sha256,
                      "contract": validation.contract, "architecture": validation.architecture,
                      "parameters": validation.parameters},
         "weights": {"status": weights.get("status"), "sha256": weights.get("sha256"),
                     "file": Path(str(weights.get("source", ""))).name
-                    if weights.get("status") == "pretrained" else None},
+                    if weights.get("status") == "pretrained" else None,
+                    "from_option": config.weights is not None},  # WEIGHTS= replaced the card's
         "run": {"profile": config.profile.name, "fractions": list(config.fractions),
                 "seeds": list(config.seeds) if config.seeds else "each task's defaults",
                 "tasks_requested": list(config.tasks) if config.tasks else "all",
@@ -169,10 +177,48 @@ def write_bundle(config: SubmitConfig, kind: str, validation, run_report, ran: l
     }
     write_json_atomic(staging / MANIFEST, manifest)
     (staging / "SUMMARY.md").write_text(summary_markdown(manifest, store), encoding="utf-8")
+    try:  # checked again: another submit may have taken the name during the run
+        refuse_other_backbone(out, name, weights.get("sha256"), file_sha256, str(source))
+    except BenchError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     staging.replace(out)
     return out
+
+
+def _file_sha256(kind: str, backbone: str | Path) -> str | None:
+    """The sha256 of the card or Python file a bundle carries (None for a registered name)."""
+    return None if kind == "name" else sha256_file(Path(backbone).expanduser().resolve())
+
+
+def refuse_other_backbone(target: Path, name: str, weights_sha256: Any,
+                          file_sha256: str | None, incoming: str) -> None:
+    """A bundle folder is replaced only by a bundle of the same backbone (weights sha256 and
+    card / file sha256): a re-import or a re-submission. Another backbone that took the same
+    name would delete the old bundle while the store keeps the old rows, which would then
+    carry the new bundle's badges. A folder that is no readable bundle is not deleted either."""
+    if not target.exists():
+        return
+    try:
+        old = read_manifest(target)
+    except BenchError as exc:
+        raise BenchError(f"{target} exists but is not a readable bundle ({exc}); {incoming} "
+                         f"would replace it. Remove {target} deliberately if it is not "
+                         "needed") from None
+    before = (old["weights"]["sha256"], (old.get("backbone") or {}).get("file_sha256"))
+    if before == (weights_sha256, file_sha256):
+        return
+
+    def short(sha: Any) -> str:
+        return f"{sha[:16]}…" if isinstance(sha, str) else "none"
+
+    raise BenchError(f"{target} holds the bundle of another backbone named {name!r} (weights "
+                     f"sha256 {short(before[0])}, backbone file sha256 {short(before[1])}); "
+                     f"{incoming} has weights sha256 {short(weights_sha256)}, backbone file "
+                     f"sha256 {short(file_sha256)}. Give the new backbone a name of its own "
+                     f"(its card's or class's `name`), or remove {target} deliberately")
 
 
 def summary_markdown(manifest: dict[str, Any], store) -> str:
@@ -280,11 +326,18 @@ def _check_name(bundle: Path, manifest: dict[str, Any]) -> str:
                          "'_', '.' or '-', starting with a letter or digit (it names a folder "
                          "under the submissions folder)")
     kind = manifest.get("backbone", {}).get("kind", "name")
+    if kind not in KINDS:
+        raise BenchError(f"{where}: field 'backbone.kind' is {kind!r}; expected one of "
+                         f"{list(KINDS)}")
     load_plugins()
     if kind != "name" and name in BACKBONES:
         raise BenchError(f"{where}: field 'name' {name!r} is a built-in backbone, but the "
                          f"bundle holds a {kind} ({manifest['backbone'].get('file')}"
                          "): a submitted backbone takes a name of its own")
+    if kind == "name" and name not in BACKBONES:  # nothing could reproduce its results
+        raise BenchError(f"{where}: field 'backbone.kind' is 'name' but {name!r} is not a "
+                         "registered backbone (built-in or entry point); a submitted backbone "
+                         "travels with its card or Python file (kind 'card' or 'pyfile')")
     return name
 
 
@@ -292,12 +345,18 @@ def _check_backbone_file(bundle: Path, manifest: dict[str, Any]) -> None:
     """The card or Python file the bundle carries is the one its run used (sha256)."""
     described = manifest.get("backbone", {})
     file, sha = described.get("file"), described.get("file_sha256")
-    if described.get("kind", "name") == "name" and file is None:
-        return
+    kind = described.get("kind", "name")
     where = Path(bundle) / MANIFEST
-    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+    if kind == "name":
+        if file is not None:
+            raise BenchError(f"{where}: field 'backbone.file' is {file!r} but a registered "
+                             "backbone (kind 'name') travels without one; expected null")
+        return
+    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", "..") \
+            or submission_kind(file) != kind:
         raise BenchError(f"{where}: field 'backbone.file' is {file!r}; expected the name of "
-                         "the card or Python file inside the bundle")
+                         f"the {kind} inside the bundle "
+                         f"({'.toml' if kind == 'card' else '.py'})")
     path = Path(bundle) / file
     if path.is_symlink():
         raise BenchError(f"{where}: field 'backbone.file' names {file!r}, a link; a bundle "
@@ -364,6 +423,8 @@ def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
     if declared is not None and statuses and statuses != {declared}:
         raise BenchError(f"{where}: field 'weights.status' is {declared!r} but its results "
                          f"say {sorted(map(str, statuses))}; the bundle was edited")
+    _check_backbone_records(bundle, manifest, declared if declared is not None else
+                            next(iter(statuses)) if len(statuses) == 1 else None)
     if "tasks_run" in run and sorted(run["tasks_run"]) != sorted(tasks):
         raise BenchError(f"{where}: run.tasks_run {run['tasks_run']} but the bundle holds "
                          f"results for {sorted(tasks)}; a results file was added or removed")
@@ -382,6 +443,62 @@ def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
         raise BenchError(f"{where}: results/ holds file(s) the manifest does not list: "
                          f"{unlisted[:5]}; every results file of a bundle is verified")
     return files
+
+
+def _check_backbone_records(bundle: Path, manifest: dict[str, Any], status: Any) -> None:
+    """What the bundle itself records about its backbone must agree with the weights status
+    its results claim, so relabelling a random-init run "pretrained" takes more than editing
+    the status: the manifest's weights file (null when none was loaded), the validation
+    record's weights check, and a card's ``weights`` field. The card or Python file is read,
+    never run (a card through `read_card`, which also checks its name and pretraining
+    declaration; a Python file's ``PRETRAINING_DATASETS`` as the leaderboard reads it)."""
+    from brainbench.submission.card import read_card
+    from brainbench.submission.pyfile import read_pretraining
+
+    where, weights = Path(bundle) / MANIFEST, manifest["weights"]
+    kind, file = manifest.get("backbone", {}).get("kind", "name"), \
+        manifest.get("backbone", {}).get("file")
+    card = None
+    try:
+        if kind == "card":
+            card = read_card(Path(bundle) / file)
+        elif kind == "pyfile":
+            read_pretraining(Path(bundle) / file)
+    except BenchError as exc:
+        raise BenchError(f"{where}: the bundle's {kind} {file} does not read: {exc}") from None
+    if card is not None and card.name != manifest["name"]:
+        raise BenchError(f"{card.path}: field 'name' is {card.name!r} but the bundle is "
+                         f"{manifest['name']!r} ({where}); the bundle was edited")
+    if status not in ("pretrained", "random-init"):
+        return
+    pretrained = status == "pretrained"
+    claim = f"its results claim weights_status {status!r}"
+    if pretrained != isinstance(weights.get("file"), str) or weights.get("file") == "":
+        raise BenchError(f"{where}: field 'weights.file' is {weights.get('file')!r} but "
+                         f"{claim}; a pretrained run names the weights file it loaded, a "
+                         "random-init run none (null): the bundle was edited")
+    checks = (manifest.get("validation") or {}).get("checks") or []
+    detail = next((str(c.get("detail")) for c in checks
+                   if isinstance(c, dict) and c.get("name") == "weights"), None)
+    agrees = detail is not None and (
+        detail.startswith("pretrained") and f"sha256 {weights['sha256'][:16]}" in detail
+        if pretrained else detail.startswith("RANDOM-INIT"))
+    if not agrees:
+        raise BenchError(f"{where}: the validation record's weights check says {detail!r} but "
+                         f"{claim} (weights sha256 {weights['sha256'][:16]}…); the bundle was "
+                         "edited")
+    if card is None:
+        return
+    named = card.weights is not None and card.weights.name == weights["file"]
+    if pretrained and not named and weights.get("from_option") is not True:
+        raise BenchError(f"{card.path}: the card names no weights file {weights['file']!r} "
+                         f"(field 'weights': {card.weights.name if card.weights else None!r}) "
+                         f"and WEIGHTS= was not given, so its run was random-init, but {claim} "
+                         f"({where}); the bundle was edited")
+    if not pretrained and card.weights is not None:
+        raise BenchError(f"{card.path}: the card names weights file {card.weights.name!r} "
+                         f"(field 'weights'), so its run loaded them, but {claim} ({where}); "
+                         "the bundle was edited")
 
 
 def _check_validation(where: Path, validation: Any) -> None:
@@ -432,22 +549,37 @@ def _check_seeds_and_fractions(path: Path, task: Any, cells: list[dict], run: di
                              "or duplicated")
 
 
+@dataclass(frozen=True)
+class BundleImport:
+    """One imported bundle: its cells, as `brainbench import` counts them (`ImportReport`:
+    `replaced` an earlier import stored, `kept` computed in the importing store and left as
+    they are), and where the bundle was placed."""
+
+    cells: int
+    replaced: int
+    kept: int
+    bundle: Path
+
+    def __iter__(self):  # (cells, bundle): the pair callers unpacked before the counts came
+        return iter((self.cells, self.bundle))
+
+
 def import_bundle(bundle: Path, store, out_root: Path | None = None,
-                  lookup=None) -> tuple[int, Path]:
-    """Validate a bundle made elsewhere and add it (`import_bundles` with one bundle).
-    Returns (cells imported, bundle path under out_root)."""
+                  lookup=None) -> BundleImport:
+    """Validate a bundle made elsewhere and add it (`import_bundles` with one bundle)."""
     return import_bundles([bundle], store, out_root, lookup)[0]
 
 
 def import_bundles(bundles: Sequence[Path], store, out_root: Path | None = None,
-                   lookup=None) -> list[tuple[int, Path]]:
+                   lookup=None) -> list[BundleImport]:
     """Validate bundles made elsewhere (each manifest against its results, then every results
     file as `brainbench import` verifies it, against `store`'s records and split manifests
     and, with `lookup` (a `brainbench.results_io.DataLookup`), the cohorts present here), then
     add all their results to `store` in ONE transaction and copy each bundle (no data) to
-    `out_root` so the leaderboard shows its flags: all bundles are imported, or none.
+    `out_root` so the leaderboard shows its flags: all bundles are imported, or none. A
+    bundle never replaces the folder of another backbone of its name (`refuse_other_backbone`).
     `store`: a ResultStore or the URL of one, opened (created) only once every bundle
-    verified. Returns [(cells imported, bundle path under out_root)] per bundle."""
+    verified."""
     from brainbench.results_io import import_files
 
     out_root = Path(out_root or submissions_dir())
@@ -463,14 +595,19 @@ def import_bundles(bundles: Sequence[Path], store, out_root: Path | None = None,
         if any(target == other for _, other, _ in plans):
             raise BenchError(f"{bundle}: a second bundle named {manifest['name']!r} in one "
                              "import")
+        refuse_other_backbone(target, manifest["name"], manifest["weights"]["sha256"],
+                              manifest.get("backbone", {}).get("file_sha256"),
+                              f"the bundle {bundle}")
         plans.append((bundle, target, files))
     written, reports = import_files(store, [f for _, _, files in plans for f in files], lookup)
-    cells = {report.path: report.cells for report in reports}
+    by_path = {report.path: report for report in reports}
     out = []
     for bundle, target, files in plans:
         if target != bundle:
             _place(bundle, target, files, written)
-        out.append((sum(cells[f] for f in files), target))
+        mine = [by_path[f] for f in files]
+        out.append(BundleImport(sum(r.cells for r in mine), sum(r.replaced for r in mine),
+                                sum(r.kept for r in mine), target))
     return out
 
 
