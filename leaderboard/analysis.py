@@ -591,18 +591,39 @@ def _one(frame: pd.DataFrame, column: str, option: str) -> None:
 ENTRY_KEY = ["backbone", "weights_id", "protocol", "precision_arm"]
 
 
-def _precision_arms(frame: pd.DataFrame) -> pd.Series:
-    """Each row's precision arm: its precision where the same backbone, weights and protocol
-    hold cells of one task and fraction in both precisions, else "" (one entry, as before)."""
+def _with_precision_arms(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row with its precision arm: "" (one entry, as before) unless the same backbone,
+    weights and protocol hold cells of one task and fraction in both precisions; then each
+    precision is an arm (an entry of its own). A cell of such a setting whose task and fraction
+    hold one precision only belongs to its own arm, and an fp32 one to the bf16 arm as well:
+    that is what PRECISION=auto ran there (a task's precision rule), so one extra fp32 run of
+    a few tasks does not empty the main row's rule-fp32 columns. A bf16 cell never stands in
+    for fp32."""
     precision = frame["precision"].fillna("fp32").astype(str) if "precision" in frame else \
         pd.Series("fp32", index=frame.index)  # stores before schema 4 were all fp32
+    frame = frame.assign(precision=precision)
     setting = ["backbone", "weights_id", "protocol"]
-    both = frame.assign(precision=precision).groupby(setting + ["task", "fraction"])[
-        "precision"].nunique()
-    split = {key[:3] for key, n in both.items() if n > 1}
-    return pd.Series([p if key in split else "" for key, p in
-                      zip(zip(*(frame[c] for c in setting)), precision)],
-                     index=frame.index, dtype=object)
+    counts = frame.groupby(setting + ["task", "fraction"])["precision"].nunique()
+    arms: dict[tuple, set[str]] = {}
+    for key, n in counts.items():
+        if n > 1:
+            arms.setdefault(key[:3], set())
+    for key, p in zip(zip(*(frame[c] for c in setting)), precision):
+        if key in arms:
+            arms[key].add(p)
+    rows, labels = [], []
+    for index, key, task, fraction, p in zip(frame.index, zip(*(frame[c] for c in setting)),
+                                             frame["task"], frame["fraction"], precision):
+        if key not in arms:
+            rows.append(index)
+            labels.append("")
+            continue
+        alone = counts[(*key, task, fraction)] == 1
+        for arm in sorted(arms[key]):
+            if arm == p or (alone and p == "fp32"):
+                rows.append(index)
+                labels.append(arm)
+    return frame.loc[rows].assign(precision_arm=labels).reset_index(drop=True)
 
 
 def _entries(frame: pd.DataFrame) -> dict[tuple[str, str, str, str], Entry]:
@@ -677,7 +698,7 @@ def load_analysis(store: ResultStore, models: Sequence[str] | None = None,
     spec_of = {t: get_task(t) for t in frame["task"].unique()}
     frame = frame[[m == spec_of[t].primary_metric for t, m in zip(frame["task"], frame["metric"])]]
     frame = frame[frame["value"].notna()]
-    frame = frame.assign(precision_arm=_precision_arms(frame))
+    frame = _with_precision_arms(frame)
     # a re-run under a new config replaces, for display, the older cell of the same setting
     frame = (frame.sort_values("created_at")
              .drop_duplicates(ENTRY_KEY + ["task", "fraction", "seed"], keep="last"))

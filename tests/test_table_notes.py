@@ -82,3 +82,42 @@ def test_the_precision_note_names_the_columns_whose_precision_differs(tmp_path):
     note = next(n for n in stats_table_notes(analysis, 1.0) if n.startswith("Feature precision"))
     for name in ("base", "strong"):
         assert f"{name} bf16 (fp32 for idh_status)" in note, note
+
+
+def test_an_extra_fp32_run_keeps_the_rule_fp32_columns_in_the_main_row(tmp_path):
+    """PRECISION=auto ran brain_age and survival_cox bf16 and idh_status fp32 (its precision
+    rule); then brain_age was run again in fp32. The backbone splits into a bf16 and an fp32
+    row, and the idh_status fp32 cells stay in the bf16 (main) row too instead of leaving it
+    a gap; survival_cox (bf16 only) is never shown as fp32."""
+    from dataclasses import replace
+
+    from brainbench.store import ResultStore, StoredCell
+
+    store = build_store(tmp_path / "r.db", backbones=("base", "strong"),
+                        tasks=("idh_status", "brain_age", "survival_cox"))
+    cells = store.cells(with_predictions=True, backbone="base")
+    store.write_cells([StoredCell(replace(c.cell, precision="bf16"), c.metrics, c.predictions)
+                       for c in cells if c.cell.task in ("brain_age", "survival_cox")])
+    fp32_cox = [c.cell_id for c in cells if c.cell.task == "survival_cox"]
+    with store.engine.begin() as conn:
+        from sqlalchemy import text
+
+        for table in ("results", "predictions"):
+            conn.execute(text(f"delete from {table} where cell_id in "
+                              f"({','.join(repr(i) for i in fp32_cox)})"))
+    analysis = load_analysis(store, n_boot=20)
+    rows = {e.display: e for e in analysis.entries}
+    bf16 = next(e for name, e in rows.items() if name.startswith("base") and "bf16" in name)
+    fp32 = next(e for name, e in rows.items() if name.startswith("base") and "fp32" in name)
+    for fraction in (0.1, 1.0):
+        assert analysis.has(bf16, "idh_status", fraction)  # auto's rule-fp32 cells, kept
+        assert analysis.has(fp32, "idh_status", fraction)
+        assert analysis.has(bf16, "survival_cox", fraction)
+        assert not analysis.has(fp32, "survival_cox", fraction)  # bf16 never stands in
+        for entry, precision in ((bf16, "bf16"), (fp32, "fp32")):
+            assert {r.provenance["precision"]
+                    for r in analysis.records(entry, "brain_age", fraction)} == {precision}
+        assert {r.provenance["precision"]
+                for r in analysis.records(bf16, "idh_status", fraction)} == {"fp32"}
+    note = next(n for n in stats_table_notes(analysis, 1.0) if n.startswith("Feature precision"))
+    assert f"{bf16.display} bf16 (fp32 for idh_status)" in note, note
