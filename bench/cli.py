@@ -650,9 +650,10 @@ def cmd_import_bundle(args: argparse.Namespace) -> None:
     # every bundle is verified before any is written: all are imported, or none
     imported = import_bundles([Path(b) for b in args.bundles], url,
                               Path(args.out) if args.out else None, lookup=_data_lookup(args))
-    for bundle, (cells, target) in zip(args.bundles, imported):
-        print(f"imported {cells} cell(s) from {bundle} into {shown_url(url)}; bundle at "
-              f"{target}")
+    for bundle, done in zip(args.bundles, imported):
+        print(f"imported {done.cells} cell(s) from {bundle} ({done.replaced} replaced, "
+              f"{done.kept} already computed here and kept) into {shown_url(url)}; bundle at "
+              f"{done.bundle}")
 
 
 def cmd_phantoms(args: argparse.Namespace) -> None:

@@ -119,3 +119,32 @@ def test_site_badges_contaminated_cells(store, tmp_path, monkeypatch):
                  "50", "--out", str(out), "--submissions", str(tmp_path / "none"),
                  "--hide-contaminated"]) == 0
     assert ">CONTAMINATED</span>" not in (out / "index.html").read_text().split("<ul")[0]
+
+
+def test_a_bad_declaration_in_an_old_bundle_is_unknown_not_a_stop(store, tmp_path, caplog,
+                                                                   monkeypatch):
+    """Imports now refuse a Python file whose PRETRAINING_DATASETS the tables cannot read, but
+    a bundle placed earlier may hold one: its backbone's pretraining data are then unknown,
+    with a warning naming the file, and every table is still made."""
+    import json
+    import logging
+
+    folder = tmp_path / "subs" / "strong"
+    folder.mkdir(parents=True)
+    (folder / "strong.py").write_text("PRETRAINING_DATASETS = 5\n")
+    (folder / "good.py").write_text('PRETRAINING_DATASETS = ["ADNI"]\n')
+    manifest = {"name": "strong", "backbone": {"kind": "pyfile", "file": "strong.py"}}
+    (folder / "submission.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="brainbench"):
+        found = lookup(["strong"], tmp_path / "subs")
+    assert not found["strong"].known
+    assert any("strong.py" in r.getMessage() and "unknown" in r.getMessage()
+               for r in caplog.records)
+    manifest["backbone"]["file"] = "good.py"  # the same reader, a readable declaration
+    (folder / "submission.json").write_text(json.dumps(manifest))
+    assert lookup(["strong"], tmp_path / "subs")["strong"].datasets == ("ADNI",)
+    manifest["backbone"]["file"] = "strong.py"
+    (folder / "submission.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("BRAINBENCH_SUBMISSIONS", str(tmp_path / "subs"))
+    assert main(["table", "--db", store.url, "--models", "base,strong", "--bootstrap", "20",
+                 "--fraction", "1.0", "--out", str(tmp_path / "t")]) == 0

@@ -424,8 +424,7 @@ def test_a_bundle_import_counts_kept_and_replaced_cells(world, tmp_path):
     bundle = world / "subs" / "tinyconv_demo"
     here = import_bundle(bundle, ResultStore(default_url(world / "results")), tmp_path / "a")
     assert (here.cells, here.replaced, here.kept) == (2, 0, 2)  # computed there: kept
-    cells, target = here  # the pair callers unpacked before
-    assert (cells, target) == (2, tmp_path / "a" / "tinyconv_demo")
+    assert here.bundle == tmp_path / "a" / "tinyconv_demo"
     elsewhere = ResultStore(default_url(tmp_path / "r"))
     first = import_bundle(bundle, elsewhere, tmp_path / "b")
     again = import_bundle(bundle, elsewhere, tmp_path / "b")

@@ -17,6 +17,7 @@ contain it: BraTS 2023 GLI holds the BraTS 2021 cases, so "BraTS" alone counts a
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tomllib
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from brainbench.errors import BenchError
+
+log = logging.getLogger("brainbench")
 
 UNKNOWN = "unknown"
 FIELD = "pretraining_datasets"
@@ -131,7 +134,11 @@ def of_backbone(backbone: Any) -> Pretraining:
 
 
 def _from_bundle(folder: Path) -> tuple[str, tuple[str, ...] | None] | None:
-    """(name, declaration) of a submission bundle's card or Python file, or None."""
+    """(name, declaration) of a submission bundle's card or Python file, or None. A bad
+    declaration in a bundle placed before imports checked it is "unknown" with a warning: one
+    bundle must not stop every table."""
+    from brainbench.submission.pyfile import read_pretraining
+
     try:
         manifest = json.loads((folder / "submission.json").read_text())
         name, file = manifest["name"], manifest["backbone"]["file"]
@@ -140,27 +147,18 @@ def _from_bundle(folder: Path) -> tuple[str, tuple[str, ...] | None] | None:
     if not file:
         return None
     path = folder / file
-    where = f"{path}: {FIELD}"
-    if path.suffix == ".toml":
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            return None
-        return name, check_pretraining_datasets(data.get(FIELD, UNKNOWN), where)
-    if path.suffix == ".py":
-        import ast
-
-        try:  # read the module-level assignment without running the file
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError):
-            return None
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == FIELD.upper() for t in node.targets):
-                try:
-                    return name, check_pretraining_datasets(ast.literal_eval(node.value), where)
-                except ValueError:
-                    return name, None
+    try:
+        if path.suffix == ".toml":
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError):
+                return None
+            return name, check_pretraining_datasets(data.get(FIELD, UNKNOWN),
+                                                    f"{path}: {FIELD}")
+        if path.suffix == ".py":
+            return name, read_pretraining(path)  # from the source, never running the file
+    except BenchError as exc:
+        log.warning("%s; its pretraining data are shown as unknown", exc)
         return name, None
     return None
 

@@ -560,9 +560,6 @@ class BundleImport:
     kept: int
     bundle: Path
 
-    def __iter__(self):  # (cells, bundle): the pair callers unpacked before the counts came
-        return iter((self.cells, self.bundle))
-
 
 def import_bundle(bundle: Path, store, out_root: Path | None = None,
                   lookup=None) -> BundleImport:
