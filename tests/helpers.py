@@ -49,6 +49,17 @@ class TinyBackbone(Backbone):
         return sum(p.numel() for p in self.conv.parameters())
 
 
+def cache_with_shared_phantoms(cache: Path, request) -> Path:
+    """A fresh cache folder whose phantoms/ is one folder in pytest's cache, shared by the
+    submission tests across runs (absent under -p no:cacheprovider: generated afresh)."""
+    cache.mkdir(parents=True)
+    pytest_cache = getattr(request.config, "cache", None)
+    if pytest_cache is not None:
+        shared = pytest_cache.mkdir("brainbench-submission-phantoms")
+        (cache / "phantoms").symlink_to(shared, target_is_directory=True)
+    return cache
+
+
 def write_nifti(path: Path, data: np.ndarray, spacing: float = 2.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data.astype(np.int16), np.diag([spacing] * 3 + [1.0])), str(path))

@@ -20,6 +20,7 @@ from brainbench.leaderboard.analysis import load_analysis
 from brainbench.leaderboard.tables import detectable_text
 from brainbench.results_io import unverified_fields
 from brainbench.store import ResultStore, default_url
+from tests.helpers import cache_with_shared_phantoms
 from tests.test_stats import build_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,12 +67,7 @@ def world(tmp_path_factory, request):
     """`make bench MODEL=intensity` and `make submit` of a .py backbone into one store (three
     fractions, two seeds), and the bundle imported into a second store without its cohort."""
     root = tmp_path_factory.mktemp("display")
-    cache = root / "cache"
-    cache.mkdir()
-    pytest_cache = getattr(request.config, "cache", None)
-    if pytest_cache is not None:  # phantoms reused across runs (as tests/test_submission.py)
-        shared = pytest_cache.mkdir("brainbench-submission-phantoms")
-        (cache / "phantoms").symlink_to(shared, target_is_directory=True)
+    cache = cache_with_shared_phantoms(root / "cache", request)
     (root / "work").mkdir()
     source = root / "work" / f"{NAME}.py"
     source.write_text(BACKBONE)

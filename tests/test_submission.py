@@ -20,6 +20,7 @@ from brainbench.submission.bundle import (SubmitConfig, import_bundle, read_mani
                                           submission_flags, submit)
 from brainbench.submission.card import read_card
 from brainbench.submission.validate import validate
+from tests.helpers import cache_with_shared_phantoms
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "SUBMITTING.md"
@@ -57,12 +58,7 @@ def test_the_documented_commands_validate_submit_and_show_on_the_leaderboard(tmp
     """Every ```bash block of SUBMITTING.md, verbatim, in order, in one shell."""
     blocks = fenced("bash")
     assert any("make submit" in b for b in blocks) and any("make leaderboard" in b for b in blocks)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    pytest_cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    if pytest_cache is not None:  # phantoms reused across runs
-        shared = pytest_cache.mkdir("brainbench-submission-phantoms")
-        (cache / "phantoms").symlink_to(shared, target_is_directory=True)
+    cache = cache_with_shared_phantoms(tmp_path / "cache", request)
     stamp = tmp_path / "installed"  # the venv running this test is installed already
     stamp.touch()
     env = {**os.environ, "WORK": str(tmp_path / "work"), "BRAINBENCH_CACHE": str(cache),

@@ -20,6 +20,7 @@ from brainbench.store import Cell, ResultStore, default_url
 from brainbench.submission.bundle import MANIFEST, read_manifest
 from brainbench.submission.validate import validate
 from brainbench.weights import load_state_strict, sha256_file
+from tests.helpers import cache_with_shared_phantoms
 from tests.test_submission import write_card
 from tests.test_submission_pyfile_errors import write_backbone
 
@@ -207,12 +208,7 @@ def world(tmp_path_factory, request):
     """`brainbench submit` of SUBMITTING.md's random-init Python file and of a pretrained
     ResNet-18 card (its .pth saved), into one store and one submissions folder."""
     root = tmp_path_factory.mktemp("audit")
-    cache = root / "cache"
-    cache.mkdir()
-    pytest_cache = getattr(request.config, "cache", None)
-    if pytest_cache is not None:  # phantoms reused across runs (as tests/test_submission.py)
-        shared = pytest_cache.mkdir("brainbench-submission-phantoms")
-        (cache / "phantoms").symlink_to(shared, target_is_directory=True)
+    cache = cache_with_shared_phantoms(root / "cache", request)
     work = root / "work"
     work.mkdir()
     pyfile = _pyfile(work, "tinyconv_demo")
