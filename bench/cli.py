@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
@@ -999,6 +1000,25 @@ def _environment_error(exc: BaseException) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, `kill`): unwound like Ctrl-C, so what is being
+    written is abandoned whole (every cache entry and store write is atomic) and the run says
+    so, instead of vanishing with status 143 and no word."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler, returning the previous one (None off the main thread, where
+    Python cannot set one)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import json
 
@@ -1007,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     opened_before = open_store_engines()
+    previous = _on_sigterm(_raise_terminated)
     try:
         _check_folders(args)
         args.func(args)
@@ -1022,10 +1043,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return BenchError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; caches and results hold only complete entries", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; caches and results "
+              "hold only complete entries", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     finally:
+        if previous is not None:
+            _on_sigterm(previous)
         close_stores(keep=opened_before)  # this command's connections end with it
     return 0
 
