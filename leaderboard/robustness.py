@@ -61,17 +61,25 @@ def held_out_site(analysis: Analysis, entry: Entry, task: str, fraction: float) 
     return sites[0]
 
 
+def _precisions(analysis: Analysis, entry: Entry, task: str, fraction: float) -> set[str]:
+    return {r.provenance.get("precision", "fp32") for r in analysis.records(entry, task,
+                                                                               fraction)}
+
+
 def site_drops(analysis: Analysis, unseen: Analysis, fraction: float) -> list[SiteDrop]:
-    """Every (entry, task) that has cells at ``fraction`` on both splits."""
-    by_key = {_key(e): e for e in unseen.entries}
+    """Every (entry, task) that has cells at ``fraction`` on both splits, at one precision.
+    An entry split by precision in one analysis (both precisions stored there) and not in the
+    other is matched task by task on its cells' precision, never pooled across precisions."""
     drops = []
     for entry in analysis.entries:
-        other = by_key.get(_key(entry))
-        if other is None:
-            continue
+        arms = [e for e in unseen.entries if _key(e)[:3] == _key(entry)[:3]]
         for task in unseen.tasks:
-            if not (analysis.has(entry, task.id, fraction) and unseen.has(other, task.id,
-                                                                          fraction)):
+            if not analysis.has(entry, task.id, fraction):
+                continue
+            wanted = _precisions(analysis, entry, task.id, fraction)
+            other = next((e for e in arms if unseen.has(e, task.id, fraction)
+                          and _precisions(unseen, e, task.id, fraction) == wanted), None)
+            if other is None:
                 continue
             inside = analysis.summary(entry, task.id, fraction)
             outside = unseen.summary(other, task.id, fraction)

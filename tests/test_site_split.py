@@ -180,3 +180,26 @@ def test_site_held_out_results_import_verified_and_a_forged_site_is_refused(tmp_
     forged.write_text(json.dumps(data))
     with pytest.raises(BenchError, match="field 'split' does not verify"):
         import_results(ResultStore(default_url(tmp_path / "third")), forged, lookup=lookup)
+
+
+def test_an_entry_split_by_precision_keeps_its_unseen_site_drop_at_one_precision(tmp_path):
+    """The standard split holding a backbone's cells in both precisions splits it into a bf16
+    and an fp32 row; its site-held-out cells (fp32 only) still give the fp32 row its drop, and
+    the bf16 row none (never a drop across precisions). The table used to lose the backbone."""
+    from dataclasses import replace
+
+    base = dict(model="intensity", fractions=(1.0,), seeds=(0, 1), profile=PROFILES.get("tiny"),
+                cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+                tasks=("brain_age",), progress=False)
+    run(RunConfig(**base))
+    run(RunConfig(**base, split="site-held-out"))
+    store = ResultStore(default_url(tmp_path / "results"))
+    standard = [c for c in store.cells(with_predictions=True) if not c.cell.split]
+    store.write_cells([StoredCell(replace(c.cell, precision="bf16"), c.metrics, c.predictions,
+                                  persons=c.persons) for c in standard])
+    analysis = load_analysis(store)
+    assert sorted(e.precision for e in analysis.entries) == ["bf16", "fp32"]
+    analysis.unseen_sites = load_unseen_sites(store)
+    [drop] = site_drops(analysis, analysis.unseen_sites, 1.0)
+    assert drop.entry.precision == "fp32"
+    assert "Robustness to unseen sites" in stats_table(analysis, 1.0, "markdown")
