@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 import weakref
@@ -457,16 +458,22 @@ class ResultStore:
         empty database or one of another program is then an error, never made a store (the
         schema used to be written into a mistyped path or a foreign file)."""
         self.create = create
+        self.read_only = False
+        self.shown = shown_url(server_url(url))  # for messages: no password
         if url.startswith("sqlite:///"):
             path = Path(url.removeprefix("sqlite:///"))
             if not create and not path.is_file():
                 raise BenchError(f"no results store at {path} (the file does not exist); pass "
                                  "the folder holding results.db (--results DIR) or the URL of "
                                  "an existing store (--db URL)")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not create and not (os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)):
+                # an archived store on a read-only file system: SQLite opens a WAL store there
+                # only as immutable (no -shm file to write), which a reader is
+                url, self.read_only = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true", True
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
         url = server_url(url)
         self.url = url
-        self.shown = shown_url(url)  # for messages: no password
         try:
             sqlite = url.startswith("sqlite")
             # a server: connections idle in the pool through a long embedding step may have
@@ -479,7 +486,7 @@ class ResultStore:
         if self.engine.dialect.name == "sqlite":
             _sqlite_transactions(self.engine)
         self.schema_version = self._open()
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
             _sqlite_wal(self.engine)
         _OPEN_ENGINES.add(self.engine)
 
@@ -544,6 +551,10 @@ class ResultStore:
                              "a command that only reads results does not create a store there "
                              "(run `make bench` to make one, or pass the right --results DIR "
                              "or --db URL); the database was not changed")
+        if self.read_only:
+            raise BenchError(f"results store {self.shown} is in a read-only folder and needs "
+                             f"migrating to store schema {STORE_SCHEMA} before it can be read; "
+                             "copy its folder somewhere writable and pass that (--results DIR)")
         if version is None:
             metadata.create_all(conn)
             conn.execute(schema_table.insert().values(name=SCHEMA_ROW, version=STORE_SCHEMA))
