@@ -215,9 +215,30 @@ def _listed_backbone(name: str, weights: str | None):
     return deferred(build, {"listing": name, "weights": resolved}, cache_dir())
 
 
+def _check_list_options(args: argparse.Namespace) -> None:
+    """--model / --weights say which backbone's checkpoint `list backbones` checks: anywhere
+    else, or naming a backbone that is not registered, they would be silently ignored."""
+    given = [f"--{o}" for o in ("model", "weights") if getattr(args, o) is not None]
+    if given and args.what != "backbones":
+        them = "them" if len(given) > 1 else "it"
+        raise BenchError(f"{' and '.join(given)}: only `list backbones` uses {them} (which "
+                         f"backbone's checkpoint to check); leave {them} out of "
+                         f"`list {args.what}`")
+    if args.model is not None:
+        from brainbench.backbone import BACKBONES, load_plugins
+
+        load_plugins()
+        if args.model not in BACKBONES:
+            raise BenchError(f"MODEL={args.model!r} (--model): no such backbone; registered: "
+                             f"{', '.join(BACKBONES.names())}")
+    if args.weights is not None and args.model is None:
+        args.model = "braindino"  # the checkpoint a bare --weights has always meant
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from tabulate import tabulate
 
+    _check_list_options(args)
     if args.what == "tasks":
         from brainbench.taskspec import all_tasks
 
@@ -260,6 +281,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(tabulate(rows, headers=["backbone", "dims", "input", "slices", "intensity",
                                       "tokens", "dim", "params", "spacing", "weights file",
                                       "status", "source"]))
+        print("input, slices: each backbone's own contract; a run of a 2d backbone feeds it "
+              "the profile's slice size and count instead (default cpu: 112 px, 16 slices; "
+              "`brainbench list profiles`)")
     elif args.what == "protocols":
         from brainbench.protocols import PROTOCOLS
 
@@ -730,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list tasks, backbones or profiles")
     p.add_argument("what", choices=["tasks", "backbones", "profiles", "protocols"])
-    p.add_argument("--model", type=str.strip, default="braindino")
+    p.add_argument("--model", type=str.strip, default=None,
+                   help="with list backbones: the backbone --weights belongs to (braindino)")
     p.add_argument("--weights", default=None)
     p.set_defaults(func=cmd_list)
 

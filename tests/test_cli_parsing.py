@@ -99,3 +99,12 @@ def test_make_passes_paths_with_spaces_as_one_argument(tmp_path):
     (bench,) = _make_n("bench", f"MODEL={card}", f"DATA={tmp_path / 'da ta'}")
     assert bench[bench.index("--model") + 1] == str(card)
     assert bench[bench.index("--data") + 1] == str(tmp_path / "da ta")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["list", "tasks", "--weights", "w.pth"], "--weights: only `list backbones` uses it"),
+    (["list", "profiles", "--model", "dinov2"], "--model: only `list backbones` uses it"),
+    (["list", "backbones", "--model", "nope"], "MODEL='nope' (--model): no such backbone"),
+])
+def test_list_refuses_options_it_would_ignore(capsys, argv, needle):
+    _refused(capsys, argv, needle)
