@@ -239,6 +239,17 @@ def create_backbone(
     return backbone
 
 
+def check_backbone_name(name: str) -> None:
+    """`create_backbone`'s refusal of an unknown name, without building anything: for a
+    command that builds several backbones one after another and must not build the first
+    before finding that the last does not exist."""
+    load_plugins()
+    from brainbench.submission.source import is_submission_path
+
+    if name not in BACKBONES and not is_submission_path(name):
+        BACKBONES.get(name)  # raises the registry's error, naming the valid ones
+
+
 def load_plugins() -> None:
     """Register the built-in backbones and those of installed entry-point packages."""
     import brainbench.baselines  # noqa: F401  (registers the built-in backbones)

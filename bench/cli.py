@@ -558,6 +558,10 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if args.model and args.models:
         raise BenchError(f"pass --model or --models, not both (got --model {args.model} and "
                          f"--models {args.models})")
+    from brainbench.backbone import check_backbone_name
+
+    for name in models:  # all named before the first is built
+        check_backbone_name(name)
     report = analyze(AnalyzeConfig(
         models=models, profile=PROFILES.get(args.profile),
         cache_dir=Path(args.cache or cache_dir()), results_dir=Path(args.results or results_dir()),

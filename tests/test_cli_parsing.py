@@ -108,3 +108,11 @@ def test_make_passes_paths_with_spaces_as_one_argument(tmp_path):
 ])
 def test_list_refuses_options_it_would_ignore(capsys, argv, needle):
     _refused(capsys, argv, needle)
+
+
+def test_analyze_names_an_unknown_backbone_before_building_any(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    text = _refused(capsys, ["analyze", "--models", "braindino,nope", "--profile", "tiny",
+                             "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c")],
+                    "unknown backbone 'nope'; valid names:")
+    assert "RANDOM INITIALISATION" not in text  # braindino was never built
