@@ -435,3 +435,17 @@ def test_a_results_file_named_twice_is_imported_once(world, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("imported")]
     assert len(lines) == 1 and lines[0].startswith("imported 2 cell(s) of tinyconv_demo")
     assert len(ResultStore(default_url(tmp_path / "r")).cells()) == 2
+
+
+def test_an_unreadable_bundle_manifest_is_named_not_dropped_silently(tmp_path, caplog):
+    import logging
+
+    from brainbench.submission.bundle import MANIFEST, submission_flags
+
+    folder = tmp_path / "subs" / "broken"
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text('{"format": "brainbench-submission", "sche')  # truncated
+    with caplog.at_level(logging.WARNING, logger="brainbench"):
+        assert submission_flags(tmp_path / "subs") == {}
+    assert any(str(folder) in r.getMessage() and "SUBMISSION / PARTIAL" in r.getMessage()
+               for r in caplog.records)

@@ -13,6 +13,7 @@ A submission that fails validation raises before the runner starts: nothing reac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from brainbench.profiles import Profile
 from brainbench.splits import write_json_atomic
 from brainbench.submission.source import submission_kind
 from brainbench.weights import sha256_file
+
+log = logging.getLogger("brainbench")
 
 BUNDLE_FORMAT = "brainbench-submission"
 BUNDLE_SCHEMA = 1
@@ -636,7 +639,10 @@ def submission_flags(root: Path | None = None) -> dict[str, list[str]]:
     for manifest_path in sorted(root.glob(f"*/{MANIFEST}")):
         try:
             manifest = read_manifest(manifest_path.parent)
-        except BenchError:
+        except BenchError as exc:  # its rows stay (the store's), its badges cannot be known
+            log.warning("submission bundle %s is unreadable (%s): the leaderboard shows its "
+                        "results without its SUBMISSION / PARTIAL flags; restore it or import "
+                        "it again", manifest_path.parent, exc)
             continue
         out[manifest["name"]] = ["SUBMISSION"] + list(manifest["flags"])
     return out
