@@ -60,7 +60,7 @@ class RayTestConv(Backbone):
         size = image_size or 32
         self.contract = InputContract("2d", 3, (size, size), num_slices or 4, "robust_zscore",
                                       ("cls", "patch_mean"), 8)
-        self.weights = WeightsInfo("pretrained", "fixed conv, seed 0", "0" * 64)
+        self.weights = WeightsInfo("random-init", "fixed conv, seed 0", "0" * 64)  # no file
 
     def embed(self, batch):
         with (HERE / "pids.log").open("a") as log:
