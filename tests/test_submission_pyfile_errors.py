@@ -229,3 +229,22 @@ def test_no_patch_tokens_still_reads_as_unsupported(tmp_path):
     assert out["cls"].shape == (2, 32) and out["cls"].dtype == torch.float32
     np.testing.assert_array_equal(out["cls"].numpy(),
                                   backbone.inner.embed(torch.zeros(2, 1, 32, 32))["cls"].numpy())
+
+
+def test_a_backbone_whose_embed_hangs_fails_validation_in_bounded_time(tmp_path, monkeypatch,
+                                                                         capsys):
+    """`make validate` of a backbone stuck in embed() used to hang without a word."""
+    import time
+
+    from brainbench.cli import main
+
+    path = write_backbone(tmp_path, "stuck", embed="import time; time.sleep(3600)")
+    monkeypatch.setenv("BRAINBENCH_VALIDATE_TIMEOUT", "0.5")
+    started = time.perf_counter()
+    assert main(["validate", str(path), "--profile", "tiny"]) == 2
+    assert time.perf_counter() - started < 60
+    out = capsys.readouterr().out
+    assert "did not return within 0.5 s a call (BRAINBENCH_VALIDATE_TIMEOUT)" in out, out
+    monkeypatch.setenv("BRAINBENCH_VALIDATE_TIMEOUT", "soon")
+    assert main(["validate", str(path), "--profile", "tiny"]) == 2
+    assert "BRAINBENCH_VALIDATE_TIMEOUT='soon': expected seconds > 0" in capsys.readouterr().err

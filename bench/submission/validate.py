@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
+import signal
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,49 @@ from brainbench.submission.source import NAME_RE
 from brainbench.weights import check_pretrained_file, state_dict_sha256
 
 BATCH = 4  # 2d: slices per test batch
+#: seconds validation waits for one embed() of its few test inputs (BRAINBENCH_VALIDATE_TIMEOUT
+#: overrides): a backbone that hangs fails the check instead of hanging `make validate`
+EMBED_TIMEOUT_S = 600.0
+
+
+class _TimedOut(BaseException):  # not caught by an `except Exception` in embed()
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Raise _TimedOut in this (main) thread after `seconds`, by SIGALRM: Python code and
+    sleeps are interrupted, a single C call only once it returns. Off the main thread, or
+    without SIGALRM, no limit."""
+    def expired(signum, frame):
+        raise _TimedOut()
+
+    try:
+        previous = signal.signal(signal.SIGALRM, expired)
+    except (ValueError, AttributeError):  # not the main thread / no SIGALRM here
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def embed_timeout() -> float:
+    """The limit on one validation embed() call, in seconds (a BenchError names a bad value)."""
+    text = os.environ.get("BRAINBENCH_VALIDATE_TIMEOUT")
+    if text is None:
+        return EMBED_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise BenchError(f"BRAINBENCH_VALIDATE_TIMEOUT={text!r}: expected seconds > 0 (the "
+                         "limit on one embed() call of validation)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -294,10 +340,18 @@ def _check_backbone(report: ValidationReport, backbone: Backbone) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss = _rss_mb()
+    limit = embed_timeout()
     try:
-        first = backbone.embed(batch.clone())
-        second = backbone.embed(batch.clone())
-        alone = backbone.embed(batch[:1].clone())
+        with _time_limit(3 * limit):  # three calls, each allowed `limit`
+            first = backbone.embed(batch.clone())
+            second = backbone.embed(batch.clone())
+            alone = backbone.embed(batch[:1].clone())
+    except _TimedOut:
+        report.add("forward", False, f"embed() on a batch shaped {tuple(batch.shape)} did not "
+                   f"return within {limit:g} s a call (BRAINBENCH_VALIDATE_TIMEOUT): a backbone "
+                   "must embed a few inputs in reasonable time; look for a loop or a wait that "
+                   "never ends")
+        return
     except Exception as exc:
         report.add("forward", False, f"embed() on a batch shaped {tuple(batch.shape)} raised "
                    f"{type(exc).__name__}: {exc}")
